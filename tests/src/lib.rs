@@ -1,0 +1,1 @@
+//! End-to-end test support for Nubo: the testbed runner lives in tests/tests.
