@@ -1,1 +1,2 @@
 //! Nubo VMM.
+pub mod layout;
