@@ -1,0 +1,93 @@
+#!/bin/sh
+# Nubo test-guest init (busybox sh). One source, installed as /init in both
+# the L2 initramfs and rootfs.ext4 (where /sbin/init links to it too).
+#
+#  * mounts proc/sys/dev, loads the virtio modules shipped in /lib/nubo-modules
+#  * in the initramfs with `root=/dev/vda` on the command line: waits for
+#    /dev/vda, mounts it and switch_roots into the rootfs copy of this script
+#  * otherwise prints exactly one readiness line on the console:
+#      NUBO-GUEST-READY cpus=N memtotal_kb=N uptime=S.SS [root=vda]
+#  * then does what `nubo.then=` says: poweroff (default) | reboot | halt | shell
+#
+# Deliberately no `set -e`: PID 1 must never exit (that panics the kernel).
+
+PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export PATH
+
+mnt() { # mnt TYPE DIR [OPTS] - mount unless already mounted
+    grep -q " $2 " /proc/mounts 2>/dev/null && return 0  # (busybox has no mountpoint)
+    mkdir -p "$2"
+    mount -t "$1" ${3:+-o "$3"} "$1" "$2" 2>/dev/null
+}
+mnt proc /proc
+mnt sysfs /sys
+mnt devtmpfs /dev
+# The kernel opened /dev/console for us; re-open in case it was missing.
+[ -c /dev/console ] && exec </dev/console >/dev/console 2>&1
+
+CMDLINE=$(cat /proc/cmdline)
+param() { # param NAME DEFAULT - value of NAME= on the kernel command line
+    for w in $CMDLINE; do
+        case "$w" in "$1"=*) echo "${w#*=}"; return ;; esac
+    done
+    echo "$2"
+}
+
+# In the rootfs this marker exists; in the initramfs it does not.
+IN_ROOTFS=
+[ -e /etc/nubo-rootfs ] && IN_ROOTFS=1
+
+# Modules in dependency order; missing files (built in / not shipped) are fine.
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev \
+         virtio_pci virtio_blk failover net_failover virtio_net; do
+    [ -f "/lib/nubo-modules/$m.ko" ] && insmod "/lib/nubo-modules/$m.ko" 2>/dev/null
+done
+
+ROOT=$(param root "")
+if [ -z "$IN_ROOTFS" ] && [ "$ROOT" = /dev/vda ]; then
+    # Bounded wait for the block device (~5 s in 0.05 s steps).
+    i=0
+    while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do usleep 50000; i=$((i + 1)); done
+    if [ ! -b /dev/vda ]; then
+        echo "NUBO-GUEST-ERROR /dev/vda did not appear"
+    else
+        RWMODE=ro
+        case " $CMDLINE " in *" rw "*) RWMODE=rw ;; esac
+        mkdir -p /newroot
+        if mount -t ext4 -o "$RWMODE" /dev/vda /newroot; then
+            # Hand our mounts over (the rootfs init re-mounts if needed).
+            for d in dev proc sys; do
+                mkdir -p "/newroot/$d"
+                mount --move "/$d" "/newroot/$d" 2>/dev/null || umount "/$d" 2>/dev/null
+            done
+            exec switch_root /newroot /init
+        fi
+        echo "NUBO-GUEST-ERROR cannot mount /dev/vda"
+    fi
+    # Fall through: report readiness from the initramfs so the host sees why.
+fi
+
+# Online CPUs: parse ranges like "0-3,5" from sysfs, fall back to nproc.
+count_cpus() {
+    online=$(cat /sys/devices/system/cpu/online 2>/dev/null) || { nproc; return; }
+    n=0
+    for r in $(echo "$online" | tr ',' ' '); do
+        case "$r" in
+            *-*) n=$((n + ${r#*-} - ${r%-*} + 1)) ;;
+            *) n=$((n + 1)) ;;
+        esac
+    done
+    echo "$n"
+}
+MEMKB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
+read -r UPTIME _ </proc/uptime
+echo "NUBO-GUEST-READY cpus=$(count_cpus) memtotal_kb=$MEMKB uptime=$UPTIME${IN_ROOTFS:+ root=vda}"
+
+case "$(param nubo.then poweroff)" in
+    reboot) sync; reboot -f ;;
+    halt)   while :; do sleep 3600; done ;;
+    shell)  while :; do setsid cttyhack sh || sh; done ;;
+    *)      sync; poweroff -f ;;
+esac
+# reboot/poweroff -f do not return; if they somehow do, never exit PID 1.
+while :; do sleep 3600; done
