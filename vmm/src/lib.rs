@@ -1,2 +1,3 @@
 //! Nubo VMM.
+pub mod acpi;
 pub mod layout;
