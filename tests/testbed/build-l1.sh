@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Build the initramfs of the testbed's L1 VM.
+#
+#   tests/testbed/build-l1.sh [OUTPUT]   (default target/testbed/l1-initramfs.cpio)
+#
+# Contents: static busybox, kvm/kvm-amd (+deps, + a few net modules) from the
+# Debian cloud kernel, nubo-vmm with its shared libraries, the L2 guest
+# artifacts (guest/build.sh), runner.sh + lib.sh + scenarios/, l1-init.sh as
+# /init. Optionally qemu-system-x86_64 with libraries and firmware.
+#
+# Environment:
+#   NUBO_VMM            VMM binary (default target/release/nubo-vmm); if it is
+#                       missing, L1 is built without it (nubo scenarios fail)
+#   TESTBED_WITH_QEMU=1 include qemu-system-x86_64 (for qemu-* scenarios)
+#   NUBO_GUEST_OUT      guest artifact dir (default guest/out)
+#
+# The cpio is left uncompressed: unpacking is much faster than decompressing
+# gzip under TCG, and QEMU just loads the file into L1 memory.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+OUTFILE=${1:-$ROOT/target/testbed/l1-initramfs.cpio}
+GUEST=${NUBO_GUEST_OUT:-$ROOT/guest/out}
+VMM=${NUBO_VMM:-$ROOT/target/release/nubo-vmm}
+WITH_QEMU=${TESTBED_WITH_QEMU:-0}
+
+log() { echo "build-l1.sh: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[ "${NUBO_GUEST_BUILT:-}" = 1 ] || "$ROOT/guest/build.sh" >/dev/null
+KVER=$(cat "$GUEST/KERNEL_VERSION")
+MODSRC=$GUEST/modules/lib/modules/$KVER
+
+STAGE=$(mktemp -d "${TMPDIR:-/tmp}/nubo-l1.XXXXXX")
+trap 'rm -rf "$STAGE"' EXIT
+mkdir -p "$STAGE"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,tmp,run,root,lib64} \
+         "$STAGE"/testbed/{bin,l2}
+
+# --- busybox: static, all applets as links in /bin.
+cp "$GUEST/busybox" "$STAGE/bin/busybox"
+for applet in $("$STAGE/bin/busybox" --list); do
+    [ "$applet" = busybox ] || ln -sf busybox "$STAGE/bin/$applet"
+done
+mknod -m 600 "$STAGE/dev/console" c 5 1
+mknod -m 666 "$STAGE/dev/null" c 1 3
+echo "root:x:0:0:root:/root:/bin/sh" >"$STAGE/etc/passwd"
+
+# --- kernel modules: the listed ones plus their modules.dep closure.
+L1_MODULES="kvm kvm-amd kvm-intel tun veth bridge vhost_net"
+declare -A copied=()
+copy_module() { # copy_module RELPATH (as in modules.dep) and, recursively, its deps
+    local rel=$1 dep
+    [ -z "${copied[$rel]:-}" ] || return 0
+    copied[$rel]=1
+    mkdir -p "$STAGE/lib/modules/$KVER/$(dirname "$rel")"
+    cp "$MODSRC/$rel" "$STAGE/lib/modules/$KVER/$rel"
+    for dep in $(awk -v m="$rel:" '$1 == m { $1 = ""; print }' "$MODSRC/modules.dep"); do
+        copy_module "$dep"
+    done
+}
+for m in $L1_MODULES; do
+    rel=$(awk -F: -v m="/$m.ko" 'substr($1, length($1) - length(m) + 1) == m { print $1; exit }' "$MODSRC/modules.dep")
+    [ -n "$rel" ] || die "module $m not in $MODSRC/modules.dep"
+    copy_module "$rel"
+done
+cp "$MODSRC"/modules.builtin "$MODSRC"/modules.order "$STAGE/lib/modules/$KVER/"
+"$STAGE/bin/busybox" depmod -b "$STAGE" "$KVER"
+log "modules: ${!copied[*]}"
+
+# --- dynamic executables: copy the binary and every library ldd lists
+# (including the loader) to the same absolute path inside L1.
+copy_libs() { # copy_libs BINARY
+    local lib
+    # "libfoo.so => /path (0x..)" lines, plus the loader line "/lib64/ld-linux... (0x..)"
+    for lib in $(ldd "$1" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+        if [ ! -e "$STAGE$lib" ]; then
+            mkdir -p "$STAGE$(dirname "$lib")"
+            cp -L "$lib" "$STAGE$lib"
+        fi
+    done
+}
+
+if [ -x "$VMM" ]; then
+    cp "$VMM" "$STAGE/testbed/bin/nubo-vmm"
+    copy_libs "$VMM"
+    log "nubo-vmm: $VMM"
+else
+    log "warning: no nubo-vmm at $VMM; nubo-vmm scenarios will fail"
+fi
+
+if [ "$WITH_QEMU" = 1 ]; then
+    QEMU=$(command -v qemu-system-x86_64) || die "TESTBED_WITH_QEMU=1 but qemu-system-x86_64 is not installed"
+    cp "$QEMU" "$STAGE/usr/bin/"
+    copy_libs "$QEMU"
+    # Firmware/option ROMs for microvm and q35 (Debian spreads them over
+    # /usr/share/qemu and /usr/share/seabios via symlinks; -L finds them).
+    mkdir -p "$STAGE/usr/share/qemu"
+    for f in bios-256k.bin bios-microvm.bin qboot.rom linuxboot.bin linuxboot_dma.bin \
+             pvh.bin kvmvapic.bin multiboot.bin multiboot_dma.bin vgabios-stdvga.bin \
+             efi-virtio.rom; do
+        for d in /usr/share/qemu /usr/share/seabios /usr/lib/ipxe/qemu; do
+            if [ -e "$d/$f" ]; then cp -L "$d/$f" "$STAGE/usr/share/qemu/"; break; fi
+        done
+    done
+    log "qemu: $QEMU"
+fi
+
+# --- L2 artifacts, scenarios, runner.
+cp "$GUEST"/{bzImage,vmlinux,initramfs.cpio.gz,rootfs.ext4} "$STAGE/testbed/l2/"
+cp "$HERE/runner.sh" "$HERE/lib.sh" "$STAGE/testbed/"
+cp -r "$HERE/scenarios" "$STAGE/testbed/scenarios"
+cat >"$STAGE/testbed/env.sh" <<ENV
+L2_BZIMAGE=/testbed/l2/bzImage
+L2_VMLINUX=/testbed/l2/vmlinux
+L2_INITRD=/testbed/l2/initramfs.cpio.gz
+L2_ROOTFS=/testbed/l2/rootfs.ext4
+NUBO_VMM=/testbed/bin/nubo-vmm
+QEMU_DATA=/usr/share/qemu
+ENV
+install -m 0755 "$HERE/l1-init.sh" "$STAGE/init"
+
+mkdir -p "$(dirname "$OUTFILE")"
+(cd "$STAGE" && find . -mindepth 1 | LC_ALL=C sort |
+    cpio --quiet -o -H newc --owner=0:0 --reproducible) >"$OUTFILE.tmp"
+mv -f "$OUTFILE.tmp" "$OUTFILE"
+log "wrote $OUTFILE ($(du -h "$OUTFILE" | cut -f1))"
+echo "$OUTFILE"

@@ -1,0 +1,110 @@
+# Helpers for testbed scenarios; scenarios start with `. "$TESTBED_LIB"`.
+# POSIX/busybox sh. Sourced, so no shebang.
+#
+# Environment provided by runner.sh:
+#   L2_BZIMAGE L2_VMLINUX L2_INITRD L2_ROOTFS NUBO_VMM   guest artifacts / VMM
+#   TESTBED_WORK   an empty scratch directory for this scenario (also the cwd)
+#
+# Timing: /proc/uptime (10 ms resolution; busybox `date` has no %N).
+
+set -euo pipefail
+
+CR=$(printf '\r')
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-60}   # seconds per VMM/QEMU invocation
+WORK=${TESTBED_WORK:-$(mktemp -d)}
+
+fail() { echo "FAIL: $*"; exit 1; }
+skip() { echo "SKIP: $*"; exit 77; }   # runner.sh reports status=skip
+info() { echo "# $*"; }
+
+need_vmm() {
+    [ -x "$NUBO_VMM" ] || fail "nubo-vmm not found at '$NUBO_VMM' (build: cargo build --release -p vmm)"
+}
+
+# Milliseconds between two /proc/uptime readings.
+ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%d\n", (b - a) * 1000 + 0.5 }'; }
+
+# boot_guest TAG CMD [ARGS...]
+#   Runs CMD (a VMM invocation) under `timeout $BOOT_TIMEOUT`, stdin from
+#   /dev/null, echoing its console (stdout) line by line as it arrives, and
+#   timestamping the first NUBO-GUEST-READY line. stderr goes to a file and is
+#   shown afterwards. Sets:
+#     BOOT_RC        exit status of CMD (143 = killed by the timeout)
+#     READY          the readiness line ("" if none)
+#     BOOT_MS        ms from launching CMD to the readiness line ("" if none)
+#     WALL_MS        ms from launching CMD to its exit
+#     GUEST_UPTIME   uptime= field of the readiness line
+#     BOOT_OUT BOOT_ERR   files holding stdout / stderr
+boot_guest() {
+    tag=$1; shift
+    BOOT_OUT=$WORK/$tag.out BOOT_ERR=$WORK/$tag.err
+    rm -f "$BOOT_OUT" "$BOOT_ERR" "$BOOT_OUT.rc" "$BOOT_OUT.t"
+    info "run: $*"
+    read -r t0 _ </proc/uptime
+    # The while loop runs in a subshell, so results travel through files.
+    { set +e; timeout "$BOOT_TIMEOUT" "$@" </dev/null 2>"$BOOT_ERR"; echo "__NUBO_RC=$?"; } |
+        while IFS= read -r line || [ -n "$line" ]; do
+            read -r t _ </proc/uptime
+            line=${line%"$CR"}
+            case "$line" in
+                __NUBO_RC=*) echo "${line#__NUBO_RC=}" >"$BOOT_OUT.rc"; continue ;;
+                *NUBO-GUEST-READY*) [ -e "$BOOT_OUT.t" ] || echo "$t" >"$BOOT_OUT.t" ;;
+            esac
+            printf '%s\n' "$line" >>"$BOOT_OUT"
+            printf '%s\n' "$line"
+        done
+    read -r t1 _ </proc/uptime
+    BOOT_RC=$(cat "$BOOT_OUT.rc" 2>/dev/null || echo 255)
+    WALL_MS=$(ms_between "$t0" "$t1")
+    if [ -s "$BOOT_ERR" ]; then
+        echo "--- stderr ($tag) ---"; cat "$BOOT_ERR"; echo "--- end stderr ---"
+    fi
+    READY=$(grep -m1 -o 'NUBO-GUEST-READY.*' "$BOOT_OUT" 2>/dev/null || true)
+    BOOT_MS= GUEST_UPTIME=
+    if [ -n "$READY" ]; then
+        BOOT_MS=$(ms_between "$t0" "$(cat "$BOOT_OUT.t")")
+        GUEST_UPTIME=$(field uptime)
+    fi
+    info "rc=$BOOT_RC wall_ms=$WALL_MS"
+    [ "$BOOT_RC" != 143 ] || info "killed after ${BOOT_TIMEOUT}s timeout"
+    return 0
+}
+
+# field NAME: value of NAME=... in the readiness line
+field() { printf '%s\n' "$READY" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n1; }
+
+# Print the standard boot metrics (call after boot_guest).
+report_boot() {
+    [ -z "$BOOT_MS" ] || echo "BOOT_MS=$BOOT_MS"
+    [ -z "$GUEST_UPTIME" ] || echo "GUEST_UPTIME=$GUEST_UPTIME"
+    echo "WALL_MS=$WALL_MS"
+}
+
+expect_rc() {
+    [ "$BOOT_RC" = "$1" ] || fail "expected exit status $1, got $BOOT_RC"
+}
+
+# expect_ready CPUS [MIN_KB MAX_KB [EXTRA_FIELD]]
+expect_ready() {
+    [ -n "$READY" ] || fail "no NUBO-GUEST-READY line from the guest"
+    cpus=$(field cpus) mem=$(field memtotal_kb)
+    [ "$cpus" = "$1" ] || fail "guest saw cpus=$cpus, expected $1"
+    if [ $# -ge 3 ]; then
+        [ "$mem" -ge "$2" ] && [ "$mem" -le "$3" ] ||
+            fail "guest memtotal_kb=$mem not in [$2, $3]"
+    fi
+    if [ $# -ge 4 ]; then
+        case " $READY " in *" $4 "*) ;; *) fail "readiness line lacks '$4'" ;; esac
+    fi
+}
+
+# vmm_boot KERNEL CPUS [THEN]: the standard nubo-vmm boot check with 512M.
+vmm_boot() {
+    need_vmm
+    boot_guest vmm "$NUBO_VMM" run --kernel "$1" --initrd "$L2_INITRD" \
+        --cmdline "console=ttyS0 quiet nubo.then=${3:-poweroff}" \
+        --cpus "$2" --memory 512M
+    report_boot
+    expect_rc 0
+    expect_ready "$2" 400000 524288
+}
