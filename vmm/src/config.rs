@@ -1,0 +1,225 @@
+//! The typed configuration of one guest, built with [`VmConfigBuilder`].
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Most vCPUs a guest may have (one MADT entry and APIC id each, below the IOAPIC's id).
+pub const MAX_VCPUS: u8 = 254;
+
+/// Where the guest's serial console (COM1) goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SerialConfig {
+    /// Output to this process's stdout, input from its stdin.
+    #[default]
+    Stdio,
+    /// Output appended to a file; no input.
+    File(PathBuf),
+    /// The UART exists but its output is dropped.
+    Off,
+}
+
+impl FromStr for SerialConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "stdio" => Ok(Self::Stdio),
+            "off" => Ok(Self::Off),
+            _ => match s.strip_prefix("file=") {
+                Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+                _ => Err(ConfigError::Serial(s.to_string())),
+            },
+        }
+    }
+}
+
+/// A memory size given as `512M`, `2G`, `1048576K` or a plain number of MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemorySize(pub u64);
+
+impl FromStr for MemorySize {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::MemorySize(s.to_string());
+        let t = s.trim();
+        let (digits, shift) = match t.char_indices().last() {
+            Some((i, 'K' | 'k')) => (&t[..i], 10),
+            Some((i, 'M' | 'm')) => (&t[..i], 20),
+            Some((i, 'G' | 'g')) => (&t[..i], 30),
+            Some((i, 'T' | 't')) => (&t[..i], 40),
+            Some(_) => (t, 20),
+            None => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        n.checked_mul(1u64 << shift).map(MemorySize).ok_or_else(bad)
+    }
+}
+
+/// Errors in a guest's configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The memory size could not be parsed.
+    #[error("invalid memory size '{0}': use a number with K, M, G or T (e.g. 512M)")]
+    MemorySize(String),
+    /// The memory size is below what a guest can boot with.
+    #[error("guest memory must be at least 1 MiB, got {0} bytes")]
+    MemoryTooSmall(u64),
+    /// The memory size is not a whole number of 4 KiB pages.
+    #[error("guest memory must be a multiple of 4 KiB, got {0} bytes")]
+    MemoryUnaligned(u64),
+    /// The vCPU count is out of range.
+    #[error("the number of vCPUs must be between 1 and {MAX_VCPUS}, got {0}")]
+    VcpuCount(u64),
+    /// The serial option could not be parsed.
+    #[error("invalid serial option '{0}': use stdio, off or file=PATH")]
+    Serial(String),
+}
+
+/// Everything needed to boot one guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Kernel image: a bzImage or an ELF vmlinux.
+    pub kernel: PathBuf,
+    /// Optional initramfs.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Guest RAM in bytes.
+    pub memory_bytes: u64,
+    /// Where COM1 goes.
+    pub serial: SerialConfig,
+}
+
+impl VmConfig {
+    /// Starts a configuration for `kernel` with 1 vCPU, 512 MiB and the
+    /// console on stdio.
+    pub fn builder(kernel: impl Into<PathBuf>) -> VmConfigBuilder {
+        VmConfigBuilder {
+            config: VmConfig {
+                kernel: kernel.into(),
+                initrd: None,
+                cmdline: DEFAULT_CMDLINE.to_string(),
+                vcpus: 1,
+                memory_bytes: 512 << 20,
+                serial: SerialConfig::Stdio,
+            },
+            vcpus: 1,
+        }
+    }
+}
+
+/// The kernel command line used when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// Builds a [`VmConfig`], checking it in [`VmConfigBuilder::build`].
+#[derive(Debug, Clone)]
+pub struct VmConfigBuilder {
+    config: VmConfig,
+    vcpus: u64,
+}
+
+impl VmConfigBuilder {
+    /// Sets the initramfs.
+    pub fn initrd(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.initrd = Some(path.into());
+        self
+    }
+
+    /// Sets the kernel command line.
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.config.cmdline = cmdline.into();
+        self
+    }
+
+    /// Sets the number of vCPUs.
+    pub fn vcpus(mut self, n: u64) -> Self {
+        self.vcpus = n;
+        self
+    }
+
+    /// Sets guest RAM in bytes.
+    pub fn memory_bytes(mut self, bytes: u64) -> Self {
+        self.config.memory_bytes = bytes;
+        self
+    }
+
+    /// Sets where the serial console goes.
+    pub fn serial(mut self, serial: SerialConfig) -> Self {
+        self.config.serial = serial;
+        self
+    }
+
+    /// Checks the configuration and returns it.
+    pub fn build(mut self) -> Result<VmConfig, ConfigError> {
+        self.config.vcpus = u8::try_from(self.vcpus)
+            .ok()
+            .filter(|n| (1..=MAX_VCPUS).contains(n))
+            .ok_or(ConfigError::VcpuCount(self.vcpus))?;
+        let mem = self.config.memory_bytes;
+        if mem < (1 << 20) {
+            return Err(ConfigError::MemoryTooSmall(mem));
+        }
+        if !mem.is_multiple_of(4096) {
+            return Err(ConfigError::MemoryUnaligned(mem));
+        }
+        Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!("512M".parse(), Ok(MemorySize(512 << 20)));
+        assert_eq!("2G".parse(), Ok(MemorySize(2 << 30)));
+        assert_eq!("2g".parse(), Ok(MemorySize(2 << 30)));
+        assert_eq!("1024K".parse(), Ok(MemorySize(1 << 20)));
+        assert_eq!("256".parse(), Ok(MemorySize(256 << 20)));
+        assert_eq!("0".parse(), Ok(MemorySize(0)));
+        for bad in ["", "M", "12X", "-1G", "1.5G", "99999999999999T"] {
+            assert!(bad.parse::<MemorySize>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn serial_options() {
+        assert_eq!("stdio".parse(), Ok(SerialConfig::Stdio));
+        assert_eq!("off".parse(), Ok(SerialConfig::Off));
+        assert_eq!(
+            "file=/tmp/x".parse(),
+            Ok(SerialConfig::File(PathBuf::from("/tmp/x")))
+        );
+        assert!("file=".parse::<SerialConfig>().is_err());
+        assert!("tcp".parse::<SerialConfig>().is_err());
+    }
+
+    #[test]
+    fn builder_checks() {
+        let ok = VmConfig::builder("k")
+            .vcpus(16)
+            .memory_bytes(512 << 20)
+            .build();
+        assert_eq!(ok.map(|c| c.vcpus), Ok(16));
+        assert_eq!(
+            VmConfig::builder("k").memory_bytes(0).build(),
+            Err(ConfigError::MemoryTooSmall(0))
+        );
+        assert_eq!(
+            VmConfig::builder("k").memory_bytes((1 << 20) + 1).build(),
+            Err(ConfigError::MemoryUnaligned((1 << 20) + 1))
+        );
+        assert_eq!(
+            VmConfig::builder("k").vcpus(0).build(),
+            Err(ConfigError::VcpuCount(0))
+        );
+        assert_eq!(
+            VmConfig::builder("k").vcpus(300).build(),
+            Err(ConfigError::VcpuCount(300))
+        );
+    }
+}

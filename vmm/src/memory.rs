@@ -1,0 +1,189 @@
+//! Guest RAM: where it lies around the 32-bit device hole, how it is mapped,
+//! and the e820 map that tells the guest.
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::layout::{
+    EBDA_START, HIGH_RAM_START, MEM_32BIT_GAP_START, PCI_MMCONFIG_SIZE, PCI_MMCONFIG_START,
+    RAM_64BIT_START,
+};
+
+/// Errors of setting up guest RAM.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The host refused to map the guest's RAM.
+    #[error("cannot map {size} bytes of guest memory: {source}")]
+    Map {
+        /// Requested size.
+        size: u64,
+        /// What mmap said.
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// The guest would get more RAM than the host has.
+    #[error("guest memory of {requested} MiB is more than this host's {host} MiB")]
+    MoreThanHost {
+        /// Requested MiB.
+        requested: u64,
+        /// Host's MiB.
+        host: u64,
+    },
+}
+
+/// The RAM ranges (start, length) of a guest with `size` bytes of RAM:
+/// below the 32-bit hole, then from 4 GiB up.
+pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
+    let low = size.min(MEM_32BIT_GAP_START);
+    let mut ranges = vec![(GuestAddress(0), low)];
+    if size > low {
+        ranges.push((GuestAddress(RAM_64BIT_START), size - low));
+    }
+    ranges
+}
+
+/// Kind of an e820 entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum E820Kind {
+    /// Usable RAM.
+    Ram = 1,
+    /// Reserved: not for the OS.
+    Reserved = 2,
+}
+
+/// One entry of the e820 memory map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct E820Entry {
+    /// First address.
+    pub addr: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// What the range is.
+    pub kind: E820Kind,
+}
+
+/// The e820 map of a guest with `size` bytes of RAM: low RAM up to the EBDA,
+/// RAM from 1 MiB, RAM above 4 GiB, and the PCI ECAM window reserved.
+pub fn e820_map(size: u64) -> Vec<E820Entry> {
+    let mut map = Vec::with_capacity(4);
+    for (start, len) in ram_ranges(size) {
+        let end = start.0 + len;
+        if start.0 == 0 {
+            map.push(E820Entry {
+                addr: 0,
+                size: EBDA_START.min(end),
+                kind: E820Kind::Ram,
+            });
+            if end > HIGH_RAM_START.0 {
+                map.push(E820Entry {
+                    addr: HIGH_RAM_START.0,
+                    size: end - HIGH_RAM_START.0,
+                    kind: E820Kind::Ram,
+                });
+            }
+        } else {
+            map.push(E820Entry {
+                addr: start.0,
+                size: len,
+                kind: E820Kind::Ram,
+            });
+        }
+    }
+    map.push(E820Entry {
+        addr: PCI_MMCONFIG_START,
+        size: PCI_MMCONFIG_SIZE,
+        kind: E820Kind::Reserved,
+    });
+    map.sort_by_key(|e| e.addr);
+    map
+}
+
+/// Total RAM of this host in bytes, from /proc/meminfo.
+fn host_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Maps `size` bytes of guest RAM (anonymous, private, not reserved: pages
+/// are only allocated when the guest touches them).
+pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    if let Some(host) = host_memory_bytes() {
+        if size > host {
+            return Err(MemoryError::MoreThanHost {
+                requested: size >> 20,
+                host: host >> 20,
+            });
+        }
+    }
+    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+        .into_iter()
+        .map(|(a, l)| usize::try_from(l).map(|l| (a, l)))
+        .collect::<Result<_, _>>()
+        .map_err(|_| MemoryError::MoreThanHost {
+            requested: size >> 20,
+            host: 0,
+        })?;
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map { size, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryBackend;
+
+    #[test]
+    fn small_guest_has_one_range() {
+        assert_eq!(ram_ranges(512 << 20), vec![(GuestAddress(0), 512 << 20)]);
+        let map = e820_map(512 << 20);
+        assert_eq!(
+            map,
+            vec![
+                E820Entry {
+                    addr: 0,
+                    size: EBDA_START,
+                    kind: E820Kind::Ram
+                },
+                E820Entry {
+                    addr: 0x10_0000,
+                    size: (512 << 20) - 0x10_0000,
+                    kind: E820Kind::Ram
+                },
+                E820Entry {
+                    addr: PCI_MMCONFIG_START,
+                    size: PCI_MMCONFIG_SIZE,
+                    kind: E820Kind::Reserved
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn large_guest_skips_the_hole() {
+        let size = 5u64 << 30;
+        let r = ram_ranges(size);
+        assert_eq!(r[0], (GuestAddress(0), MEM_32BIT_GAP_START));
+        assert_eq!(r[1], (GuestAddress(1 << 32), size - MEM_32BIT_GAP_START));
+        let map = e820_map(size);
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820Kind::Ram)
+            .map(|e| e.size)
+            .sum();
+        // All RAM but the EBDA-to-1MiB hole is usable.
+        assert_eq!(ram, size - (HIGH_RAM_START.0 - EBDA_START));
+        // No RAM entry reaches into the 32-bit hole.
+        assert!(map
+            .iter()
+            .filter(|e| e.kind == E820Kind::Ram)
+            .all(|e| e.addr + e.size <= MEM_32BIT_GAP_START || e.addr >= RAM_64BIT_START));
+        // Sorted and non-overlapping.
+        assert!(map.windows(2).all(|w| w[0].addr + w[0].size <= w[1].addr));
+    }
+
+    #[test]
+    fn maps_memory_lazily() {
+        let mem = create_guest_memory(64 << 20).unwrap();
+        assert_eq!(mem.num_regions(), 1);
+        assert!(create_guest_memory(!0xfff).is_err());
+    }
+}
