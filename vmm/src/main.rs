@@ -66,6 +66,22 @@ fn run(args: RunArgs) -> anyhow::Result<ExitReason> {
     Ok(vm.wait()?)
 }
 
+/// The error and its causes on one line, leaving out a cause whose text the
+/// message before it already contains.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -92,7 +108,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("nubo-vmm: error: {e:#}");
+            eprintln!("nubo-vmm: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
