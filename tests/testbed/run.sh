@@ -68,7 +68,7 @@ judge() {
         case "$line" in
             *status=pass*|*status=skip*) ;;
             "") log "FAIL $n: no result (VM died or timed out?)"; bad=1 ;;
-            *) log "FAIL $n: ${line#TESTBED-END }"; bad=1 ;;
+            *) log "FAIL $n: ${line#TESTBED-END $n }"; bad=1 ;;
         esac
     done
     if ! tr -d '\r' <"$logf" | grep -q '^TESTBED-DONE'; then
