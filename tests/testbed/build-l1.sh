@@ -122,7 +122,7 @@ install -m 0755 "$HERE/l1-init.sh" "$STAGE/init"
 
 mkdir -p "$(dirname "$OUTFILE")"
 (cd "$STAGE" && find . -mindepth 1 | LC_ALL=C sort |
-    cpio --quiet -o -H newc --owner=0:0 --reproducible) >"$OUTFILE.tmp"
-mv -f "$OUTFILE.tmp" "$OUTFILE"
+    cpio --quiet -o -H newc --owner=0:0 --reproducible) >"$OUTFILE.tmp.$$"
+mv -f "$OUTFILE.tmp.$$" "$OUTFILE"   # atomic: concurrent runs may share it
 log "wrote $OUTFILE ($(du -h "$OUTFILE" | cut -f1))"
 echo "$OUTFILE"
