@@ -29,7 +29,8 @@ ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%d\n", (b - a) * 1000 + 
 #   /dev/null, echoing its console (stdout) line by line as it arrives, and
 #   timestamping the first NUBO-GUEST-READY line. stderr goes to a file and is
 #   shown afterwards. Sets:
-#     BOOT_RC        exit status of CMD (143 = killed by the timeout)
+#     BOOT_RC        exit status of CMD (124 or 143 after the timeout)
+#     BOOT_TIMED_OUT 1 if CMD hit the timeout, else empty
 #     READY          the readiness line ("" if none)
 #     BOOT_MS        ms from launching CMD to the readiness line ("" if none)
 #     WALL_MS        ms from launching CMD to its exit
@@ -65,8 +66,15 @@ boot_guest() {
         BOOT_MS=$(ms_between "$t0" "$(cat "$BOOT_OUT.t")")
         GUEST_UPTIME=$(field uptime)
     fi
+    # busybox timeout execs CMD, so a CMD that exits cleanly on SIGTERM (QEMU
+    # does) reports 0 after being killed: judge the timeout by wall time.
+    BOOT_TIMED_OUT=
+    if [ "$WALL_MS" -ge $((BOOT_TIMEOUT * 1000 - 50)) ]; then
+        BOOT_TIMED_OUT=1
+        info "killed after the ${BOOT_TIMEOUT}s timeout (exit status $BOOT_RC)"
+        [ "$BOOT_RC" != 0 ] || BOOT_RC=124
+    fi
     info "rc=$BOOT_RC wall_ms=$WALL_MS"
-    [ "$BOOT_RC" != 143 ] || info "killed after ${BOOT_TIMEOUT}s timeout"
     return 0
 }
 

@@ -15,7 +15,8 @@
 #   NUBO_VMM           VMM binary (default target/release/nubo-vmm)
 #   TESTBED_WITH_QEMU  1/0: put QEMU into L1 (default: 1 iff a selected
 #                      scenario says `# testbed-needs: qemu`)
-#   TESTBED_FORCE_L1=1 use the L1 VM even on a hardware-KVM host
+#   TESTBED_MODE       auto (default) | l1 | host: force where scenarios run
+#   TESTBED_FORCE_L1=1 same as TESTBED_MODE=l1
 #   TESTBED_L1_CPUS / TESTBED_L1_MEM   L1 size (default 2 / 2048)
 set -euo pipefail
 
@@ -80,10 +81,16 @@ judge() {
 
 hw_kvm() { [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]; }
 
-if hw_kvm && [ "${TESTBED_FORCE_L1:-0}" != 1 ]; then
+MODE=${TESTBED_MODE:-auto}
+[ "${TESTBED_FORCE_L1:-0}" != 1 ] || MODE=l1
+if [ "$MODE" = auto ]; then
+    if hw_kvm; then MODE=host; else MODE=l1; fi
+fi
+
+if [ "$MODE" = host ]; then
     # --- Host mode: same runner, busybox applets first in PATH so scenarios
     # see the same tools as in L1.
-    log "hardware KVM found: running scenarios on the host"
+    log "running scenarios directly on the host"
     BB=$OUTDIR/busybox-bin
     rm -rf "$BB"; mkdir -p "$BB"
     for applet in $("$GUEST/busybox" --list); do ln -sf "$GUEST/busybox" "$BB/$applet"; done

@@ -14,8 +14,8 @@ check() {
     tag=$1; shift
     boot_guest "$tag" "$NUBO_VMM" run "$@"
     problem=
-    if [ "$BOOT_RC" = 0 ]; then problem="exited 0"
-    elif [ "$BOOT_RC" = 143 ]; then problem="did not exit within ${BOOT_TIMEOUT}s"
+    if [ -n "$BOOT_TIMED_OUT" ]; then problem="did not exit within ${BOOT_TIMEOUT}s"
+    elif [ "$BOOT_RC" = 0 ]; then problem="exited 0"
     elif [ "$WALL_MS" -gt 5000 ]; then problem="took ${WALL_MS} ms to fail"
     elif grep -q panicked "$BOOT_ERR" "$BOOT_OUT" 2>/dev/null; then problem="panicked"
     elif ! grep -qi error "$BOOT_ERR"; then problem="no 'error' on stderr"
