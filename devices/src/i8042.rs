@@ -17,6 +17,8 @@ pub const COMMAND_OFFSET: u16 = 4;
 const STATUS_OUTPUT_FULL: u8 = 0x01;
 const STATUS_SYSTEM_FLAG: u8 = 0x04;
 const STATUS_LAST_WAS_COMMAND: u8 = 0x08;
+/// Set when the keyboard is not inhibited (no key lock).
+const STATUS_UNLOCKED: u8 = 0x10;
 
 const CMD_READ_CTR: u8 = 0x20;
 const CMD_WRITE_CTR: u8 = 0x60;
@@ -58,7 +60,7 @@ impl I8042Device {
             reset,
             interrupt,
             control: CTR_KBD_INT,
-            status: STATUS_SYSTEM_FLAG,
+            status: STATUS_SYSTEM_FLAG | STATUS_UNLOCKED,
             output: VecDeque::new(),
             data_target: DataTarget::Keyboard,
         }
@@ -77,6 +79,7 @@ impl I8042Device {
     }
 
     fn command(&mut self, cmd: u8) {
+        tracing::debug!(cmd, "i8042 command");
         self.status |= STATUS_LAST_WAS_COMMAND;
         match cmd {
             CMD_READ_CTR => self.push_output(self.control),

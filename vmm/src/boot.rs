@@ -16,8 +16,8 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMma
 
 use crate::cpu::regs::BootEntry;
 use crate::layout::{
-    CMDLINE_MAX_SIZE, CMDLINE_START, HIGH_RAM_START, MEM_32BIT_GAP_START, PVH_INFO_START,
-    PVH_MEMMAP_START, ZERO_PAGE_START,
+    ACPI_RESET_PORT, ACPI_RESET_VALUE, CMDLINE_MAX_SIZE, CMDLINE_START, HIGH_RAM_START,
+    MEM_32BIT_GAP_START, PVH_INFO_START, PVH_MEMMAP_START, RESET_VECTOR, ZERO_PAGE_START,
 };
 use crate::memory::{e820_map, E820Entry};
 
@@ -160,6 +160,7 @@ pub fn load(mem: &GuestMemoryMmap, src: &BootSource<'_>) -> Result<LoadedKernel,
         None => None,
     };
     let e820 = e820_map(src.memory_bytes);
+    write_reset_vector(mem)?;
 
     match (format, loaded.pvh_boot_cap) {
         (KernelFormat::Elf, PvhBootCapability::PvhEntryPresent(entry)) => {
@@ -203,6 +204,34 @@ pub fn load(mem: &GuestMemoryMmap, src: &BootSource<'_>) -> Result<LoadedKernel,
             })
         }
     }
+}
+
+/// Real-mode code at the reset vector: `mov al, RESET_VALUE; mov dx,
+/// RESET_PORT; out dx, al; hlt; jmp hlt`. With hardware-reduced ACPI and no
+/// EFI, Linux's default reboot method jumps to the BIOS at F000:FFF0; there
+/// is no BIOS, so this stub asks for the reset the kernel wanted.
+fn reset_vector_stub() -> [u8; 9] {
+    let [port_lo, port_hi] = ACPI_RESET_PORT.to_le_bytes();
+    [
+        0xb0,
+        ACPI_RESET_VALUE,
+        0xba,
+        port_lo,
+        port_hi,
+        0xee,
+        0xf4,
+        0xeb,
+        0xfd,
+    ]
+}
+
+/// Writes [`reset_vector_stub`] at the reset vector.
+pub fn write_reset_vector(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    mem.write_slice(&reset_vector_stub(), RESET_VECTOR)
+        .map_err(|source| BootError::GuestMemory {
+            what: "the reset vector stub",
+            source,
+        })
 }
 
 /// Parses the user's command line into linux-loader's bounded form.
@@ -408,6 +437,17 @@ mod tests {
         let (p, mut f) = temp_file(b"");
         assert!(detect_format(&mut f, &p).is_err());
         let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn reset_vector_stub_writes_the_reset_register() {
+        let m = mem();
+        write_reset_vector(&m).unwrap();
+        let mut b = [0u8; 9];
+        m.read_slice(&mut b, RESET_VECTOR).unwrap();
+        assert_eq!(b, [0xb0, 0x01, 0xba, 0x02, 0x06, 0xee, 0xf4, 0xeb, 0xfd]);
+        // It fits below 1 MiB.
+        assert!(RESET_VECTOR.raw_value() + b.len() as u64 <= 0x10_0000);
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const RSDP_START: GuestAddress = GuestAddress(0xe0000);
 /// End (exclusive) of the region reserved for ACPI tables.
 pub const ACPI_TABLES_END: u64 = 0x10_0000;
+/// The x86 reset vector (F000:FFF0). A kernel that reboots "through the
+/// BIOS" jumps here in real mode; we put a stub there that resets the VM.
+pub const RESET_VECTOR: GuestAddress = GuestAddress(0xffff0);
 /// Start of high RAM; kernels are loaded here.
 pub const HIGH_RAM_START: GuestAddress = GuestAddress(0x10_0000);
 

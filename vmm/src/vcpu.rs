@@ -91,11 +91,15 @@ pub fn run(id: u8, mut vcpu: VcpuFd, bus: Arc<PioBus>, shared: Arc<VcpuShared>) 
     while !shared.stopping.load(Ordering::Acquire) {
         let stop = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
-                bus.read(port, data);
+                if !bus.read(port, data) {
+                    tracing::trace!(port, len = data.len(), "read of an unowned port");
+                }
                 None
             }
             Ok(VcpuExit::IoOut(port, data)) => {
-                bus.write(port, data);
+                if !bus.write(port, data) {
+                    tracing::trace!(port, ?data, "write to an unowned port");
+                }
                 None
             }
             // Nothing is mapped for MMIO yet: reads float high, writes are dropped.
