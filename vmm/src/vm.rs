@@ -122,6 +122,10 @@ impl VmHandle {
         vm.create_pit2(pit)
             .map_err(|e| VmError::Kvm("create the PIT", e))?;
 
+        tracing::debug!(
+            us = started.elapsed().as_micros() as u64,
+            "VM, memory and irqchip ready"
+        );
         let events = PlatformEvents::new()?;
         let (bus, serial) = build_devices(&vm, config, &events)?;
 
@@ -142,6 +146,7 @@ impl VmHandle {
             },
         )?;
 
+        tracing::debug!(us = started.elapsed().as_micros() as u64, "kernel loaded");
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmError::Kvm("get the supported CPUID", e))?;
