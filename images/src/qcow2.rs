@@ -596,6 +596,17 @@ impl Qcow2Image {
             let end = h.l1_table_offset + div_ceil(h.l1_size * 8, cs) * cs;
             protected.push((h.l1_table_offset, end));
         }
+        // The refcount table too (only validated when writable; a bogus range only makes
+        // more data offsets count as overlapping, which is an error anyway).
+        if let Some(end) = h
+            .refcount_table_clusters
+            .checked_mul(cs)
+            .and_then(|len| h.refcount_table_offset.checked_add(len))
+        {
+            if h.refcount_table_offset != 0 {
+                protected.push((h.refcount_table_offset, end));
+            }
+        }
 
         let rc = if read_only {
             None
@@ -624,7 +635,6 @@ impl Qcow2Image {
             if n != raw.len() {
                 return Err(corrupt("refcount table truncated"));
             }
-            protected.push((h.refcount_table_offset, h.refcount_table_offset + rt_bytes));
             Some(Refcounts {
                 table_offset: h.refcount_table_offset,
                 table: decode_u64s(&raw),
@@ -638,7 +648,7 @@ impl Qcow2Image {
         let (backing, backing_path) = match (&h.backing_file, policy) {
             (None, _) => (None, None),
             (Some(name), BackingPolicy::Fake) => {
-                let pattern: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+                let pattern: Vec<u8> = (0..(1u32 << 16)).map(|i| (i % 251) as u8).collect();
                 (
                     Some(Box::new(MemRaw(pattern)) as Box<dyn BlockBackend>),
                     Some(name.clone()),
