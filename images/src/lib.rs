@@ -8,6 +8,8 @@
 //! are bounds-checked, and malformed images produce [`ImageError`]s, never panics.
 //! See [`Qcow2Image`] for what is (not) supported and for the crash-consistency rules.
 
+#![warn(missing_docs)]
+
 mod error;
 mod qcow2;
 mod raw;

@@ -363,10 +363,9 @@ impl<T> MetaCache<T> {
     fn get(&mut self, key: u64) -> Option<&mut CacheEntry<T>> {
         self.clock += 1;
         let now = self.clock;
-        self.map.get_mut(&key).map(|e| {
-            e.used = now;
-            e
-        })
+        let entry = self.map.get_mut(&key)?;
+        entry.used = now;
+        Some(entry)
     }
 
     fn insert(&mut self, key: u64, data: Vec<T>, dirty: bool) {
