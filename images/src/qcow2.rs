@@ -1286,8 +1286,11 @@ fn open_backing(
 }
 
 /// Layout of a freshly created image (all offsets in clusters).
-fn build_image(size: u64, backing: Option<(&[u8], ImageFormat)>) -> Result<Vec<u8>, ImageError> {
-    let cb = OUR_CLUSTER_BITS;
+fn build_image(
+    cb: u32,
+    size: u64,
+    backing: Option<(&[u8], ImageFormat)>,
+) -> Result<Vec<u8>, ImageError> {
     let cs = 1u64 << cb;
     let per_l1 = (cs / 8) * cs;
     let l1_size = div_ceil(size, per_l1);
@@ -1373,8 +1376,18 @@ fn write_new_image(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
 /// Creates a new, empty qcow2 v3 image of `size` bytes (64 KiB clusters, 16-bit
 /// refcounts, refcount table sized for the whole virtual size). Fails if `path` exists.
 pub fn create_qcow2(path: &Path, size: u64) -> Result<(), ImageError> {
-    let bytes = build_image(size, None)?;
+    let bytes = build_image(OUR_CLUSTER_BITS, size, None)?;
     write_new_image(path, &bytes)
+}
+
+/// Like [`create_qcow2`] with another cluster size (tests: small fuzz seeds).
+#[cfg(test)]
+pub(crate) fn create_qcow2_with_cluster_bits(
+    path: &Path,
+    size: u64,
+    cluster_bits: u32,
+) -> Result<(), ImageError> {
+    write_new_image(path, &build_image(cluster_bits, size, None)?)
 }
 
 /// Creates a qcow2 v3 copy-on-write overlay at `path` on top of `backing`.
@@ -1397,7 +1410,11 @@ pub fn create_qcow2_overlay(
             source: Box::new(e),
         })?
         .size();
-    let bytes = build_image(size, Some((abs.as_os_str().as_bytes(), backing_format)))?;
+    let bytes = build_image(
+        OUR_CLUSTER_BITS,
+        size,
+        Some((abs.as_os_str().as_bytes(), backing_format)),
+    )?;
     write_new_image(path, &bytes)
 }
 

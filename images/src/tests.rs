@@ -1017,28 +1017,54 @@ fn crash_consistency_sigkill() {
 /// Small valid images used as the fuzz seed corpus (also committed under images/fuzz/corpus).
 fn corpus_images(dir: &TempDir) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    let p = dir.path("c1.qcow2");
-    create_qcow2(&p, 1 << 20).unwrap();
-    out.push(std::fs::read(&p).unwrap());
-    out.push(valid_image(dir));
-    let b = dir.path("c.raw");
-    std::fs::write(&b, [7u8; 4096]).unwrap();
-    let o = dir.path("c2.qcow2");
-    create_qcow2_overlay(&o, &b, ImageFormat::Raw).unwrap();
-    {
-        let mut img = Qcow2Image::open(&o, false).unwrap();
-        img.write_at(&[3; 100], 10).unwrap();
+    for (name, cb, size) in [("c9", 9u32, 256 << 10), ("c12", 12, 2 << 20)] {
+        let p = dir.path(name);
+        qcow2::create_qcow2_with_cluster_bits(&p, size, cb).unwrap();
+        out.push(std::fs::read(&p).unwrap());
+        let mut img = Qcow2Image::open(&p, false).unwrap();
+        img.write_at(&[0x5a; 700], 1000).unwrap();
+        img.write_at(&[0xa5; 10], size - 10).unwrap();
+        img.write_zeroes(0, 512).unwrap();
+        drop(img);
+        out.push(std::fs::read(&p).unwrap());
     }
-    out.push(std::fs::read(&o).unwrap());
+    if have_qemu_img() {
+        // A tiny overlay with a backing file name and format extension, written by qemu-img.
+        std::fs::write(dir.path("base.img"), [0x42u8; 4096]).unwrap();
+        let o = dir.path("ov");
+        qemu_ok(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=512",
+                "-u",
+                "-b",
+                "base.img",
+                "-F",
+                "raw",
+                s(&o),
+                "64K",
+            ],
+        );
+        qemu_ok(
+            "qemu-io",
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                "write -P 3 1k 2k",
+                "-c",
+                "write -z 8k 1k",
+                s(&o),
+            ],
+        );
+        out.push(std::fs::read(&o).unwrap());
+    }
     out
-}
-
-fn trim_zeros(mut v: Vec<u8>) -> Vec<u8> {
-    // Data past the last non-zero byte is not needed to make an interesting input.
-    while v.last() == Some(&0) {
-        v.pop();
-    }
-    v
 }
 
 #[test]
@@ -1053,7 +1079,7 @@ fn fuzz_harness_survives_mutations() {
         }
     }
     let dir = TempDir::new("fuzz");
-    seeds.extend(corpus_images(&dir).into_iter().map(trim_zeros));
+    seeds.extend(corpus_images(&dir));
     let start = std::time::Instant::now();
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut rnd = move || {
@@ -1110,7 +1136,7 @@ fn write_fuzz_corpus() {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/qcow2_open_read");
     std::fs::create_dir_all(&out).unwrap();
     for (i, img) in corpus_images(&dir).into_iter().enumerate() {
-        std::fs::write(out.join(format!("seed-{i}.qcow2")), trim_zeros(img)).unwrap();
+        std::fs::write(out.join(format!("seed-{i}.qcow2")), img).unwrap();
     }
 }
 
