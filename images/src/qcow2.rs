@@ -1104,7 +1104,15 @@ impl Qcow2Image {
             Mapping::Unallocated | Mapping::Zero => {
                 let (l1i, l2i) = self.split(gc);
                 let l2off = self.l2_for_write(l1i)?;
-                let host = self.alloc_cluster()?;
+                let prealloc = entry & L2_OFFSET_MASK;
+                let host = if mapping == Mapping::Zero && prealloc != 0 && entry & OFLAG_COPIED != 0
+                {
+                    // A zero cluster that keeps its allocation: reuse it.
+                    self.check_host_cluster(prealloc, "preallocated zero cluster")?;
+                    prealloc
+                } else {
+                    self.alloc_cluster()?
+                };
                 if data.len() as u64 == cs {
                     self.file
                         .write_at(data, host)

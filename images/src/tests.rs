@@ -366,6 +366,43 @@ fn reads_images_written_by_qemu_img() {
 }
 
 #[test]
+fn writes_into_preallocated_zero_clusters() {
+    if !have_qemu_img() {
+        eprintln!("SKIPPING: qemu-img not installed");
+        return;
+    }
+    let dir = TempDir::new("zalloc");
+    let q = dir.path("z.qcow2");
+    qemu_ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&q), "1M"]);
+    // Allocated clusters turned into zero clusters that keep their host offset.
+    qemu_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 9 0 192k",
+            "-c",
+            "write -z 0 128k",
+            s(&q),
+        ],
+    );
+    let mut img = Qcow2Image::open(&q, false).unwrap();
+    let mut model = vec![0u8; 1 << 20];
+    model[128 << 10..192 << 10].fill(9);
+    assert!(read_all(&mut img) == model);
+    img.write_at(&[4; 1000], 70_000).unwrap();
+    model[70_000..71_000].fill(4);
+    img.flush().unwrap();
+    assert!(read_all(&mut img) == model);
+    drop(img);
+    assert_check_clean(&q); // the zero cluster's allocation was reused, nothing leaked
+    let exp = dir.path("exp.raw");
+    std::fs::write(&exp, &model).unwrap();
+    assert_compare(&q, &exp);
+}
+
+#[test]
 fn unsupported_qemu_features_are_clear_errors() {
     if !have_qemu_img() {
         eprintln!("SKIPPING: qemu-img not installed");
