@@ -1,3 +1,4 @@
+# shellcheck shell=dash disable=SC2034  # (busybox ash; variables are for the sourcing scenario)
 # Helpers for testbed scenarios; scenarios start with `. "$TESTBED_LIB"`.
 # POSIX/busybox sh. Sourced, so no shebang.
 #
@@ -61,7 +62,7 @@ boot_guest() {
         echo "--- stderr ($tag) ---"; cat "$BOOT_ERR"; echo "--- end stderr ---"
     fi
     READY=$(grep -m1 -o 'NUBO-GUEST-READY.*' "$BOOT_OUT" 2>/dev/null || true)
-    BOOT_MS= GUEST_UPTIME=
+    BOOT_MS='' GUEST_UPTIME=''
     if [ -n "$READY" ]; then
         BOOT_MS=$(ms_between "$t0" "$(cat "$BOOT_OUT.t")")
         GUEST_UPTIME=$(field uptime)

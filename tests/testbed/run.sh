@@ -18,6 +18,7 @@
 #   TESTBED_MODE       auto (default) | l1 | host: force where scenarios run
 #   TESTBED_FORCE_L1=1 same as TESTBED_MODE=l1
 #   TESTBED_L1_CPUS / TESTBED_L1_MEM   L1 size (default 2 / 2048)
+#   TESTBED_STALL      seconds without L1 progress before QEMU is killed (120)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -111,15 +112,60 @@ command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not installe
 L1_INITRD=$("$HERE/build-l1.sh" "$OUTDIR/l1-initramfs.cpio")
 list=$(IFS=,; echo "${selected[*]}")
 log "booting L1 (timeout ${TIMEOUT}s), console -> $LOG"
-set +e
-timeout --foreground -k 10 "$TIMEOUT" \
-    qemu-system-x86_64 -accel tcg,thread=multi -cpu max,-xsave -M q35 \
-        -smp "${TESTBED_L1_CPUS:-2}" -m "${TESTBED_L1_MEM:-2048}" \
-        -nographic -no-reboot -nic none \
-        -kernel "$GUEST/bzImage" -initrd "$L1_INITRD" \
-        -append "console=ttyS0 quiet panic=-1 testbed.scenarios=$list" \
-        </dev/null 2>&1 | tee "$LOG"
-rc=${PIPESTATUS[0]}
-set -e
+
+# Per-scenario limit from its header (same rule as runner.sh).
+scenario_limit() {
+    local t
+    t=$(sed -n 's/^# testbed-timeout: *\([0-9][0-9]*\).*/\1/p' "$SCEN/$1.sh" 2>/dev/null | head -n1)
+    echo "${t:-${TESTBED_SCENARIO_TIMEOUT:-180}}"
+}
+
+# QEMU runs in the background; this loop copies its console to stdout and
+# $LOG and acts as a watchdog: if L1 makes no progress (no TESTBED-KVM within
+# STALL s of boot, a scenario running past its own limit + STALL s, nothing
+# after a scenario for STALL s) L1 itself is wedged and QEMU is killed, so a
+# hung L1 costs minutes, not the whole overall timeout.
+STALL=${TESTBED_STALL:-120}
+PIDFILE=$OUTDIR/qemu.$$.pid
+rm -f "$PIDFILE"
+exec {qfd}< <(
+    timeout --foreground -k 10 "$TIMEOUT" \
+        qemu-system-x86_64 -accel tcg,thread=multi -cpu max,-xsave -M q35 \
+            -smp "${TESTBED_L1_CPUS:-2}" -m "${TESTBED_L1_MEM:-2048}" \
+            -nographic -no-reboot -nic none -pidfile "$PIDFILE" \
+            -kernel "$GUEST/bzImage" -initrd "$L1_INITRD" \
+            -append "console=ttyS0 quiet panic=-1 testbed.scenarios=$list" \
+            </dev/null 2>&1
+    echo "__QEMU_RC=$?"
+)
+: >"$LOG"
+rc=255 deadline=$((SECONDS + STALL)) partial='' watchdog=''
+on_line() {
+    local clean=${1//$'\r'/}
+    case "$clean" in
+        __QEMU_RC=*) rc=${clean#__QEMU_RC=}; return ;;
+        *TESTBED-BEGIN\ *) deadline=$((SECONDS + $(scenario_limit "${clean##*TESTBED-BEGIN }") + STALL)) ;;
+        *TESTBED-END\ *|*TESTBED-KVM\ *) deadline=$((SECONDS + STALL)) ;;
+    esac
+    printf '%s\n' "$1"
+    printf '%s\n' "$1" >>"$LOG"
+}
+while :; do
+    if IFS= read -r -t 5 -u "$qfd" chunk; then
+        on_line "$partial$chunk"; partial=''
+    elif [ $? -gt 128 ]; then
+        partial+=$chunk   # timed out mid-line: keep what arrived
+    else
+        [ -z "$partial$chunk" ] || on_line "$partial$chunk"
+        break             # EOF: QEMU is gone
+    fi
+    if [ -z "$watchdog" ] && [ $SECONDS -gt $deadline ]; then
+        watchdog=1
+        log "watchdog: no progress from L1 for too long (TESTBED_STALL=${STALL}s); killing QEMU"
+        [ ! -s "$PIDFILE" ] || kill "$(cat "$PIDFILE")" 2>/dev/null || true
+    fi
+done
+exec {qfd}<&-
+rm -f "$PIDFILE"
 [ "$rc" = 0 ] || log "qemu exited with status $rc$([ "$rc" = 124 ] && echo " (overall timeout ${TIMEOUT}s)")"
 judge "$LOG"

@@ -45,7 +45,7 @@ reap_leftovers() {
     [ "${TESTBED_IN_L1:-}" = 1 ] || return 0
     for p in /proc/[0-9]*; do
         p=${p#/proc/}
-        case $p in 1|$$|$PPID) continue ;; esac
+        case $p in 1|"$$"|"$PPID") continue ;; esac
         [ -e "/proc/$p/exe" ] || continue   # kernel threads have no exe
         kill -9 "$p" 2>/dev/null || true
     done

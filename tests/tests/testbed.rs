@@ -47,11 +47,16 @@ enum Outcome {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 fn on_path(prog: &str) -> bool {
@@ -153,8 +158,12 @@ fn parse(lines: &[String]) -> (BTreeMap<String, Scenario>, bool, Option<String>)
             let name = line[i + "TESTBED-BEGIN ".len()..].trim().to_string();
             current = Some((name, Vec::new()));
         } else if let Some(i) = line.find("TESTBED-END ") {
-            let words: Vec<&str> = line[i + "TESTBED-END ".len()..].split_whitespace().collect();
-            let Some(name) = words.first().map(|s| s.to_string()) else { continue };
+            let words: Vec<&str> = line[i + "TESTBED-END ".len()..]
+                .split_whitespace()
+                .collect();
+            let Some(name) = words.first().map(|s| s.to_string()) else {
+                continue;
+            };
             let output = match current.take() {
                 Some((n, out)) if n == name => out,
                 _ => Vec::new(),
@@ -202,7 +211,11 @@ fn run_testbed() -> Outcome {
 
     let script = root.join("tests/testbed/run.sh");
     let log_path = root.join("target/testbed/console.log");
-    progress(&format!("running {} (console: {})", script.display(), log_path.display()));
+    progress(&format!(
+        "running {} (console: {})",
+        script.display(),
+        log_path.display()
+    ));
     let mut cmd = Command::new(&script);
     cmd.current_dir(&root)
         .env("NUBO_VMM", root.join("target/release/nubo-vmm"))
@@ -240,7 +253,10 @@ fn run_testbed() -> Outcome {
             .collect::<Vec<_>>()
     });
     let mut lines = Vec::new();
-    for raw in BufReader::new(child.stdout.take().unwrap()).split(b'\n').map_while(Result::ok) {
+    for raw in BufReader::new(child.stdout.take().unwrap())
+        .split(b'\n')
+        .map_while(Result::ok)
+    {
         let line = clean(&String::from_utf8_lossy(&raw));
         if line.contains("TESTBED-") {
             progress(line.trim());
@@ -318,8 +334,9 @@ fn check(name: &str) {
                 .iter()
                 .map(|l| l.trim())
                 .filter(|l| {
-                    l.split_once('=')
-                        .is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+                    l.split_once('=').is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                    })
                 })
                 .collect();
             println!("{name}: pass in {} ms {}", sc.ms, metrics.join(" "));

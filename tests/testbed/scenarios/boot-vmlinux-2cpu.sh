@@ -2,5 +2,6 @@
 # nubo-vmm boots the L2 guest (vmlinux kernel, initramfs) with 2 vCPU(s) and 512M;
 # the guest prints its readiness line and powers off -> exit status 0.
 # testbed-timeout: 120
+# shellcheck source=../lib.sh
 . "$TESTBED_LIB"
 vmm_boot "$L2_VMLINUX" 2 poweroff

@@ -2,6 +2,7 @@
 # Bad input makes nubo-vmm exit non-zero within a few seconds, with a one-line
 # error on stderr that contains "error" - and never a Rust panic.
 # testbed-timeout: 120
+# shellcheck source=../lib.sh
 . "$TESTBED_LIB"
 need_vmm
 

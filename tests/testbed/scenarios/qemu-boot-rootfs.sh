@@ -3,6 +3,7 @@
 # validates the initramfs -> switch_root -> rootfs init path of the guest.
 # testbed-needs: qemu
 # testbed-timeout: 120
+# shellcheck source=../lib.sh
 . "$TESTBED_LIB"
 command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 not available"
 [ -c /dev/kvm ] || fail "/dev/kvm missing"

@@ -6,6 +6,7 @@
 # testbed-timeout: 120
 # microvm needs rtc=on: without a CMOS RTC the guest's rtc_cmos probe spins for
 # ~5 s under nested virtualisation ("rtc_cmos: broken or not accessible").
+# shellcheck source=../lib.sh
 . "$TESTBED_LIB"
 command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 not available"
 [ -c /dev/kvm ] || fail "/dev/kvm missing"
