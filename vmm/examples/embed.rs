@@ -35,10 +35,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let vm = VmHandle::start(&builder.build()?)?;
 
     // Any thread may stop the guest; here a watchdog does after 60 s.
-    let stopper = vm.stopper()?;
+    let controller = vm.controller();
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(60));
-        let _ = stopper.stop();
+        let _ = controller.stop();
     });
 
     let reason = vm.wait();
@@ -47,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ExitReason::PowerOff => eprintln!("embed: the guest powered off"),
         ExitReason::Reboot => eprintln!("embed: the guest rebooted"),
         ExitReason::Stopped => eprintln!("embed: the watchdog stopped the guest"),
+        ExitReason::Restart => eprintln!("embed: a restart was requested"),
     }
     Ok(())
 }

@@ -37,8 +37,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
 use crate::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT,
-    ACPI_SLEEP_STATUS_PORT, ACPI_TABLES_END, APIC_START, COM1_IRQ, COM1_PORT, I8042_COMMAND_PORT,
-    I8042_DATA_PORT, I8042_IRQ, IOAPIC_START, RSDP_START,
+    ACPI_SLEEP_STATUS_PORT, ACPI_TABLES_END, APIC_START, COM1_IRQ, COM1_PORT, GED_IRQ,
+    I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_IRQ, IOAPIC_START, RSDP_START,
 };
 
 /// OEM ID written into the RSDP and every table header.
@@ -388,7 +388,22 @@ fn build_dsdt() -> Sdt {
     );
     let ps2 = aml::Device::new("PS2_".into(), vec![&ps2_hid, &ps2_uid, &ps2_crs]);
 
-    let sb = aml::Scope::new("\\_SB_".into(), vec![&com1, &ps2]);
+    // The power button, and the Generic Event Device whose interrupt tells
+    // the guest it was pressed (hardware-reduced ACPI has no fixed button).
+    let pwrb_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
+    let pwrb_uid = aml::Name::new("_UID".into(), &0u8);
+    let pwrb = aml::Device::new("PWRB".into(), vec![&pwrb_hid, &pwrb_uid]);
+    let ged_hid = aml::Name::new("_HID".into(), &"ACPI0013");
+    let ged_uid = aml::Name::new("_UID".into(), &0u8);
+    let ged_irq = aml::Interrupt::new(true, true, false, false, GED_IRQ);
+    let ged_crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&ged_irq]));
+    let pwrb_path = aml::Path::new("\\_SB_.PWRB");
+    let power_pressed = 0x80u8;
+    let notify = aml::Notify::new(&pwrb_path, &power_pressed);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
+    let ged = aml::Device::new("GED_".into(), vec![&ged_hid, &ged_uid, &ged_crs, &evt]);
+
+    let sb = aml::Scope::new("\\_SB_".into(), vec![&com1, &ps2, &pwrb, &ged]);
 
     let mut body = Vec::new();
     s5.to_aml_bytes(&mut body);

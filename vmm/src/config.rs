@@ -7,7 +7,8 @@ use std::str::FromStr;
 pub const MAX_VCPUS: u8 = 254;
 
 /// Where the guest's serial console (COM1) goes.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SerialConfig {
     /// Output to this process's stdout, input from its stdin.
     #[default]
@@ -77,7 +78,7 @@ pub enum ConfigError {
 }
 
 /// Everything needed to boot one guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct VmConfig {
     /// Kernel image: a bzImage or an ELF vmlinux.
     pub kernel: PathBuf,

@@ -90,5 +90,8 @@ pub const I8042_DATA_PORT: u16 = 0x60;
 pub const I8042_COMMAND_PORT: u16 = 0x64;
 /// Interrupt line of the i8042 keyboard.
 pub const I8042_IRQ: u32 = 1;
+/// Interrupt line of the ACPI Generic Event Device (GED) that signals the
+/// power button.
+pub const GED_IRQ: u32 = 5;
 /// Number of IOAPIC pins (GSIs) of KVM's in-kernel IOAPIC.
 pub const IOAPIC_NUM_PINS: u32 = 24;

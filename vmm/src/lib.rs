@@ -1,9 +1,10 @@
 //! Nubo's virtual machine monitor as a library.
 //!
 //! Build a [`VmConfig`] with [`VmConfig::builder`], start it with
-//! [`VmHandle::start`], and either [`VmHandle::wait`] for the guest to end or
-//! stop it from another thread with a [`VmStopper`]. The `nubo-vmm` binary is
-//! a thin command line over this.
+//! [`VmHandle::start`], and [`VmHandle::wait`] for the guest to end; a
+//! [`VmController`] pauses, resumes, shuts down, restarts or stops it from
+//! any thread. [`Vmm`] adds restarts on reboot. The `nubo-vmm` binary and its
+//! API socket are thin layers over these.
 //!
 //! ```no_run
 //! use vmm::{VmConfig, VmHandle, ExitReason};
@@ -21,14 +22,18 @@
 pub mod acpi;
 pub mod boot;
 pub mod config;
+pub mod control;
 pub mod cpu;
 pub mod error;
 pub mod layout;
 pub mod memory;
+pub mod supervisor;
 pub mod tiny_guest;
 pub mod vcpu;
 pub mod vm;
 
 pub use config::{MemorySize, SerialConfig, VmConfig, VmConfigBuilder};
+pub use control::{ControlError, VmController, VmInfo, VmState};
 pub use error::VmError;
-pub use vm::{ExitReason, VmHandle, VmStopper};
+pub use supervisor::{OnReboot, Vmm};
+pub use vm::{ExitReason, VmHandle};

@@ -30,6 +30,8 @@ pub enum TinyEnd {
     TripleFault,
     /// Halts forever (the VM must be stopped from outside).
     Halt,
+    /// Prints a dot every few milliseconds, forever.
+    Dots,
 }
 
 /// How a tiny guest is entered.
@@ -87,6 +89,14 @@ pub fn code(entry: TinyEntry, end: TinyEnd) -> Vec<u8> {
         TinyEnd::I8042Reset => out_byte(&mut code, I8042_COMMAND_PORT, 0xfe),
         TinyEnd::TripleFault => code.extend_from_slice(&[0x0f, 0x0b]),
         TinyEnd::Halt => {}
+        TinyEnd::Dots => {
+            code.extend_from_slice(&[0x66, 0xba]);
+            code.extend_from_slice(&COM1_PORT.to_le_bytes());
+            // top: mov al, '.'; out dx, al; mov ecx, 2^15; spin: dec ecx; jnz spin; jmp top
+            // (about 20 ms a dot on PVM, which runs this loop slowly; far less on hardware)
+            code.extend_from_slice(&[0xb0, b'.', 0xee, 0xb9, 0, 0x80, 0, 0]);
+            code.extend_from_slice(&[0xff, 0xc9, 0x75, 0xfc, 0xeb, 0xf2]);
+        }
     }
     code.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp back to the hlt
     code

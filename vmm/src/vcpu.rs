@@ -2,7 +2,7 @@
 //! dispatching port I/O exits to the bus and reporting why it stopped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 
 use devices::PioBus;
 use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
@@ -10,6 +10,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
+use crate::control::{ControlShared, VcpuExitCounters};
 use crate::cpu::cpuid::{normalize, CpuidContext};
 use crate::cpu::regs::{setup_fpu, setup_lapic, setup_msrs, RegsError};
 
@@ -25,10 +26,18 @@ pub enum VcpuStop {
 }
 
 /// What the vCPU threads share with the VM: the first stop reason and the
-/// event that tells the VM's control loop about it.
+/// event that tells the VM's control loop about it, and the pause gate.
 pub struct VcpuShared {
     /// Set by the VM when all vCPUs must return.
     pub stopping: AtomicBool,
+    /// Set by the VM while the guest is paused.
+    pub paused: AtomicBool,
+    /// How many vCPUs are parked at the pause gate.
+    pub parked: Mutex<usize>,
+    /// Wakes parked vCPUs (on resume or stop) and the VM (when one parks).
+    pub park_cv: Condvar,
+    /// Counters and state shared with controllers.
+    pub(crate) control: Arc<ControlShared>,
     /// The first reason a vCPU gave for stopping.
     pub stop_reason: Mutex<Option<VcpuStop>>,
     /// Written when `stop_reason` is set.
@@ -36,6 +45,56 @@ pub struct VcpuShared {
 }
 
 impl VcpuShared {
+    /// Creates the shared state for a VM's vCPUs.
+    pub(crate) fn new(control: Arc<ControlShared>, stop_evt: EventFd) -> Self {
+        Self {
+            stopping: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            parked: Mutex::new(0),
+            park_cv: Condvar::new(),
+            control,
+            stop_reason: Mutex::new(None),
+            stop_evt,
+        }
+    }
+
+    fn lock_parked(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits at the pause gate until resumed or stopped.
+    fn park(&self, vcpu: &VcpuFd) {
+        let mut parked = self.lock_parked();
+        *parked += 1;
+        self.park_cv.notify_all();
+        while self.paused.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire) {
+            parked = self.park_cv.wait(parked).unwrap_or_else(|e| e.into_inner());
+        }
+        *parked -= 1;
+        drop(parked);
+        // Tell the guest it was paused, so its watchdogs do not fire.
+        if let Err(e) = vcpu.kvmclock_ctrl() {
+            tracing::debug!(error = %e, "KVM_KVMCLOCK_CTRL failed");
+        }
+    }
+
+    /// Waits until `count` vCPUs are parked, for at most `timeout`.
+    pub fn wait_parked(&self, count: usize, timeout: std::time::Duration) -> bool {
+        let parked = self.lock_parked();
+        let (parked, _) = self
+            .park_cv
+            .wait_timeout_while(parked, timeout, |n| *n < count)
+            .unwrap_or_else(|e| e.into_inner());
+        *parked >= count
+    }
+
+    /// Releases parked vCPUs.
+    pub fn unpark(&self) {
+        self.paused.store(false, Ordering::Release);
+        let _guard = self.lock_parked();
+        self.park_cv.notify_all();
+    }
+
     /// Records `reason` (the first one wins) and wakes the control loop.
     pub fn report(&self, reason: VcpuStop) {
         let mut slot = self.stop_reason.lock().unwrap_or_else(|e| e.into_inner());
@@ -88,15 +147,22 @@ pub fn configure(
 pub fn run(id: u8, mut vcpu: VcpuFd, bus: Arc<PioBus>, shared: Arc<VcpuShared>) {
     let span = tracing::info_span!("vcpu", id);
     let _enter = span.enter();
+    let exits = &shared.control.exits;
     while !shared.stopping.load(Ordering::Acquire) {
+        if shared.paused.load(Ordering::Acquire) {
+            shared.park(&vcpu);
+            continue;
+        }
         let stop = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
+                VcpuExitCounters::bump(&exits.io_in);
                 if !bus.read(port, data) {
                     tracing::trace!(port, len = data.len(), "read of an unowned port");
                 }
                 None
             }
             Ok(VcpuExit::IoOut(port, data)) => {
+                VcpuExitCounters::bump(&exits.io_out);
                 if !bus.write(port, data) {
                     tracing::trace!(port, ?data, "write to an unowned port");
                 }
@@ -104,10 +170,14 @@ pub fn run(id: u8, mut vcpu: VcpuFd, bus: Arc<PioBus>, shared: Arc<VcpuShared>) 
             }
             // Nothing is mapped for MMIO yet: reads float high, writes are dropped.
             Ok(VcpuExit::MmioRead(_, data)) => {
+                VcpuExitCounters::bump(&exits.mmio_read);
                 data.fill(0xff);
                 None
             }
-            Ok(VcpuExit::MmioWrite(..)) => None,
+            Ok(VcpuExit::MmioWrite(..)) => {
+                VcpuExitCounters::bump(&exits.mmio_write);
+                None
+            }
             Ok(VcpuExit::Hlt) => {
                 tracing::info!("vCPU halted");
                 return;
@@ -128,13 +198,18 @@ pub fn run(id: u8, mut vcpu: VcpuFd, bus: Arc<PioBus>, shared: Arc<VcpuShared>) 
                 "KVM internal error (the guest ran something KVM cannot emulate)".into(),
             )),
             Ok(other) => {
+                VcpuExitCounters::bump(&exits.other);
                 tracing::debug!(exit = ?other, "unhandled vCPU exit");
                 None
             }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                VcpuExitCounters::bump(&exits.interrupted);
+                None
+            }
             Err(e) => Some(VcpuStop::Failed(format!("KVM_RUN failed: {e}"))),
         };
         if let Some(reason) = stop {
+            VcpuExitCounters::bump(&exits.system);
             tracing::info!(?reason, "vCPU stopping");
             shared.report(reason);
             return;

@@ -16,7 +16,8 @@ use devices::serial::SerialDevice;
 use devices::trigger::EventFdTrigger;
 use devices::PioBus;
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_clock_data, kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -27,52 +28,46 @@ use vmm_sys_util::signal::Killable;
 use crate::acpi::{create_acpi_tables, AcpiConfig};
 use crate::boot::{self, BootSource};
 use crate::config::{SerialConfig, VmConfig};
+use crate::control::{Command, ControlError, ControlShared, VmController, VmState};
 use crate::cpu::cpuid::CpuidContext;
 use crate::cpu::regs::setup_boot_vcpu;
 use crate::error::VmError;
 use crate::layout::{
-    ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, COM1_PORT,
+    ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, COM1_PORT, GED_IRQ,
     I8042_DATA_PORT, I8042_IRQ, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS,
 };
 use crate::memory::create_guest_memory;
 use crate::vcpu::{self, install_kick_handler, kick_signal, VcpuShared, VcpuStop};
 
 /// Why a guest's VM ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ExitReason {
     /// The guest powered itself off.
     PowerOff,
     /// The guest rebooted (reset register, i8042 reset or triple fault).
     Reboot,
-    /// The VM was stopped through [`VmStopper::stop`].
+    /// A controller asked for a restart ([`VmController::reboot`]).
+    Restart,
+    /// A controller stopped the VM ([`VmController::stop`], or a shutdown
+    /// whose timeout ran out).
     Stopped,
-}
-
-/// Stops a running VM from any thread.
-#[derive(Debug)]
-pub struct VmStopper {
-    evt: EventFd,
-}
-
-impl VmStopper {
-    /// Asks the VM to stop now; [`VmHandle::wait`] then returns [`ExitReason::Stopped`].
-    pub fn stop(&self) -> Result<(), VmError> {
-        self.evt.write(1).map_err(VmError::Event)
-    }
 }
 
 /// A guest whose vCPUs are running.
 pub struct VmHandle {
     vcpu_threads: Vec<JoinHandle<()>>,
     shared: Arc<VcpuShared>,
+    control: Arc<ControlShared>,
     power_off_evt: EventFd,
     reset_evt: EventFd,
-    stop_evt: EventFd,
+    power_button: EventFd,
     serial: Arc<Mutex<SerialDevice>>,
     stdin_input: bool,
-    started: Instant,
+    paused_clock: Option<kvm_clock_data>,
+    shutdown_deadline: Option<Instant>,
+    vm: VmFd,
     // Kept alive for as long as the vCPUs run.
-    _vm: VmFd,
     _memory: GuestMemoryMmap,
 }
 
@@ -82,7 +77,7 @@ pub struct VmHandle {
 enum Wake {
     PowerOff = 1,
     Reset,
-    Stop,
+    Control,
     VcpuStopped,
     Stdin,
 }
@@ -90,7 +85,17 @@ enum Wake {
 impl VmHandle {
     /// Builds the VM described by `config`, loads the kernel and starts the vCPUs.
     pub fn start(config: &VmConfig) -> Result<Self, VmError> {
+        Self::start_with(config, ControlShared::new(config)?)
+    }
+
+    /// Like [`VmHandle::start`], reporting to an existing control plane (so
+    /// that controllers outlive a restart).
+    pub(crate) fn start_with(
+        config: &VmConfig,
+        control: Arc<ControlShared>,
+    ) -> Result<Self, VmError> {
         let started = Instant::now();
+        control.set_state(VmState::Starting);
         let kvm = Kvm::new()
             .map_err(|e| VmError::OpenKvm(std::io::Error::from_raw_os_error(e.errno())))?;
         for (cap, name) in [
@@ -121,13 +126,13 @@ impl VmHandle {
         };
         vm.create_pit2(pit)
             .map_err(|e| VmError::Kvm("create the PIT", e))?;
-
         tracing::debug!(
             us = started.elapsed().as_micros() as u64,
             "VM, memory and irqchip ready"
         );
         let events = PlatformEvents::new()?;
         let (bus, serial) = build_devices(&vm, config, &events)?;
+        let power_button = irqfd(&vm, GED_IRQ)?;
 
         let rsdp = create_acpi_tables(
             &memory,
@@ -145,8 +150,8 @@ impl VmHandle {
                 rsdp,
             },
         )?;
-
         tracing::debug!(us = started.elapsed().as_micros() as u64, "kernel loaded");
+
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmError::Kvm("get the supported CPUID", e))?;
@@ -171,11 +176,10 @@ impl VmHandle {
         }
 
         install_kick_handler().map_err(VmError::Signal)?;
-        let shared = Arc::new(VcpuShared {
-            stopping: false.into(),
-            stop_reason: Mutex::new(None),
-            stop_evt: EventFd::new(EFD_NONBLOCK).map_err(VmError::Event)?,
-        });
+        let shared = Arc::new(VcpuShared::new(
+            control.clone(),
+            EventFd::new(EFD_NONBLOCK).map_err(VmError::Event)?,
+        ));
         let bus = Arc::new(bus);
         let mut vcpu_threads = Vec::with_capacity(vcpus.len());
         for (id, fd) in vcpus.into_iter().enumerate() {
@@ -187,6 +191,12 @@ impl VmHandle {
                 .map_err(VmError::Thread)?;
             vcpu_threads.push(thread);
         }
+        {
+            let mut status = control.status();
+            status.state = VmState::Running;
+            status.booted_at = Instant::now();
+            status.boots += 1;
+        }
         tracing::info!(
             vcpus = config.vcpus,
             memory_mib = config.memory_bytes >> 20,
@@ -196,36 +206,37 @@ impl VmHandle {
         Ok(Self {
             vcpu_threads,
             shared,
+            control,
             power_off_evt: events.power_off,
             reset_evt: events.reset,
-            stop_evt: events.stop,
+            power_button,
             serial,
             stdin_input: config.serial == SerialConfig::Stdio,
-            started,
-            _vm: vm,
+            paused_clock: None,
+            shutdown_deadline: None,
+            vm,
             _memory: memory,
         })
     }
 
-    /// A handle that stops this VM from another thread.
-    pub fn stopper(&self) -> Result<VmStopper, VmError> {
-        Ok(VmStopper {
-            evt: self.stop_evt.try_clone().map_err(VmError::Event)?,
-        })
+    /// A controller for this guest, usable from any thread.
+    pub fn controller(&self) -> VmController {
+        VmController {
+            shared: self.control.clone(),
+        }
     }
 
-    /// Runs the VM's control loop (serial input from stdin, power events)
-    /// until the guest ends or it is stopped, then stops every vCPU.
+    /// Runs the VM's control loop (serial input from stdin, power events,
+    /// controller requests) until the guest ends, then stops every vCPU.
     pub fn wait(mut self) -> Result<ExitReason, VmError> {
         let result = self.control_loop();
         self.shared.stopping.store(true, Ordering::Release);
-        let threads = std::mem::take(&mut self.vcpu_threads);
-        join_vcpus(threads);
-        tracing::info!(
-            uptime_ms = self.started.elapsed().as_millis() as u64,
-            ?result,
-            "guest ended"
-        );
+        self.shared.unpark();
+        join_vcpus(std::mem::take(&mut self.vcpu_threads));
+        if !matches!(result, Ok(ExitReason::Restart | ExitReason::Reboot)) {
+            self.control.set_state(VmState::Stopped);
+        }
+        tracing::info!(?result, "guest ended");
         result
     }
 
@@ -240,13 +251,28 @@ impl VmHandle {
         };
         watch(self.power_off_evt.as_raw_fd(), Wake::PowerOff).map_err(VmError::Event)?;
         watch(self.reset_evt.as_raw_fd(), Wake::Reset).map_err(VmError::Event)?;
-        watch(self.stop_evt.as_raw_fd(), Wake::Stop).map_err(VmError::Event)?;
+        watch(self.control.evt.as_raw_fd(), Wake::Control).map_err(VmError::Event)?;
         watch(self.shared.stop_evt.as_raw_fd(), Wake::VcpuStopped).map_err(VmError::Event)?;
         // stdin may be a file or /dev/null, which epoll refuses: then there is no input.
         let mut stdin_open = self.stdin_input && watch(libc::STDIN_FILENO, Wake::Stdin).is_ok();
+        // Requests queued before the loop started (e.g. while booting) are served now.
+        if let Some(reason) = self.serve_requests()? {
+            return Ok(reason);
+        }
         let mut events = vec![EpollEvent::default(); 8];
         loop {
-            let n = match epoll.wait(-1, &mut events) {
+            let timeout_ms = match self.shutdown_deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        tracing::warn!("the guest did not power off in time; stopping it");
+                        return Ok(ExitReason::Stopped);
+                    }
+                    i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1)
+                }
+                None => -1,
+            };
+            let n = match epoll.wait(timeout_ms, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(VmError::Event(e)),
@@ -255,7 +281,12 @@ impl VmHandle {
                 match ev.data() {
                     x if x == Wake::PowerOff as u64 => return Ok(ExitReason::PowerOff),
                     x if x == Wake::Reset as u64 => return Ok(ExitReason::Reboot),
-                    x if x == Wake::Stop as u64 => return Ok(ExitReason::Stopped),
+                    x if x == Wake::Control as u64 => {
+                        let _ = self.control.evt.read();
+                        if let Some(reason) = self.serve_requests()? {
+                            return Ok(reason);
+                        }
+                    }
                     x if x == Wake::VcpuStopped as u64 => {
                         let reason = self
                             .shared
@@ -284,6 +315,92 @@ impl VmHandle {
         }
     }
 
+    /// Carries out every queued controller request; returns an exit reason
+    /// when one of them ends the VM.
+    fn serve_requests(&mut self) -> Result<Option<ExitReason>, VmError> {
+        while let Some(request) = self.control.next_request() {
+            let state = self.control.status().state;
+            let (result, exit) = self.apply(request.command, state);
+            let _ = request.reply.send(result);
+            if exit.is_some() {
+                return Ok(exit);
+            }
+        }
+        Ok(None)
+    }
+
+    fn apply(
+        &mut self,
+        command: Command,
+        state: VmState,
+    ) -> (Result<(), ControlError>, Option<ExitReason>) {
+        let wrong = |action| (Err(ControlError::WrongState { action, state }), None);
+        match command {
+            Command::Pause if state == VmState::Running => (self.pause(), None),
+            Command::Pause => wrong("pause"),
+            Command::Resume if state == VmState::Paused => (self.resume(), None),
+            Command::Resume => wrong("resume"),
+            Command::Shutdown { timeout } if state == VmState::Running => {
+                match self.power_button.write(1) {
+                    Ok(()) => {
+                        tracing::info!(?timeout, "pressed the ACPI power button");
+                        self.control.set_state(VmState::ShuttingDown);
+                        self.shutdown_deadline = timeout.map(|t| Instant::now() + t);
+                        (Ok(()), None)
+                    }
+                    Err(e) => (
+                        Err(ControlError::Failed(format!("power button: {e}"))),
+                        None,
+                    ),
+                }
+            }
+            Command::Shutdown { .. } => wrong("shut down"),
+            Command::Reboot => (Ok(()), Some(ExitReason::Restart)),
+            Command::Stop => (Ok(()), Some(ExitReason::Stopped)),
+        }
+    }
+
+    /// Parks every vCPU and freezes the guest's clock.
+    fn pause(&mut self) -> Result<(), ControlError> {
+        self.shared.paused.store(true, Ordering::Release);
+        let count = self.vcpu_threads.len();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.shared.wait_parked(count, Duration::from_millis(1)) {
+            if Instant::now() > deadline {
+                self.shared.unpark();
+                return Err(ControlError::Failed(
+                    "the vCPUs did not stop within 2 s".into(),
+                ));
+            }
+            kick_vcpus(&self.vcpu_threads);
+        }
+        self.paused_clock = match self.vm.get_clock() {
+            Ok(clock) => Some(clock),
+            Err(e) => {
+                tracing::debug!(error = %e, "KVM_GET_CLOCK failed; guest time will jump");
+                None
+            }
+        };
+        self.control.set_state(VmState::Paused);
+        tracing::info!("guest paused");
+        Ok(())
+    }
+
+    /// Restores the guest's clock and lets the vCPUs run.
+    fn resume(&mut self) -> Result<(), ControlError> {
+        if let Some(mut clock) = self.paused_clock.take() {
+            // Only the clock value is restored; the flags describe how KVM read it.
+            clock.flags = 0;
+            if let Err(e) = self.vm.set_clock(&clock) {
+                tracing::debug!(error = %e, "KVM_SET_CLOCK failed; guest time will jump");
+            }
+        }
+        self.shared.unpark();
+        self.control.set_state(VmState::Running);
+        tracing::info!("guest resumed");
+        Ok(())
+    }
+
     /// Moves what the user typed into the UART; false once stdin is closed.
     fn forward_stdin(&self) -> bool {
         let mut buf = [0u8; 64];
@@ -303,7 +420,17 @@ impl VmHandle {
 impl Drop for VmHandle {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::Release);
+        self.shared.unpark();
         join_vcpus(std::mem::take(&mut self.vcpu_threads));
+    }
+}
+
+/// Sends the kick signal to every vCPU thread still running.
+fn kick_vcpus(threads: &[JoinHandle<()>]) {
+    for thread in threads.iter().filter(|t| !t.is_finished()) {
+        if let Err(e) = thread.kill(kick_signal()) {
+            tracing::debug!(error = %e, "cannot kick a vCPU thread");
+        }
     }
 }
 
@@ -347,11 +474,10 @@ fn register_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), VmError> {
     Ok(())
 }
 
-/// The events devices raise to end the guest, and the one that stops it from outside.
+/// The events devices raise to end the guest.
 struct PlatformEvents {
     power_off: EventFd,
     reset: EventFd,
-    stop: EventFd,
 }
 
 impl PlatformEvents {
@@ -360,9 +486,16 @@ impl PlatformEvents {
         Ok(Self {
             power_off: evt()?,
             reset: evt()?,
-            stop: evt()?,
         })
     }
+}
+
+/// An `EventFd` that raises interrupt line `gsi` when written.
+fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd, VmError> {
+    let evt = EventFd::new(EFD_NONBLOCK).map_err(VmError::Event)?;
+    vm.register_irqfd(&evt, gsi)
+        .map_err(|e| VmError::Kvm("register an irqfd", e))?;
+    Ok(evt)
 }
 
 /// Puts COM1, the i8042 and the ACPI power registers on the port I/O bus,
@@ -372,12 +505,7 @@ fn build_devices(
     config: &VmConfig,
     events: &PlatformEvents,
 ) -> Result<(PioBus, Arc<Mutex<SerialDevice>>), VmError> {
-    let irq = |gsi: u32| -> Result<EventFdTrigger, VmError> {
-        let evt = EventFd::new(EFD_NONBLOCK).map_err(VmError::Event)?;
-        vm.register_irqfd(&evt, gsi)
-            .map_err(|e| VmError::Kvm("register an irqfd", e))?;
-        Ok(EventFdTrigger::new(evt))
-    };
+    let irq = |gsi: u32| irqfd(vm, gsi).map(EventFdTrigger::new);
     let clone = |e: &EventFd| {
         e.try_clone()
             .map(EventFdTrigger::new)

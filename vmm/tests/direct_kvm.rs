@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vmm::tiny_guest::{elf, TinyEnd, TinyEntry, READY_LINE};
-use vmm::{ExitReason, SerialConfig, VmConfig, VmHandle};
+use vmm::{ControlError, ExitReason, OnReboot, SerialConfig, VmConfig, VmHandle, VmState, Vmm};
 
 /// Whether KVM is usable; in CI its absence is a failure, elsewhere a skip.
 fn kvm_available() -> bool {
@@ -130,10 +130,10 @@ fn a_halted_guest_is_stopped_from_another_thread() {
         .build()
         .unwrap();
     let vm = VmHandle::start(&config).unwrap();
-    let stopper = vm.stopper().unwrap();
+    let controller = vm.controller();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
-        stopper.stop().unwrap();
+        controller.stop().unwrap();
     });
     let begin = Instant::now();
     assert_eq!(vm.wait().unwrap(), ExitReason::Stopped);
@@ -222,4 +222,117 @@ fn binary_rejects_bad_input_with_one_line() {
         assert_eq!(err.trim().lines().count(), 1, "{shown:?}: one line: {err}");
         assert!(begin.elapsed() < Duration::from_secs(5));
     }
+}
+
+fn console_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+#[test]
+fn pause_stops_output_and_resume_continues_it() {
+    if !kvm_available() {
+        return;
+    }
+    let scratch = Scratch::new("pause");
+    let kernel = scratch.file("dots.elf", &elf(TinyEntry::Long64, TinyEnd::Dots));
+    let console = scratch.0.join("console.log");
+    let config = VmConfig::builder(&kernel)
+        .vcpus(2)
+        .memory_bytes(32 << 20)
+        .serial(SerialConfig::File(console.clone()))
+        .build()
+        .unwrap();
+    let vm = VmHandle::start(&config).unwrap();
+    let ctl = vm.controller();
+    let waiter = std::thread::spawn(move || vm.wait());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        console_len(&console) > READY_LINE.len() as u64,
+        "dots are printed"
+    );
+    assert_eq!(ctl.info().state, VmState::Running);
+    assert!(matches!(ctl.resume(), Err(ControlError::WrongState { .. })));
+
+    ctl.pause().unwrap();
+    assert_eq!(ctl.info().state, VmState::Paused);
+    assert!(matches!(ctl.pause(), Err(ControlError::WrongState { .. })));
+    let frozen = console_len(&console);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(console_len(&console), frozen, "no output while paused");
+
+    ctl.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        console_len(&console) > frozen,
+        "output continues after resume"
+    );
+    let metrics = ctl.metrics();
+    assert!(
+        metrics.contains("nubo_vcpu_exits_total{reason=\"io_out\"}"),
+        "{metrics}"
+    );
+
+    ctl.stop().unwrap();
+    assert_eq!(waiter.join().unwrap().unwrap(), ExitReason::Stopped);
+    assert_eq!(ctl.info().state, VmState::Stopped);
+    assert!(matches!(ctl.pause(), Err(ControlError::Gone)));
+}
+
+#[test]
+fn shutdown_of_a_guest_that_ignores_the_button_times_out() {
+    if !kvm_available() {
+        return;
+    }
+    let scratch = Scratch::new("shutdown");
+    let kernel = scratch.file("dots.elf", &elf(TinyEntry::Long64, TinyEnd::Dots));
+    let config = VmConfig::builder(&kernel)
+        .memory_bytes(32 << 20)
+        .serial(SerialConfig::Off)
+        .build()
+        .unwrap();
+    let vm = VmHandle::start(&config).unwrap();
+    let ctl = vm.controller();
+    let waiter = std::thread::spawn(move || vm.wait());
+    let begin = Instant::now();
+    ctl.shutdown(Some(Duration::from_millis(300))).unwrap();
+    assert_eq!(ctl.info().state, VmState::ShuttingDown);
+    assert_eq!(waiter.join().unwrap().unwrap(), ExitReason::Stopped);
+    let took = begin.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn restart_on_reboot_boots_again_until_stopped() {
+    if !kvm_available() {
+        return;
+    }
+    let scratch = Scratch::new("restart");
+    let kernel = scratch.file("reboot.elf", &elf(TinyEntry::Long64, TinyEnd::I8042Reset));
+    let console = scratch.0.join("console.log");
+    let config = VmConfig::builder(&kernel)
+        .memory_bytes(32 << 20)
+        .serial(SerialConfig::File(console.clone()))
+        .build()
+        .unwrap();
+    let vmm = Vmm::new(config, OnReboot::Restart).unwrap();
+    let ctl = vmm.controller();
+    let runner = std::thread::spawn(move || vmm.run());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctl.info().boot_count < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        ctl.info().boot_count >= 3,
+        "the guest rebooted and came back"
+    );
+    // The guest may be between boots; retry the stop until it lands.
+    while ctl.stop().is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(runner.join().unwrap().unwrap(), ExitReason::Stopped);
+    let out = std::fs::read_to_string(&console).unwrap();
+    assert!(out.matches(READY_LINE).count() >= 3, "{out}");
 }

@@ -1,0 +1,267 @@
+//! Controlling a running guest from other threads: the lifecycle state, the
+//! requests (pause, resume, shutdown, reboot, stop) that the VM's control
+//! loop carries out, and the counters it exposes. The API socket is a thin
+//! layer over [`VmController`].
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::VmConfig;
+use crate::error::VmError;
+
+/// The lifecycle state of a guest, as the API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmState {
+    /// Not started yet, or being rebuilt for a restart.
+    Starting,
+    /// vCPUs are running.
+    Running,
+    /// vCPUs are stopped; the guest keeps its state.
+    Paused,
+    /// The power button was pressed; waiting for the guest to power off.
+    ShuttingDown,
+    /// The guest is gone; the VMM is exiting.
+    Stopped,
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::ShuttingDown => "shutting-down",
+            VmState::Stopped => "stopped",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Why a control request was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ControlError {
+    /// The request does not apply in the guest's current state.
+    #[error("cannot {action} a guest that is {state}")]
+    WrongState {
+        /// What was asked.
+        action: &'static str,
+        /// The state it was in.
+        state: VmState,
+    },
+    /// The VM ended before it could answer.
+    #[error("the guest has stopped")]
+    Gone,
+    /// Carrying out the request failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A request for the control loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Command {
+    Pause,
+    Resume,
+    Shutdown { timeout: Option<Duration> },
+    Reboot,
+    Stop,
+}
+
+pub(crate) struct Request {
+    pub command: Command,
+    pub reply: SyncSender<Result<(), ControlError>>,
+}
+
+/// What the guest's vCPUs did, counted by exit reason.
+#[derive(Debug, Default)]
+pub struct VcpuExitCounters {
+    /// Port reads.
+    pub io_in: AtomicU64,
+    /// Port writes.
+    pub io_out: AtomicU64,
+    /// MMIO reads.
+    pub mmio_read: AtomicU64,
+    /// MMIO writes.
+    pub mmio_write: AtomicU64,
+    /// Returns to user space on a signal (kicks).
+    pub interrupted: AtomicU64,
+    /// Shutdown, system events, failures.
+    pub system: AtomicU64,
+    /// Anything else.
+    pub other: AtomicU64,
+}
+
+impl VcpuExitCounters {
+    /// Adds one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The state shared between the control loop, the vCPUs and the controllers.
+pub(crate) struct ControlShared {
+    pub requests: Mutex<VecDeque<Request>>,
+    pub evt: EventFd,
+    pub status: Mutex<Status>,
+    pub exits: VcpuExitCounters,
+    pub config: VmConfig,
+}
+
+/// Lifecycle bookkeeping.
+pub(crate) struct Status {
+    pub state: VmState,
+    pub booted_at: Instant,
+    pub boots: u64,
+}
+
+impl ControlShared {
+    pub fn new(config: &VmConfig) -> Result<Arc<Self>, VmError> {
+        Ok(Arc::new(Self {
+            requests: Mutex::new(VecDeque::new()),
+            evt: EventFd::new(EFD_NONBLOCK).map_err(VmError::Event)?,
+            status: Mutex::new(Status {
+                state: VmState::Starting,
+                booted_at: Instant::now(),
+                boots: 0,
+            }),
+            exits: VcpuExitCounters::default(),
+            config: config.clone(),
+        }))
+    }
+
+    pub fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_state(&self, state: VmState) {
+        self.status().state = state;
+    }
+
+    /// Takes the next pending request.
+    pub fn next_request(&self) -> Option<Request> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+}
+
+/// A snapshot of the guest for `GET /vm`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VmInfo {
+    /// Lifecycle state.
+    pub state: VmState,
+    /// Milliseconds since the guest last booted.
+    pub uptime_ms: u64,
+    /// How many times the guest has booted in this process.
+    pub boot_count: u64,
+    /// What the guest was started with.
+    pub config: VmConfig,
+}
+
+/// How long a controller waits for the control loop to answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Controls a guest from any thread; cheap to clone.
+#[derive(Clone)]
+pub struct VmController {
+    pub(crate) shared: Arc<ControlShared>,
+}
+
+impl VmController {
+    fn send(&self, command: Command) -> Result<(), ControlError> {
+        if self.shared.status().state == VmState::Stopped {
+            return Err(ControlError::Gone);
+        }
+        let (reply, answer) = sync_channel(1);
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(Request { command, reply });
+        self.shared
+            .evt
+            .write(1)
+            .map_err(|e| ControlError::Failed(format!("cannot reach the control loop: {e}")))?;
+        answer
+            .recv_timeout(REPLY_TIMEOUT)
+            .map_err(|_| ControlError::Gone)?
+    }
+
+    /// Stops every vCPU; the guest keeps its memory and device state.
+    pub fn pause(&self) -> Result<(), ControlError> {
+        self.send(Command::Pause)
+    }
+
+    /// Lets a paused guest run again.
+    pub fn resume(&self) -> Result<(), ControlError> {
+        self.send(Command::Resume)
+    }
+
+    /// Presses the ACPI power button. With a timeout, the guest is stopped
+    /// hard if it has not powered off by then.
+    pub fn shutdown(&self, timeout: Option<Duration>) -> Result<(), ControlError> {
+        self.send(Command::Shutdown { timeout })
+    }
+
+    /// Restarts the guest from scratch (a cold reset of the VM).
+    pub fn reboot(&self) -> Result<(), ControlError> {
+        self.send(Command::Reboot)
+    }
+
+    /// Stops the guest now; the VM ends with [`crate::ExitReason::Stopped`].
+    pub fn stop(&self) -> Result<(), ControlError> {
+        self.send(Command::Stop)
+    }
+
+    /// The guest's state, uptime and configuration.
+    pub fn info(&self) -> VmInfo {
+        let status = self.shared.status();
+        VmInfo {
+            state: status.state,
+            uptime_ms: status.booted_at.elapsed().as_millis() as u64,
+            boot_count: status.boots,
+            config: self.shared.config.clone(),
+        }
+    }
+
+    /// Counters in the Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let e = &self.shared.exits;
+        let mut out = String::from(
+            "# HELP nubo_vcpu_exits_total vCPU exits to the VMM by reason.\n\
+             # TYPE nubo_vcpu_exits_total counter\n",
+        );
+        for (reason, counter) in [
+            ("io_in", &e.io_in),
+            ("io_out", &e.io_out),
+            ("mmio_read", &e.mmio_read),
+            ("mmio_write", &e.mmio_write),
+            ("interrupted", &e.interrupted),
+            ("system", &e.system),
+            ("other", &e.other),
+        ] {
+            out.push_str(&format!(
+                "nubo_vcpu_exits_total{{reason=\"{reason}\"}} {}\n",
+                counter.load(Ordering::Relaxed)
+            ));
+        }
+        let info = self.info();
+        out.push_str(&format!(
+            "# HELP nubo_vm_uptime_seconds Seconds since the guest booted.\n\
+             # TYPE nubo_vm_uptime_seconds gauge\n\
+             nubo_vm_uptime_seconds {:.3}\n\
+             # HELP nubo_vm_boots_total Guest boots in this process.\n\
+             # TYPE nubo_vm_boots_total counter\n\
+             nubo_vm_boots_total {}\n",
+            info.uptime_ms as f64 / 1000.0,
+            info.boot_count
+        ));
+        out
+    }
+}
