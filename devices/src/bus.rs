@@ -107,6 +107,175 @@ fn lock(dev: &SharedPioDevice) -> std::sync::MutexGuard<'_, dyn PioDevice + 'sta
     dev.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A device that answers memory-mapped I/O accesses inside the range it was
+/// inserted at.
+pub trait MmioDevice: Send {
+    /// Reads `data.len()` bytes at `offset` from `base`, the start of the
+    /// device's range on the bus.
+    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]);
+    /// Writes `data` at `offset` from `base`, the start of the device's range.
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]);
+}
+
+/// A shared handle to a device on the MMIO bus.
+pub type SharedMmioDevice = Arc<Mutex<dyn MmioDevice>>;
+
+/// Errors of changing the MMIO bus.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MmioBusError {
+    /// The new range overlaps a device already on the bus.
+    #[error("MMIO range {base:#x}+{len:#x} overlaps a device already on the bus")]
+    Overlap {
+        /// First address of the rejected range.
+        base: u64,
+        /// Length of the rejected range.
+        len: u64,
+    },
+    /// The range is empty or runs past the end of the 64-bit address space.
+    #[error("MMIO range {base:#x}+{len:#x} is empty or past the end of the address space")]
+    BadRange {
+        /// First address of the rejected range.
+        base: u64,
+        /// Length of the rejected range.
+        len: u64,
+    },
+    /// No device starts at this address.
+    #[error("no device on the MMIO bus starts at {0:#x}")]
+    NotFound(u64),
+}
+
+/// Maps guest-physical address ranges to devices. Reads of addresses no
+/// device owns return all ones and writes are dropped.
+///
+/// Unlike [`PioBus`], the map sits behind a lock so that ranges can be
+/// inserted, removed and moved (`update`) through a shared reference while
+/// vCPU threads use the bus. A device is called without that lock held, so a
+/// device may itself change the bus (for example when the guest moves a BAR).
+///
+/// Nubo's PCI layer does not need this for BARs: it routes BAR accesses
+/// itself (see `pci::PciBarWindow`), and only the ECAM window and the BAR
+/// windows are put on this bus, once.
+#[derive(Default)]
+pub struct MmioBus {
+    ranges: std::sync::RwLock<BTreeMap<u64, (u64, SharedMmioDevice)>>,
+}
+
+impl MmioBus {
+    /// Creates an empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, (u64, SharedMmioDevice)>> {
+        self.ranges.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn map_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, (u64, SharedMmioDevice)>> {
+        self.ranges.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_free(
+        map: &BTreeMap<u64, (u64, SharedMmioDevice)>,
+        base: u64,
+        len: u64,
+        ignore: Option<u64>,
+    ) -> Result<(), MmioBusError> {
+        let last = base
+            .checked_add(len.saturating_sub(1))
+            .filter(|_| len > 0)
+            .ok_or(MmioBusError::BadRange { base, len })?;
+        let overlaps = map
+            .range(..=last)
+            .rev()
+            .filter(|(b, _)| Some(**b) != ignore)
+            .take(1)
+            .any(|(&b, &(l, _))| u128::from(b) + u128::from(l) > u128::from(base));
+        if overlaps {
+            return Err(MmioBusError::Overlap { base, len });
+        }
+        Ok(())
+    }
+
+    /// Puts `device` at addresses `base..base + len`.
+    pub fn insert(
+        &self,
+        device: SharedMmioDevice,
+        base: u64,
+        len: u64,
+    ) -> Result<(), MmioBusError> {
+        let mut map = self.map_mut();
+        Self::check_free(&map, base, len, None)?;
+        map.insert(base, (len, device));
+        Ok(())
+    }
+
+    /// Removes the device whose range starts at `base`; returns it and the
+    /// length of its range.
+    pub fn remove(&self, base: u64) -> Result<(SharedMmioDevice, u64), MmioBusError> {
+        self.map_mut()
+            .remove(&base)
+            .map(|(len, dev)| (dev, len))
+            .ok_or(MmioBusError::NotFound(base))
+    }
+
+    /// Moves the device whose range starts at `old_base` to `new_base`,
+    /// keeping its length. On error the bus is unchanged.
+    pub fn update(&self, old_base: u64, new_base: u64) -> Result<(), MmioBusError> {
+        let mut map = self.map_mut();
+        let len = map
+            .get(&old_base)
+            .map(|(len, _)| *len)
+            .ok_or(MmioBusError::NotFound(old_base))?;
+        Self::check_free(&map, new_base, len, Some(old_base))?;
+        if let Some(entry) = map.remove(&old_base) {
+            map.insert(new_base, entry);
+        }
+        Ok(())
+    }
+
+    /// Finds the device owning `[addr, addr + size)` entirely; returns its
+    /// base, the offset of `addr` in it and a handle (the map lock is released
+    /// before the device is called).
+    fn find(&self, addr: u64, size: usize) -> Option<(u64, u64, SharedMmioDevice)> {
+        let map = self.map();
+        let (&base, (len, dev)) = map.range(..=addr).next_back()?;
+        let offset = addr - base;
+        let end = offset.checked_add(u64::try_from(size).ok()?)?;
+        (end <= *len).then(|| (base, offset, dev.clone()))
+    }
+
+    /// Handles a guest read of `data.len()` bytes at `addr`; returns whether a
+    /// device owned the address.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.find(addr, data.len()) {
+            Some((base, offset, dev)) => {
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(base, offset, data);
+                true
+            }
+            None => {
+                data.fill(0xff);
+                false
+            }
+        }
+    }
+
+    /// Handles a guest write of `data` at `addr`; returns whether a device
+    /// owned the address.
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.find(addr, data.len()) {
+            Some((base, offset, dev)) => {
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(base, offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +329,55 @@ mod tests {
         assert!(bus.insert(dev.clone(), 0x10, 0).is_err());
         assert!(bus.insert(dev.clone(), 0xffff, 2).is_err());
         bus.insert(dev, 0xffff, 1).unwrap();
+    }
+
+    struct MEcho(Vec<(u64, u64, Vec<u8>)>);
+    impl MmioDevice for MEcho {
+        fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
+            self.0.push((base, offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn mmio_routes_and_moves() {
+        let dev = Arc::new(Mutex::new(MEcho(vec![])));
+        let bus = MmioBus::new();
+        bus.insert(dev.clone(), 0x1000, 0x100).unwrap();
+        assert_eq!(
+            bus.insert(dev.clone(), 0x10ff, 1),
+            Err(MmioBusError::Overlap {
+                base: 0x10ff,
+                len: 1
+            })
+        );
+        assert!(bus.insert(dev.clone(), 0x0f00, 0x101).is_err());
+        assert!(bus.insert(dev.clone(), 0, 0).is_err());
+        assert!(bus.insert(dev.clone(), u64::MAX, 2).is_err());
+        bus.insert(dev.clone(), u64::MAX, 1).unwrap();
+        let mut b = [0u8; 4];
+        assert!(bus.read(0x1004, &mut b));
+        assert_eq!(b, [4; 4]);
+        assert!(!bus.read(0x10fe, &mut b), "straddles the end");
+        assert_eq!(b, [0xff; 4]);
+        assert!(bus.write(0x1008, &[1, 2]));
+        // Move onto itself (overlapping the old range) is fine.
+        bus.update(0x1000, 0x1080).unwrap();
+        assert!(!bus.write(0x1000, &[1]));
+        assert!(bus.write(0x1080, &[3]));
+        assert_eq!(
+            bus.update(0x1000, 0x2000),
+            Err(MmioBusError::NotFound(0x1000))
+        );
+        assert!(bus.update(0x1080, u64::MAX - 0x10).is_err());
+        let (_, len) = bus.remove(0x1080).unwrap();
+        assert_eq!(len, 0x100);
+        assert!(!bus.write(0x1080, &[3]));
+        assert_eq!(
+            dev.lock().unwrap().0,
+            vec![(0x1000, 8, vec![1, 2]), (0x1080, 0, vec![3])]
+        );
     }
 }

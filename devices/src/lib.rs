@@ -8,7 +8,8 @@
 pub mod acpi_pm;
 pub mod bus;
 pub mod i8042;
+pub mod pci;
 pub mod serial;
 pub mod trigger;
 
-pub use bus::{BusError, PioBus, PioDevice};
+pub use bus::{BusError, MmioBus, MmioBusError, MmioDevice, PioBus, PioDevice};
