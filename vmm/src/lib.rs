@@ -20,7 +20,9 @@
 //! ```
 
 pub mod acpi;
+pub mod api;
 pub mod boot;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod cpu;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vmm::{ExitReason, MemorySize, SerialConfig, VmConfig, VmHandle};
+use vmm::{MemorySize, OnReboot, SerialConfig, VmConfig, Vmm};
 
 /// Nubo's virtual machine monitor: one guest per process.
 #[derive(Parser)]
@@ -19,6 +19,17 @@ struct Cli {
 enum Command {
     /// Boot a Linux kernel and run it until it powers off or reboots.
     Run(RunArgs),
+    /// Send one request to a running VMM's API socket and print the answer.
+    Api {
+        /// The VMM's --api-socket.
+        socket: PathBuf,
+        /// GET or PUT.
+        method: String,
+        /// e.g. /vm, /vm/pause, /metrics.
+        path: String,
+        /// JSON body.
+        body: Option<String>,
+    },
     /// Write a tiny test guest (an ELF that prints a line and powers off).
     TinyGuest {
         /// Where to write the ELF image.
@@ -27,6 +38,9 @@ enum Command {
         /// Enter it with PVH (32-bit) instead of the 64-bit entry.
         #[arg(long)]
         pvh: bool,
+        /// What it does after its line: poweroff, reboot, halt or dots (prints forever).
+        #[arg(long, default_value = "poweroff")]
+        then: String,
     },
 }
 
@@ -50,9 +64,15 @@ struct RunArgs {
     /// Serial console: stdio, off or file=PATH.
     #[arg(long, default_value = "stdio")]
     serial: SerialConfig,
+    /// Serve the control API (HTTP/JSON) on this Unix socket.
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+    /// What a guest reboot does: exit the VMM, or boot the guest again.
+    #[arg(long, value_enum, default_value = "exit")]
+    on_reboot: OnReboot,
 }
 
-fn run(args: RunArgs) -> anyhow::Result<ExitReason> {
+fn run(args: RunArgs) -> anyhow::Result<vmm::ExitReason> {
     let mut builder = VmConfig::builder(&args.kernel)
         .cmdline(args.cmdline)
         .vcpus(args.cpus)
@@ -62,8 +82,26 @@ fn run(args: RunArgs) -> anyhow::Result<ExitReason> {
         builder = builder.initrd(initrd);
     }
     let config = builder.build()?;
-    let vm = VmHandle::start(&config).context("cannot start the guest")?;
-    Ok(vm.wait()?)
+    let vmm = Vmm::new(config, args.on_reboot)?;
+    if let Some(socket) = &args.api_socket {
+        vmm::api::spawn(socket, vmm.controller())?;
+    }
+    let reason = vmm.run().context("cannot start the guest")?;
+    if let Some(socket) = &args.api_socket {
+        let _ = std::fs::remove_file(socket);
+    }
+    Ok(reason)
+}
+
+fn api(socket: PathBuf, method: String, path: String, body: Option<String>) -> anyhow::Result<()> {
+    let (status, text) =
+        vmm::client::request(&socket, &method.to_uppercase(), &path, body.as_deref())?;
+    println!("{status}");
+    if !text.is_empty() {
+        println!("{text}");
+    }
+    anyhow::ensure!(status < 400, "the VMM answered {status}");
+    Ok(())
 }
 
 /// The error and its causes on one line, leaving out a cause whose text the
@@ -95,13 +133,31 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args).map(|reason| {
             tracing::info!(?reason, "guest exited");
         }),
-        Command::TinyGuest { out, pvh } => {
+        Command::Api {
+            socket,
+            method,
+            path,
+            body,
+        } => api(socket, method, path, body),
+        Command::TinyGuest { out, pvh, then } => {
+            let end = match then.as_str() {
+                "poweroff" => vmm::tiny_guest::TinyEnd::AcpiPowerOff,
+                "reboot" => vmm::tiny_guest::TinyEnd::I8042Reset,
+                "halt" => vmm::tiny_guest::TinyEnd::Halt,
+                "dots" => vmm::tiny_guest::TinyEnd::Dots,
+                other => {
+                    eprintln!(
+                        "nubo-vmm: error: unknown --then '{other}' (poweroff, reboot, halt, dots)"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
             let entry = if pvh {
                 vmm::tiny_guest::TinyEntry::Pvh32
             } else {
                 vmm::tiny_guest::TinyEntry::Long64
             };
-            let image = vmm::tiny_guest::elf(entry, vmm::tiny_guest::TinyEnd::AcpiPowerOff);
+            let image = vmm::tiny_guest::elf(entry, end);
             std::fs::write(&out, image).with_context(|| format!("cannot write {}", out.display()))
         }
     };

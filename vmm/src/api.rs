@@ -1,0 +1,208 @@
+//! The per-guest control API: HTTP/1.1 with JSON bodies on a Unix socket,
+//! a thin layer over [`VmController`]. See `vmm/openapi.yaml`.
+//!
+//! | method and path | does |
+//! |---|---|
+//! | `GET /vm` | state, uptime, boot count, configuration |
+//! | `PUT /vm/pause`, `PUT /vm/resume` | stop and continue every vCPU |
+//! | `PUT /vm/shutdown` `{"timeout_s": 30}` | press the ACPI power button; stop hard after the timeout |
+//! | `PUT /vm/reboot` | restart the guest |
+//! | `PUT /vm/stop` | stop now; the VMM exits |
+//! | `GET /metrics` | counters in the Prometheus text format |
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+
+use crate::control::{ControlError, VmController};
+
+/// Errors of starting the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Something else than a stale socket is at the path.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// Binding or preparing the socket failed.
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The server thread could not start.
+    #[error("cannot start the API thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The JSON body of every error answer.
+#[derive(serde::Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// Maps a controller's answer to HTTP: 204, 409 for a wrong state, 503 when gone.
+fn answer(result: Result<(), ControlError>) -> Response {
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e @ ControlError::WrongState { .. }) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ ControlError::Gone) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e @ ControlError::Failed(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Runs a blocking controller call off the async runtime.
+async fn control(
+    ctl: VmController,
+    call: impl FnOnce(&VmController) -> Result<(), ControlError> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(move || call(&ctl)).await {
+        Ok(result) => answer(result),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The body of `PUT /vm/shutdown`.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ShutdownRequest {
+    /// Seconds to wait for the guest before stopping it hard.
+    timeout_s: Option<f64>,
+}
+
+async fn shutdown(State(ctl): State<VmController>, body: Bytes) -> Response {
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        ShutdownRequest::default()
+    } else {
+        match serde_json::from_slice::<ShutdownRequest>(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+        }
+    };
+    let timeout = match request.timeout_s {
+        None => None,
+        Some(t) if t.is_finite() && (0.0..=86_400.0).contains(&t) => {
+            Some(Duration::from_secs_f64(t))
+        }
+        Some(t) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("timeout_s must be between 0 and 86400 seconds, got {t}"),
+            )
+        }
+    };
+    control(ctl, move |c| c.shutdown(timeout)).await
+}
+
+/// The API's routes over `controller`.
+pub fn router(controller: VmController) -> Router {
+    Router::new()
+        .route(
+            "/vm",
+            get(|State(ctl): State<VmController>| async move { Json(ctl.info()) }),
+        )
+        .route(
+            "/vm/pause",
+            put(|State(ctl): State<VmController>| control(ctl, |c| c.pause())),
+        )
+        .route(
+            "/vm/resume",
+            put(|State(ctl): State<VmController>| control(ctl, |c| c.resume())),
+        )
+        .route("/vm/shutdown", put(shutdown))
+        .route(
+            "/vm/reboot",
+            put(|State(ctl): State<VmController>| control(ctl, |c| c.reboot())),
+        )
+        .route(
+            "/vm/stop",
+            put(|State(ctl): State<VmController>| control(ctl, |c| c.stop())),
+        )
+        .route(
+            "/metrics",
+            get(|State(ctl): State<VmController>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    ctl.metrics(),
+                )
+            }),
+        )
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+        })
+        .with_state(controller)
+}
+
+/// Binds `path` with mode 0600, replacing a stale socket left by a dead VMM.
+fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ApiError> {
+    let listen_err = |source| ApiError::Listen {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(listen_err)?
+        }
+        Ok(_) => return Err(ApiError::NotASocket(path.to_path_buf())),
+        Err(_) => {}
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(listen_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
+    listener.set_nonblocking(true).map_err(listen_err)?;
+    Ok(listener)
+}
+
+/// Serves the API for `controller` on a Unix socket at `path`, in a thread
+/// of its own. The socket is ready when this returns.
+pub fn spawn(path: &Path, controller: VmController) -> Result<(), ApiError> {
+    let std_listener = bind(path)?;
+    let path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            let span = tracing::info_span!("api", socket = %path.display());
+            let _enter = span.enter();
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the API runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match tokio::net::UnixListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot use the API socket");
+                        return;
+                    }
+                };
+                if let Err(e) = axum::serve(listener, router(controller)).await {
+                    tracing::error!(error = %e, "the API server stopped");
+                }
+            });
+        })
+        .map_err(ApiError::Thread)?;
+    Ok(())
+}

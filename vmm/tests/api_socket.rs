@@ -1,0 +1,232 @@
+//! The control API on its Unix socket, driven through the real `nubo-vmm`
+//! binary with tiny guests on this host's KVM.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vmm::client::request;
+use vmm::tiny_guest::{elf, TinyEnd, TinyEntry};
+
+fn kvm_available() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "/dev/kvm is not usable and CI=true"
+        );
+        eprintln!("skipped: /dev/kvm is not usable here");
+    }
+    ok
+}
+
+/// A nubo-vmm process serving its API, killed and cleaned up on drop.
+struct Vmm {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Vmm {
+    fn start(name: &str, end: TinyEnd, extra: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("nubo-api-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kernel = dir.join("tiny.elf");
+        std::fs::write(&kernel, elf(TinyEntry::Long64, end)).unwrap();
+        let socket = dir.join("api.sock");
+        let console = dir.join("console.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_nubo-vmm"))
+            .args(["run", "--kernel"])
+            .arg(&kernel)
+            .args(["--memory", "32M", "--api-socket"])
+            .arg(&socket)
+            .arg("--serial")
+            .arg(format!("file={}", console.display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !socket.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(socket.exists(), "the API socket appears");
+        let vm = Self { child, dir, socket };
+        // The socket answers while the guest is still being built.
+        while vm.state() == "starting" && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        vm
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        request(&self.socket, method, path, body).unwrap()
+    }
+
+    fn state(&self) -> String {
+        let (status, body) = self.call("GET", "/vm", None);
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["state"].as_str().unwrap().to_string()
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn lifecycle_through_the_socket() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vm = Vmm::start("lifecycle", TinyEnd::Dots, &[]);
+    assert_eq!(mode(&vm.socket), 0o600);
+    assert_eq!(vm.state(), "running");
+    assert_eq!(vm.call("PUT", "/vm/resume", None).0, 409);
+    assert_eq!(vm.call("PUT", "/vm/pause", None).0, 204);
+    assert_eq!(vm.state(), "paused");
+    assert_eq!(vm.call("PUT", "/vm/shutdown", None).0, 409, "resume first");
+    assert_eq!(vm.call("PUT", "/vm/resume", None).0, 204);
+    assert_eq!(vm.state(), "running");
+    let (status, metrics) = vm.call("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let io_out: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("nubo_vcpu_exits_total{reason=\"io_out\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(io_out > 10, "{metrics}");
+    assert_eq!(vm.call("PUT", "/vm/stop", None).0, 204);
+    assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(!vm.socket.exists(), "the socket is removed on exit");
+}
+
+#[test]
+fn bad_requests_get_4xx_and_the_guest_keeps_running() {
+    if !kvm_available() {
+        return;
+    }
+    let vm = Vmm::start("bad", TinyEnd::Dots, &[]);
+    for (method, path, body, want) in [
+        ("GET", "/nope", None, 404),
+        ("PUT", "/vm", None, 405),
+        ("PUT", "/vm/shutdown", Some("{not json"), 400),
+        ("PUT", "/vm/shutdown", Some("{\"timeout_s\": -1}"), 400),
+        (
+            "PUT",
+            "/vm/shutdown",
+            Some("{\"timeout_s\": 1, \"force\": true}"),
+            400,
+        ),
+        ("PUT", "/vm/shutdown", Some("[1,2,3]"), 400),
+    ] {
+        let (status, text) = vm.call(method, path, body);
+        assert_eq!(status, want, "{method} {path} {body:?}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(v["error"].is_string(), "{text}");
+    }
+    assert_eq!(vm.state(), "running");
+}
+
+#[test]
+fn two_clients_at_once() {
+    if !kvm_available() {
+        return;
+    }
+    let vm = Vmm::start("clients", TinyEnd::Dots, &[]);
+    let socket = vm.socket.clone();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                (0..20)
+                    .map(|_| request(&socket, "GET", "/vm", None).unwrap().0)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    // A third client holds a connection open without sending anything.
+    let idle = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    for t in threads {
+        assert!(t.join().unwrap().iter().all(|&s| s == 200));
+    }
+    drop(idle);
+}
+
+#[test]
+fn shutdown_timeout_stops_a_guest_that_ignores_the_button() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vm = Vmm::start("shutdown", TinyEnd::Dots, &[]);
+    let begin = Instant::now();
+    assert_eq!(
+        vm.call("PUT", "/vm/shutdown", Some("{\"timeout_s\": 0.5}"))
+            .0,
+        204
+    );
+    assert_eq!(vm.state(), "shutting-down");
+    assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(begin.elapsed() >= Duration::from_millis(500));
+}
+
+#[test]
+fn reboot_request_and_on_reboot_restart() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vm = Vmm::start("reboot", TinyEnd::Dots, &[]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !vm.console().contains("NUBO-TINY-READY") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(vm.call("PUT", "/vm/reboot", None).0, 204);
+    while vm.console().matches("NUBO-TINY-READY").count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(vm.console().matches("NUBO-TINY-READY").count(), 2);
+    let (_, info) = vm.call("GET", "/vm", None);
+    assert!(info.contains("\"boot_count\":2"), "{info}");
+    assert_eq!(vm.call("PUT", "/vm/stop", None).0, 204);
+    assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
+
+    // A guest that reboots itself comes back with --on-reboot restart.
+    let mut vm = Vmm::start("restart", TinyEnd::I8042Reset, &["--on-reboot", "restart"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while vm.console().matches("NUBO-TINY-READY").count() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(vm.console().matches("NUBO-TINY-READY").count() >= 3);
+    while vm.call("PUT", "/vm/stop", None).0 != 204 && Instant::now() < deadline {}
+    assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
+}
