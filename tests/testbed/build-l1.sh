@@ -109,7 +109,7 @@ fi
 # --- L2 artifacts, scenarios, runner.
 cp "$GUEST"/{bzImage,vmlinux,initramfs.cpio.gz,rootfs.ext4} "$STAGE/testbed/l2/"
 cp "$HERE/runner.sh" "$HERE/lib.sh" "$STAGE/testbed/"
-cp -r "$HERE/scenarios" "$STAGE/testbed/scenarios"
+cp -r "${TESTBED_SCENARIO_DIR:-$HERE/scenarios}" "$STAGE/testbed/scenarios"
 cat >"$STAGE/testbed/env.sh" <<ENV
 L2_BZIMAGE=/testbed/l2/bzImage
 L2_VMLINUX=/testbed/l2/vmlinux

@@ -23,7 +23,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-SCEN=$HERE/scenarios
+SCEN=${TESTBED_SCENARIO_DIR:-$HERE/scenarios}
 OUTDIR=${TESTBED_OUT:-$ROOT/target/testbed}
 LOG=$OUTDIR/console.log
 TIMEOUT=${TESTBED_TIMEOUT:-1200}

@@ -13,8 +13,12 @@ pub enum SerialConfig {
     /// Output to this process's stdout, input from its stdin.
     #[default]
     Stdio,
-    /// Output appended to a file; no input.
+    /// Output appended to a log file capped at 16 MiB (oldest output
+    /// dropped); no input.
     File(PathBuf),
+    /// A Unix socket that `nubo-vmm console PATH` attaches to; the guest
+    /// runs whether or not a client is attached.
+    Socket(PathBuf),
     /// The UART exists but its output is dropped.
     Off,
 }
@@ -26,8 +30,9 @@ impl FromStr for SerialConfig {
         match s {
             "stdio" => Ok(Self::Stdio),
             "off" => Ok(Self::Off),
-            _ => match s.strip_prefix("file=") {
-                Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+            _ => match (s.strip_prefix("file="), s.strip_prefix("socket=")) {
+                (Some(path), _) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+                (_, Some(path)) if !path.is_empty() => Ok(Self::Socket(PathBuf::from(path))),
                 _ => Err(ConfigError::Serial(s.to_string())),
             },
         }
@@ -73,7 +78,7 @@ pub enum ConfigError {
     #[error("the number of vCPUs must be between 1 and {MAX_VCPUS}, got {0}")]
     VcpuCount(u64),
     /// The serial option could not be parsed.
-    #[error("invalid serial option '{0}': use stdio, off or file=PATH")]
+    #[error("invalid serial option '{0}': use stdio, off, file=PATH or socket=PATH")]
     Serial(String),
 }
 
@@ -196,6 +201,11 @@ mod tests {
             Ok(SerialConfig::File(PathBuf::from("/tmp/x")))
         );
         assert!("file=".parse::<SerialConfig>().is_err());
+        assert_eq!(
+            "socket=/run/c.sock".parse(),
+            Ok(SerialConfig::Socket(PathBuf::from("/run/c.sock")))
+        );
+        assert!("socket=".parse::<SerialConfig>().is_err());
         assert!("tcp".parse::<SerialConfig>().is_err());
     }
 

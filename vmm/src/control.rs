@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::VmConfig;
+use crate::config::{SerialConfig, VmConfig};
+use crate::console::ConsoleHub;
 use crate::error::VmError;
 
 /// The lifecycle state of a guest, as the API reports it.
@@ -110,6 +111,8 @@ pub(crate) struct ControlShared {
     pub status: Mutex<Status>,
     pub exits: VcpuExitCounters,
     pub config: VmConfig,
+    /// The console socket, when the serial console is one; it outlives restarts.
+    pub console: Option<ConsoleHub>,
 }
 
 /// Lifecycle bookkeeping.
@@ -121,7 +124,14 @@ pub(crate) struct Status {
 
 impl ControlShared {
     pub fn new(config: &VmConfig) -> Result<Arc<Self>, VmError> {
+        let console = match &config.serial {
+            SerialConfig::Socket(path) => {
+                Some(ConsoleHub::listen(path).map_err(|e| VmError::SerialFile(path.clone(), e))?)
+            }
+            _ => None,
+        };
         Ok(Arc::new(Self {
+            console,
             requests: Mutex::new(VecDeque::new()),
             evt: EventFd::new(EFD_NONBLOCK).map_err(VmError::Event)?,
             status: Mutex::new(Status {

@@ -24,6 +24,7 @@ pub mod api;
 pub mod boot;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod cpu;
 pub mod error;

@@ -19,6 +19,11 @@ struct Cli {
 enum Command {
     /// Boot a Linux kernel and run it until it powers off or reboots.
     Run(RunArgs),
+    /// Attach this terminal to a guest's console socket (Ctrl-] detaches).
+    Console {
+        /// The VMM's --serial socket=PATH.
+        socket: PathBuf,
+    },
     /// Send one request to a running VMM's API socket and print the answer.
     Api {
         /// The VMM's --api-socket.
@@ -61,7 +66,8 @@ struct RunArgs {
     /// Guest RAM, e.g. 512M or 2G.
     #[arg(long, default_value = "512M")]
     memory: MemorySize,
-    /// Serial console: stdio, off or file=PATH.
+    /// Serial console: stdio, off, file=PATH (a log capped at 16 MiB) or
+    /// socket=PATH (attach with `nubo-vmm console PATH`).
     #[arg(long, default_value = "stdio")]
     serial: SerialConfig,
     /// Serve the control API (HTTP/JSON) on this Unix socket.
@@ -82,12 +88,16 @@ fn run(args: RunArgs) -> anyhow::Result<vmm::ExitReason> {
         builder = builder.initrd(initrd);
     }
     let config = builder.build()?;
+    let config_serial = config.serial.clone();
     let vmm = Vmm::new(config, args.on_reboot)?;
     if let Some(socket) = &args.api_socket {
         vmm::api::spawn(socket, vmm.controller())?;
     }
     let reason = vmm.run().context("cannot start the guest")?;
     if let Some(socket) = &args.api_socket {
+        let _ = std::fs::remove_file(socket);
+    }
+    if let SerialConfig::Socket(socket) = &config_serial {
         let _ = std::fs::remove_file(socket);
     }
     Ok(reason)
@@ -133,6 +143,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args).map(|reason| {
             tracing::info!(?reason, "guest exited");
         }),
+        Command::Console { socket } => vmm::console::attach_terminal(&socket)
+            .with_context(|| format!("console {}", socket.display())),
         Command::Api {
             socket,
             method,

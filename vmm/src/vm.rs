@@ -2,7 +2,6 @@
 //! devices, ACPI, kernel, vCPUs), runs one thread per vCPU, and gives back a
 //! [`VmHandle`] to wait for the guest's end or stop it from another thread.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
@@ -28,6 +27,7 @@ use vmm_sys_util::signal::Killable;
 use crate::acpi::{create_acpi_tables, AcpiConfig};
 use crate::boot::{self, BootSource};
 use crate::config::{SerialConfig, VmConfig};
+use crate::console::{CappedFile, ConsoleHub, DEFAULT_LOG_CAP};
 use crate::control::{Command, ControlError, ControlShared, VmController, VmState};
 use crate::cpu::cpuid::CpuidContext;
 use crate::cpu::regs::setup_boot_vcpu;
@@ -131,7 +131,7 @@ impl VmHandle {
             "VM, memory and irqchip ready"
         );
         let events = PlatformEvents::new()?;
-        let (bus, serial) = build_devices(&vm, config, &events)?;
+        let (bus, serial) = build_devices(&vm, config, &events, control.console.as_ref())?;
         let power_button = irqfd(&vm, GED_IRQ)?;
 
         let rsdp = create_acpi_tables(
@@ -504,6 +504,7 @@ fn build_devices(
     vm: &VmFd,
     config: &VmConfig,
     events: &PlatformEvents,
+    console: Option<&ConsoleHub>,
 ) -> Result<(PioBus, Arc<Mutex<SerialDevice>>), VmError> {
     let irq = |gsi: u32| irqfd(vm, gsi).map(EventFdTrigger::new);
     let clone = |e: &EventFd| {
@@ -515,14 +516,18 @@ fn build_devices(
         SerialConfig::Stdio => Box::new(std::io::stdout()),
         SerialConfig::Off => Box::new(std::io::sink()),
         SerialConfig::File(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+            CappedFile::open(path, DEFAULT_LOG_CAP)
                 .map_err(|e| VmError::SerialFile(path.clone(), e))?,
         ),
+        SerialConfig::Socket(_) => match console {
+            Some(hub) => Box::new(hub.writer()),
+            None => Box::new(std::io::sink()),
+        },
     };
     let serial = Arc::new(Mutex::new(SerialDevice::new(irq(COM1_IRQ)?, out)));
+    if let Some(hub) = console {
+        hub.set_serial(serial.clone());
+    }
     let i8042 = Arc::new(Mutex::new(I8042Device::new(
         clone(&events.reset)?,
         irq(I8042_IRQ)?,

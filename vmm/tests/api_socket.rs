@@ -40,13 +40,20 @@ impl Vmm {
         std::fs::write(&kernel, elf(TinyEntry::Long64, end)).unwrap();
         let socket = dir.join("api.sock");
         let console = dir.join("console.log");
+        let serial = if extra.contains(&"--serial") {
+            vec![]
+        } else {
+            vec![
+                "--serial".to_string(),
+                format!("file={}", console.display()),
+            ]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_nubo-vmm"))
             .args(["run", "--kernel"])
             .arg(&kernel)
             .args(["--memory", "32M", "--api-socket"])
             .arg(&socket)
-            .arg("--serial")
-            .arg(format!("file={}", console.display()))
+            .args(&serial)
             .args(extra)
             .stdin(Stdio::null())
             .spawn()
@@ -229,4 +236,39 @@ fn reboot_request_and_on_reboot_restart() {
     assert!(vm.console().matches("NUBO-TINY-READY").count() >= 3);
     while vm.call("PUT", "/vm/stop", None).0 != 204 && Instant::now() < deadline {}
     assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn console_socket_attach_detach_reattach() {
+    use std::io::Read;
+    if !kvm_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("nubo-console-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let console = dir.join("console.sock");
+    let serial = format!("socket={}", console.display());
+    let mut vm = Vmm::start("console", TinyEnd::Dots, &["--serial", &serial]);
+    assert_eq!(mode(&console), 0o600);
+    let read_some = |want: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(&console).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&got).contains(want) {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "console closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    // A new client first gets recent output, then the live stream.
+    let first = read_some("...");
+    assert!(first.contains("NUBO-TINY-READY"), "{first}");
+    // Detached: the guest keeps running, and a new client attaches.
+    assert_eq!(vm.state(), "running");
+    read_some("....");
+    assert_eq!(vm.call("PUT", "/vm/stop", None).0, 204);
+    assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
 }
