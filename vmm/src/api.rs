@@ -180,6 +180,10 @@ pub fn spawn(path: &Path, controller: VmController) -> Result<(), ApiError> {
         .spawn(move || {
             let span = tracing::info_span!("api", socket = %path.display());
             let _enter = span.enter();
+            if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Api) {
+                tracing::error!(error = %e, "the API is off");
+                return;
+            }
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .build()

@@ -106,6 +106,10 @@ impl ConsoleHub {
         std::thread::Builder::new()
             .name("console".into())
             .spawn(move || {
+                if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Console) {
+                    tracing::error!(error = %e, "the console socket is off");
+                    return;
+                }
                 for stream in listener.incoming() {
                     match stream {
                         Ok(stream) => accept_hub.attach(stream),

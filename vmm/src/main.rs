@@ -76,6 +76,16 @@ struct RunArgs {
     /// What a guest reboot does: exit the VMM, or boot the guest again.
     #[arg(long, value_enum, default_value = "exit")]
     on_reboot: OnReboot,
+    /// Per-thread seccomp filters (off is for debugging only).
+    #[arg(long, value_enum, default_value = "on")]
+    seccomp: Switch,
+}
+
+/// On or off.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 fn run(args: RunArgs) -> anyhow::Result<vmm::ExitReason> {
@@ -89,10 +99,12 @@ fn run(args: RunArgs) -> anyhow::Result<vmm::ExitReason> {
     }
     let config = builder.build()?;
     let config_serial = config.serial.clone();
+    vmm::seccomp::set_enabled(args.seccomp == Switch::On);
     let vmm = Vmm::new(config, args.on_reboot)?;
     if let Some(socket) = &args.api_socket {
         vmm::api::spawn(socket, vmm.controller())?;
     }
+    vmm::seccomp::apply(vmm::seccomp::ThreadKind::Control)?;
     let reason = vmm.run().context("cannot start the guest")?;
     if let Some(socket) = &args.api_socket {
         let _ = std::fs::remove_file(socket);

@@ -147,6 +147,10 @@ pub fn configure(
 pub fn run(id: u8, mut vcpu: VcpuFd, bus: Arc<PioBus>, shared: Arc<VcpuShared>) {
     let span = tracing::info_span!("vcpu", id);
     let _enter = span.enter();
+    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
+        shared.report(VcpuStop::Failed(e.to_string()));
+        return;
+    }
     let exits = &shared.control.exits;
     while !shared.stopping.load(Ordering::Acquire) {
         if shared.paused.load(Ordering::Acquire) {
