@@ -11,5 +11,8 @@ pub mod i8042;
 pub mod pci;
 pub mod serial;
 pub mod trigger;
+pub mod virtio;
 
 pub use bus::{BusError, MmioBus, MmioBusError, MmioDevice, PioBus, PioDevice};
+#[doc(hidden)]
+pub use virtio::block::fuzz_blk_request;
