@@ -74,6 +74,28 @@ impl Write for CappedFile {
     }
 }
 
+/// A console log shared across the guest's restarts (opened once, before
+/// the VMM drops privileges).
+#[derive(Clone)]
+pub struct SharedLog(Arc<Mutex<CappedFile>>);
+
+impl SharedLog {
+    /// Opens the log at `path`, capped at `cap` bytes.
+    pub fn open(path: &Path, cap: u64) -> std::io::Result<Self> {
+        Ok(Self(Arc::new(Mutex::new(CappedFile::open(path, cap)?))))
+    }
+}
+
+impl Write for SharedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 struct HubState {
     client: Option<UnixStream>,

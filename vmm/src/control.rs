@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{SerialConfig, VmConfig};
-use crate::console::ConsoleHub;
+use crate::console::{ConsoleHub, SharedLog, DEFAULT_LOG_CAP};
 use crate::error::VmError;
 
 /// The lifecycle state of a guest, as the API reports it.
@@ -113,6 +113,10 @@ pub(crate) struct ControlShared {
     pub config: VmConfig,
     /// The console socket, when the serial console is one; it outlives restarts.
     pub console: Option<ConsoleHub>,
+    /// The console log file, when the serial console is one; opened once.
+    pub console_log: Option<SharedLog>,
+    /// /dev/kvm, opened once so that restarts work after privileges are dropped.
+    pub kvm: kvm_ioctls::Kvm,
 }
 
 /// Lifecycle bookkeeping.
@@ -130,8 +134,19 @@ impl ControlShared {
             }
             _ => None,
         };
+        let console_log = match &config.serial {
+            SerialConfig::File(path) => Some(
+                SharedLog::open(path, DEFAULT_LOG_CAP)
+                    .map_err(|e| VmError::SerialFile(path.clone(), e))?,
+            ),
+            _ => None,
+        };
+        let kvm = kvm_ioctls::Kvm::new()
+            .map_err(|e| VmError::OpenKvm(std::io::Error::from_raw_os_error(e.errno())))?;
         Ok(Arc::new(Self {
+            kvm,
             console,
+            console_log,
             requests: Mutex::new(VecDeque::new()),
             evt: EventFd::new(EFD_NONBLOCK).map_err(VmError::Event)?,
             status: Mutex::new(Status {

@@ -30,6 +30,7 @@ pub mod cpu;
 pub mod error;
 pub mod layout;
 pub mod memory;
+pub mod privileges;
 pub mod seccomp;
 pub mod supervisor;
 pub mod tiny_guest;

@@ -76,6 +76,13 @@ struct RunArgs {
     /// What a guest reboot does: exit the VMM, or boot the guest again.
     #[arg(long, value_enum, default_value = "exit")]
     on_reboot: OnReboot,
+    /// Run as this user (name or uid) once /dev/kvm is open and the sockets
+    /// are bound; the kernel, initrd and console file must be readable by it.
+    #[arg(long)]
+    user: Option<String>,
+    /// Run as this group (name or gid), like --user.
+    #[arg(long)]
+    group: Option<String>,
     /// Per-thread seccomp filters (off is for debugging only).
     #[arg(long, value_enum, default_value = "on")]
     seccomp: Switch,
@@ -103,6 +110,28 @@ fn run(args: RunArgs) -> anyhow::Result<vmm::ExitReason> {
     let vmm = Vmm::new(config, args.on_reboot)?;
     if let Some(socket) = &args.api_socket {
         vmm::api::spawn(socket, vmm.controller())?;
+    }
+    let uid = args
+        .user
+        .as_deref()
+        .map(vmm::privileges::resolve_user)
+        .transpose()?;
+    let gid = args
+        .group
+        .as_deref()
+        .map(vmm::privileges::resolve_group)
+        .transpose()?;
+    if uid.is_some() || gid.is_some() {
+        // The sockets stay ours to remove after the switch.
+        let console = match &config_serial {
+            SerialConfig::Socket(p) => Some(p.as_path()),
+            _ => None,
+        };
+        for socket in args.api_socket.as_deref().into_iter().chain(console) {
+            std::os::unix::fs::chown(socket, uid, gid)
+                .with_context(|| format!("cannot hand {} to the new user", socket.display()))?;
+        }
+        vmm::privileges::drop_to(uid, gid)?;
     }
     vmm::seccomp::apply(vmm::seccomp::ThreadKind::Control)?;
     let reason = vmm.run().context("cannot start the guest")?;

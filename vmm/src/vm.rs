@@ -18,7 +18,7 @@ use kvm_bindings::{
     kvm_clock_data, kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -27,7 +27,6 @@ use vmm_sys_util::signal::Killable;
 use crate::acpi::{create_acpi_tables, AcpiConfig};
 use crate::boot::{self, BootSource};
 use crate::config::{SerialConfig, VmConfig};
-use crate::console::{CappedFile, ConsoleHub, DEFAULT_LOG_CAP};
 use crate::control::{Command, ControlError, ControlShared, VmController, VmState};
 use crate::cpu::cpuid::CpuidContext;
 use crate::cpu::regs::setup_boot_vcpu;
@@ -96,8 +95,7 @@ impl VmHandle {
     ) -> Result<Self, VmError> {
         let started = Instant::now();
         control.set_state(VmState::Starting);
-        let kvm = Kvm::new()
-            .map_err(|e| VmError::OpenKvm(std::io::Error::from_raw_os_error(e.errno())))?;
+        let kvm = &control.kvm;
         for (cap, name) in [
             (Cap::Irqchip, "in-kernel irqchip"),
             (Cap::UserMemory, "user memory regions"),
@@ -131,7 +129,7 @@ impl VmHandle {
             "VM, memory and irqchip ready"
         );
         let events = PlatformEvents::new()?;
-        let (bus, serial) = build_devices(&vm, config, &events, control.console.as_ref())?;
+        let (bus, serial) = build_devices(&vm, config, &events, &control)?;
         let power_button = irqfd(&vm, GED_IRQ)?;
 
         let rsdp = create_acpi_tables(
@@ -504,8 +502,9 @@ fn build_devices(
     vm: &VmFd,
     config: &VmConfig,
     events: &PlatformEvents,
-    console: Option<&ConsoleHub>,
+    control: &ControlShared,
 ) -> Result<(PioBus, Arc<Mutex<SerialDevice>>), VmError> {
+    let console = control.console.as_ref();
     let irq = |gsi: u32| irqfd(vm, gsi).map(EventFdTrigger::new);
     let clone = |e: &EventFd| {
         e.try_clone()
@@ -515,10 +514,10 @@ fn build_devices(
     let out: Box<dyn Write + Send> = match &config.serial {
         SerialConfig::Stdio => Box::new(std::io::stdout()),
         SerialConfig::Off => Box::new(std::io::sink()),
-        SerialConfig::File(path) => Box::new(
-            CappedFile::open(path, DEFAULT_LOG_CAP)
-                .map_err(|e| VmError::SerialFile(path.clone(), e))?,
-        ),
+        SerialConfig::File(_) => match &control.console_log {
+            Some(log) => Box::new(log.clone()),
+            None => Box::new(std::io::sink()),
+        },
         SerialConfig::Socket(_) => match console {
             Some(hub) => Box::new(hub.writer()),
             None => Box::new(std::io::sink()),

