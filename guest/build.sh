@@ -7,7 +7,8 @@
 # Outputs:
 #   bzImage            Debian cloud kernel (LZ4-compressed bzImage)
 #   vmlinux            ELF extracted from the bzImage (has a PVH entry note)
-#   initramfs.cpio.gz  busybox + virtio modules + guest/init.sh as /init
+#   initramfs.cpio.gz  busybox + virtio/evdev/button modules + guest/init.sh as /init
+#                      + the acpid power-button handler (/etc/acpi/PWRF/00000080)
 #   rootfs.ext4        same content as an ext4 image (for root=/dev/vda)
 #   KERNEL_VERSION     e.g. 6.1.0-57-cloud-amd64
 #   modules/lib/modules/$KVER   full module tree with modules.dep (for the testbed)
@@ -139,7 +140,7 @@ find "$MODROOT" -name '*.ko.zst' -exec zstd -q -d --rm {} +
 # ------------------------------------------------------ guest filesystem ---
 # stage_root DIR: busybox + applet links + modules + init
 GUEST_MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev
-               virtio_pci virtio_blk failover net_failover virtio_net"
+               virtio_pci virtio_blk failover net_failover virtio_net evdev button"
 stage_root() {
     local root=$1 m f
     mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,root,lib/nubo-modules,usr/bin,usr/sbin}
@@ -156,6 +157,13 @@ stage_root() {
     mknod -m 600 "$root/dev/console" c 5 1
     mknod -m 666 "$root/dev/null" c 1 3
     echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+    # busybox acpid (started by init.sh): KEY_POWER from /dev/input/event*
+    # maps to "button/power PWRF ..." -> action PWRF/00000080, which acpid
+    # runs relative to its config dir /etc/acpi.
+    echo "PWRF PWRF/00000080" >"$root/etc/acpid.conf"
+    mkdir -p "$root/etc/acpi/PWRF"
+    printf '#!/bin/sh\necho NUBO-GUEST-POWER-BUTTON\nsync\npoweroff -f\n' >"$root/etc/acpi/PWRF/00000080"
+    chmod 0755 "$root/etc/acpi/PWRF/00000080"
 }
 
 # L2 initramfs

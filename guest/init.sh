@@ -7,7 +7,13 @@
 #    /dev/vda, mounts it and switch_roots into the rootfs copy of this script
 #  * otherwise prints exactly one readiness line on the console:
 #      NUBO-GUEST-READY cpus=N memtotal_kb=N uptime=S.SS [root=vda]
-#  * then does what `nubo.then=` says: poweroff (default) | reboot | halt | shell
+#  * then does what `nubo.then=` says: poweroff (default) | reboot | halt |
+#    shell | counter (prints "COUNTER n uptime" every 0.1 s, n = 1, 2, ...)
+#  * just before the readiness line, starts busybox acpid so an ACPI power
+#    button press (PNP0C0C, button.ko -> /dev/input/event*) runs
+#    /etc/acpi/PWRF/00000080 (from guest/build.sh): it prints
+#    NUBO-GUEST-POWER-BUTTON and powers off. `nubo.ignore_power=1` skips
+#    acpid, so the button is ignored.
 #
 # Deliberately no `set -e`: PID 1 must never exit (that panics the kernel).
 
@@ -39,7 +45,7 @@ IN_ROOTFS=
 
 # Modules in dependency order; missing files (built in / not shipped) are fine.
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev \
-         virtio_pci virtio_blk failover net_failover virtio_net; do
+         virtio_pci virtio_blk failover net_failover virtio_net evdev button; do
     [ -f "/lib/nubo-modules/$m.ko" ] && insmod "/lib/nubo-modules/$m.ko" 2>/dev/null
 done
 
@@ -79,6 +85,21 @@ count_cpus() {
     done
     echo "$n"
 }
+# Power button -> acpid. acpid opens /dev/input/event* once at startup and
+# writes its pid file after that, so wait (bounded, ~1 s) for the pid file:
+# a button press right after the readiness line must not be lost.
+start_acpid() {
+    if [ ! -c /dev/input/event0 ]; then
+        echo "NUBO-GUEST-NOTE no /dev/input/event0: the power button is not handled"
+        return
+    fi
+    rm -f /dev/.acpid.pid
+    acpid -d -c /etc/acpi -a /etc/acpid.conf -p /dev/.acpid.pid </dev/null &
+    i=0
+    while [ ! -s /dev/.acpid.pid ] && [ $i -lt 100 ]; do usleep 10000; i=$((i + 1)); done
+}
+[ "$(param nubo.ignore_power 0)" = 1 ] || start_acpid
+
 MEMKB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
 read -r UPTIME _ </proc/uptime
 echo "NUBO-GUEST-READY cpus=$(count_cpus) memtotal_kb=$MEMKB uptime=$UPTIME${IN_ROOTFS:+ root=vda}"
@@ -86,6 +107,14 @@ echo "NUBO-GUEST-READY cpus=$(count_cpus) memtotal_kb=$MEMKB uptime=$UPTIME${IN_
 case "$(param nubo.then poweroff)" in
     reboot) sync; reboot -f ;;
     halt)   while :; do sleep 3600; done ;;
+    counter)
+        n=0
+        while :; do
+            n=$((n + 1))
+            read -r up _ </proc/uptime
+            echo "COUNTER $n $up"
+            usleep 100000
+        done ;;
     shell)  while :; do setsid cttyhack sh || sh; done ;;
     *)      sync; poweroff -f ;;
 esac

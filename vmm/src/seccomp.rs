@@ -163,7 +163,7 @@ pub fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
 pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed(kind)
         .into_iter()
-        .map(|nr| (nr as i64, vec![]))
+        .map(|nr| (nr, vec![]))
         .collect();
     let filter = SeccompFilter::new(
         rules,
