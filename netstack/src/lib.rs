@@ -1,1 +1,31 @@
-//! Host networking for Nubo guests (TAP, bridges, VXLAN, NAT). Not built yet: see the networking issue.
+//! Host networking for Nubo guests.
+//!
+//! For now this is the TAP device a virtio-net device sends and receives
+//! through ([`tap::Tap`]), and the [`NetBackend`] abstraction the device uses
+//! so it can be tested without a TAP. Bridges, VXLAN and NAT come later.
+
+pub mod tap;
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+pub use tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO};
+
+/// Size of `struct virtio_net_hdr_v1` (with `num_buffers`), which every
+/// frame read from or written to a [`NetBackend`] starts with.
+pub const VNET_HDR_LEN: usize = 12;
+
+/// Where a virtio-net device's frames go: a TAP with `IFF_VNET_HDR` (or a
+/// fake in tests). Frames keep their boundaries and carry a
+/// [`VNET_HDR_LEN`]-byte virtio-net header in front.
+///
+/// The file descriptor must be non-blocking: `read` returns
+/// [`io::ErrorKind::WouldBlock`] when no frame is queued.
+pub trait NetBackend: AsRawFd + Send {
+    /// Reads one frame (header included) into `buf`; returns its length.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes one frame (header included); returns the bytes taken.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Sets the offloads (`TUN_F_*`) the backend may deliver frames with.
+    fn set_offload(&mut self, flags: u32) -> io::Result<()>;
+}
