@@ -38,7 +38,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 use crate::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT,
     ACPI_SLEEP_STATUS_PORT, ACPI_TABLES_END, APIC_START, COM1_IRQ, COM1_PORT, GED_IRQ,
-    I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_IRQ, IOAPIC_START, RSDP_START,
+    I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_IRQ, IOAPIC_START, MMIO_32BIT_START,
+    PCI_MMCONFIG_START, RSDP_START,
 };
 
 /// OEM ID written into the RSDP and every table header.
@@ -185,9 +186,15 @@ pub fn create_acpi_tables<M: GuestMemory>(
     let madt = build_madt(config.num_cpus);
     xsdt_entries.push(placer.place("APIC", madt.as_slice())?);
 
+    // The ECAM window of PCI segment 0, bus 0.
+    let mut mcfg = acpi_tables::mcfg::MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    mcfg.add_ecam(PCI_MMCONFIG_START, 0, 0, 0);
+    let mut mcfg_bytes = Vec::new();
+    mcfg.to_aml_bytes(&mut mcfg_bytes);
+    xsdt_entries.push(placer.place("MCFG", &mcfg_bytes)?);
+
     // Further tables go here: build them, `placer.place(..)` them and push
-    // their address onto `xsdt_entries` (e.g. an MCFG describing the ECAM
-    // window at `layout::PCI_MMCONFIG_START` once there is a PCI bus).
+    // their address onto `xsdt_entries`.
 
     let xsdt = build_xsdt(&xsdt_entries);
     let xsdt_addr = placer.place("XSDT", xsdt.as_slice())?;
@@ -356,6 +363,9 @@ impl Aml for IrqNoFlags {
     }
 }
 
+/// The first of the PCI configuration ports (0xCF8-0xCFF).
+const PCI_CONFIG_PORT: u16 = 0xcf8;
+
 /// The DSDT: the `\_S5_` soft-off package and the legacy ISA devices.
 fn build_dsdt() -> Sdt {
     let s5 = aml::Name::new(
@@ -403,7 +413,32 @@ fn build_dsdt() -> Sdt {
     let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
     let ged = aml::Device::new("GED_".into(), vec![&ged_hid, &ged_uid, &ged_crs, &evt]);
 
-    let sb = aml::Scope::new("\\_SB_".into(), vec![&com1, &ps2, &pwrb, &ged]);
+    // The PCI host bridge: bus 0, config ports 0xCF8-0xCFF, and the 32-bit
+    // window where the VMM places BARs (Linux keeps BARs inside _CRS).
+    let pci_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
+    let pci_cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
+    let pci_uid = aml::Name::new("_UID".into(), &0u8);
+    let pci_seg = aml::Name::new("_SEG".into(), &0u8);
+    let pci_bbn = aml::Name::new("_BBN".into(), &0u8);
+    let bus_range = aml::AddressSpace::new_bus_number(0u16, 0u16);
+    let config_ports = aml::IO::new(PCI_CONFIG_PORT, PCI_CONFIG_PORT, 1, 8);
+    let bar_window = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        MMIO_32BIT_START as u32,
+        (PCI_MMCONFIG_START - 1) as u32,
+        None,
+    );
+    let pci_crs = aml::Name::new(
+        "_CRS".into(),
+        &aml::ResourceTemplate::new(vec![&bus_range, &config_ports, &bar_window]),
+    );
+    let pci0 = aml::Device::new(
+        "PCI0".into(),
+        vec![&pci_hid, &pci_cid, &pci_uid, &pci_seg, &pci_bbn, &pci_crs],
+    );
+
+    let sb = aml::Scope::new("\\_SB_".into(), vec![&com1, &ps2, &pwrb, &ged, &pci0]);
 
     let mut body = Vec::new();
     s5.to_aml_bytes(&mut body);
@@ -475,9 +510,14 @@ mod tests {
             .step_by(8)
             .map(|o| u64_at(&xsdt, o))
             .collect();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.len(), 3);
         let fadt = read_table(&mem, entries[0]);
         let madt = read_table(&mem, entries[1]);
+        let mcfg = read_table(&mem, entries[2]);
+        assert_eq!(&mcfg[..4], b"MCFG");
+        assert_eq!(mcfg.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        // The one allocation entry: ECAM base, segment 0, buses 0-0.
+        assert_eq!(u64_at(&mcfg, 44), PCI_MMCONFIG_START);
         let dsdt = read_table(&mem, u64_at(&fadt, 140));
         Tables {
             rsdp,

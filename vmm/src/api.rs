@@ -170,12 +170,33 @@ fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ApiError> {
     Ok(listener)
 }
 
+/// The running API server; [`ApiServer::shutdown`] lets answers in flight
+/// (such as the 204 to `PUT /vm/stop`) reach their clients before exit.
+pub struct ApiServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Stops accepting, finishes answers in flight, and waits at most `limit`.
+    pub fn shutdown(mut self, limit: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let deadline = std::time::Instant::now() + limit;
+        while !self.thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 /// Serves the API for `controller` on a Unix socket at `path`, in a thread
 /// of its own. The socket is ready when this returns.
-pub fn spawn(path: &Path, controller: VmController) -> Result<(), ApiError> {
+pub fn spawn(path: &Path, controller: VmController) -> Result<ApiServer, ApiError> {
     let std_listener = bind(path)?;
     let path = path.to_path_buf();
-    std::thread::Builder::new()
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
             let span = tracing::info_span!("api", socket = %path.display());
@@ -202,11 +223,18 @@ pub fn spawn(path: &Path, controller: VmController) -> Result<(), ApiError> {
                         return;
                     }
                 };
-                if let Err(e) = axum::serve(listener, router(controller)).await {
+                let serve =
+                    axum::serve(listener, router(controller)).with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    });
+                if let Err(e) = serve.await {
                     tracing::error!(error = %e, "the API server stopped");
                 }
             });
         })
         .map_err(ApiError::Thread)?;
-    Ok(())
+    Ok(ApiServer {
+        stop: Some(stop),
+        thread,
+    })
 }

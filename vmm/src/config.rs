@@ -39,6 +39,74 @@ impl FromStr for SerialConfig {
     }
 }
 
+/// A disk image formats the VMM opens (never probed: a guest could write a
+/// qcow2 header into a raw disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// A plain image.
+    #[default]
+    Raw,
+    /// qcow2 v3, possibly with a backing file.
+    Qcow2,
+}
+
+/// One virtio-blk disk: `path=FILE[,readonly=on][,id=SERIAL][,format=raw|qcow2]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DiskConfig {
+    /// The image file.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    pub read_only: bool,
+    /// Serial the guest reads with GET_ID (`/sys/block/vdX/serial`), at most 20 bytes.
+    pub id: Option<String>,
+    /// The image format.
+    pub format: DiskFormat,
+}
+
+impl FromStr for DiskConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| ConfigError::Disk(format!("'{s}': {why}"));
+        let mut disk = DiskConfig {
+            path: PathBuf::new(),
+            read_only: false,
+            id: None,
+            format: DiskFormat::Raw,
+        };
+        for part in s.split(',') {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| bad("expected key=value"))?;
+            match key {
+                "path" if !value.is_empty() => disk.path = PathBuf::from(value),
+                "readonly" | "ro" => {
+                    disk.read_only = match value {
+                        "on" | "true" | "1" => true,
+                        "off" | "false" | "0" => false,
+                        _ => return Err(bad("readonly takes on or off")),
+                    }
+                }
+                "id" if value.len() <= 20 && value.is_ascii() => disk.id = Some(value.to_string()),
+                "id" => return Err(bad("id is at most 20 ASCII characters")),
+                "format" => {
+                    disk.format = match value {
+                        "raw" => DiskFormat::Raw,
+                        "qcow2" => DiskFormat::Qcow2,
+                        _ => return Err(bad("format is raw or qcow2")),
+                    }
+                }
+                _ => return Err(bad(&format!("unknown or empty option '{key}'"))),
+            }
+        }
+        if disk.path.as_os_str().is_empty() {
+            return Err(bad("path= is required"));
+        }
+        Ok(disk)
+    }
+}
+
 /// A memory size given as `512M`, `2G`, `1048576K` or a plain number of MiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemorySize(pub u64);
@@ -77,6 +145,9 @@ pub enum ConfigError {
     /// The vCPU count is out of range.
     #[error("the number of vCPUs must be between 1 and {MAX_VCPUS}, got {0}")]
     VcpuCount(u64),
+    /// A --disk option could not be parsed.
+    #[error("invalid disk {0}")]
+    Disk(String),
     /// The serial option could not be parsed.
     #[error("invalid serial option '{0}': use stdio, off, file=PATH or socket=PATH")]
     Serial(String),
@@ -97,6 +168,8 @@ pub struct VmConfig {
     pub memory_bytes: u64,
     /// Where COM1 goes.
     pub serial: SerialConfig,
+    /// virtio-blk disks, in PCI slot order (the first is /dev/vda).
+    pub disks: Vec<DiskConfig>,
 }
 
 impl VmConfig {
@@ -111,6 +184,7 @@ impl VmConfig {
                 vcpus: 1,
                 memory_bytes: 512 << 20,
                 serial: SerialConfig::Stdio,
+                disks: Vec::new(),
             },
             vcpus: 1,
         }
@@ -155,6 +229,12 @@ impl VmConfigBuilder {
     /// Sets where the serial console goes.
     pub fn serial(mut self, serial: SerialConfig) -> Self {
         self.config.serial = serial;
+        self
+    }
+
+    /// Adds a virtio-blk disk.
+    pub fn disk(mut self, disk: DiskConfig) -> Self {
+        self.config.disks.push(disk);
         self
     }
 
@@ -207,6 +287,31 @@ mod tests {
         );
         assert!("socket=".parse::<SerialConfig>().is_err());
         assert!("tcp".parse::<SerialConfig>().is_err());
+    }
+
+    #[test]
+    fn disk_options() {
+        let d: DiskConfig = "path=/a.img,readonly=on,id=disk-1,format=qcow2"
+            .parse()
+            .unwrap();
+        assert_eq!(d.path, PathBuf::from("/a.img"));
+        assert!(d.read_only);
+        assert_eq!(d.id.as_deref(), Some("disk-1"));
+        assert_eq!(d.format, DiskFormat::Qcow2);
+        let d: DiskConfig = "path=/b.img".parse().unwrap();
+        assert_eq!((d.read_only, d.format), (false, DiskFormat::Raw));
+        for bad in [
+            "",
+            "readonly=on",
+            "path=",
+            "path=/a,format=vmdk",
+            "path=/a,id=123456789012345678901",
+            "path=/a,bogus=1",
+            "path=/a,readonly=maybe",
+            "/a.img",
+        ] {
+            assert!(bad.parse::<DiskConfig>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::config::{SerialConfig, VmConfig};
 use crate::console::{ConsoleHub, SharedLog, DEFAULT_LOG_CAP};
 use crate::error::VmError;
+use crate::pci_devices::DiskStats;
+use devices::virtio::block::BlockCounters;
 
 /// The lifecycle state of a guest, as the API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -117,6 +119,8 @@ pub(crate) struct ControlShared {
     pub console_log: Option<SharedLog>,
     /// /dev/kvm, opened once so that restarts work after privileges are dropped.
     pub kvm: kvm_ioctls::Kvm,
+    /// The current boot's disks, for metrics.
+    pub disks: Mutex<Vec<(String, Arc<BlockCounters>)>>,
 }
 
 /// Lifecycle bookkeeping.
@@ -147,6 +151,7 @@ impl ControlShared {
             kvm,
             console,
             console_log,
+            disks: Mutex::new(Vec::new()),
             requests: Mutex::new(VecDeque::new()),
             evt: EventFd::new(EFD_NONBLOCK).map_err(VmError::Event)?,
             status: Mutex::new(Status {
@@ -165,6 +170,14 @@ impl ControlShared {
 
     pub fn set_state(&self, state: VmState) {
         self.status().state = state;
+    }
+
+    /// Records the current boot's disks for metrics.
+    pub fn set_disks(&self, disks: &[DiskStats]) {
+        *self.disks.lock().unwrap_or_else(|e| e.into_inner()) = disks
+            .iter()
+            .map(|d| (d.name.clone(), d.counters.clone()))
+            .collect();
     }
 
     /// Takes the next pending request.
@@ -275,6 +288,36 @@ impl VmController {
                 "nubo_vcpu_exits_total{{reason=\"{reason}\"}} {}\n",
                 counter.load(Ordering::Relaxed)
             ));
+        }
+        let disks = self
+            .shared
+            .disks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (metric, help) in [
+            ("read_bytes", "Bytes the guest read from the disk."),
+            ("write_bytes", "Bytes the guest wrote to the disk."),
+            ("read_ops", "Read requests completed."),
+            ("write_ops", "Write requests completed."),
+            ("flush_ops", "Flush requests completed."),
+        ] {
+            out.push_str(&format!(
+                "# HELP nubo_disk_{metric}_total {help}\n# TYPE nubo_disk_{metric}_total counter\n"
+            ));
+            for (name, c) in &disks {
+                let value = match metric {
+                    "read_bytes" => &c.read_bytes,
+                    "write_bytes" => &c.write_bytes,
+                    "read_ops" => &c.read_ops,
+                    "write_ops" => &c.write_ops,
+                    _ => &c.flushes,
+                };
+                out.push_str(&format!(
+                    "nubo_disk_{metric}_total{{disk=\"{name}\"}} {}\n",
+                    value.load(Ordering::Relaxed)
+                ));
+            }
         }
         let info = self.info();
         out.push_str(&format!(

@@ -40,6 +40,17 @@ pub enum VmError {
     /// Devices could not be placed on the bus.
     #[error("cannot place a device: {0}")]
     Bus(#[from] devices::BusError),
+    /// A disk image could not be opened.
+    #[error("cannot open disk {path}: {reason}")]
+    Disk {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// PCI devices could not be set up.
+    #[error("cannot set up PCI devices: {0}")]
+    Devices(String),
     /// The serial log file could not be opened.
     #[error("cannot open the serial log {0}: {1}")]
     SerialFile(PathBuf, #[source] std::io::Error),

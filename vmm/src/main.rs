@@ -70,6 +70,10 @@ struct RunArgs {
     /// socket=PATH (attach with `nubo-vmm console PATH`).
     #[arg(long, default_value = "stdio")]
     serial: SerialConfig,
+    /// A virtio-blk disk: path=FILE[,readonly=on][,id=SERIAL][,format=raw|qcow2].
+    /// Repeatable; the first is /dev/vda.
+    #[arg(long = "disk")]
+    disks: Vec<vmm::config::DiskConfig>,
     /// Serve the control API (HTTP/JSON) on this Unix socket.
     #[arg(long)]
     api_socket: Option<PathBuf>,
@@ -104,13 +108,17 @@ fn run(args: RunArgs) -> anyhow::Result<vmm::ExitReason> {
     if let Some(initrd) = &args.initrd {
         builder = builder.initrd(initrd);
     }
+    for disk in args.disks.iter().cloned() {
+        builder = builder.disk(disk);
+    }
     let config = builder.build()?;
     let config_serial = config.serial.clone();
     vmm::seccomp::set_enabled(args.seccomp == Switch::On);
     let vmm = Vmm::new(config, args.on_reboot)?;
-    if let Some(socket) = &args.api_socket {
-        vmm::api::spawn(socket, vmm.controller())?;
-    }
+    let api = match &args.api_socket {
+        Some(socket) => Some(vmm::api::spawn(socket, vmm.controller())?),
+        None => None,
+    };
     let uid = args
         .user
         .as_deref()
@@ -134,7 +142,11 @@ fn run(args: RunArgs) -> anyhow::Result<vmm::ExitReason> {
         vmm::privileges::drop_to(uid, gid)?;
     }
     vmm::seccomp::apply(vmm::seccomp::ThreadKind::Control)?;
-    let reason = vmm.run().context("cannot start the guest")?;
+    let reason = vmm.run().context("cannot start the guest");
+    if let Some(api) = api {
+        api.shutdown(std::time::Duration::from_millis(500));
+    }
+    let reason = reason?;
     if let Some(socket) = &args.api_socket {
         let _ = std::fs::remove_file(socket);
     }

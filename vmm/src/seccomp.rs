@@ -161,10 +161,8 @@ pub fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
 
 /// Compiles the filter for `kind`: allowed calls pass, anything else traps.
 pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed(kind)
-        .into_iter()
-        .map(|nr| (nr, vec![]))
-        .collect();
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
+        allowed(kind).into_iter().map(|nr| (nr, vec![])).collect();
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,

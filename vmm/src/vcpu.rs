@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once};
 
-use devices::PioBus;
+use devices::{MmioBus, PioBus};
 use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -144,7 +144,13 @@ pub fn configure(
 }
 
 /// Runs `vcpu` until the guest stops it or the VM asks it to return.
-pub fn run(id: u8, mut vcpu: VcpuFd, bus: Arc<PioBus>, shared: Arc<VcpuShared>) {
+pub fn run(
+    id: u8,
+    mut vcpu: VcpuFd,
+    bus: Arc<PioBus>,
+    mmio: Arc<MmioBus>,
+    shared: Arc<VcpuShared>,
+) {
     let span = tracing::info_span!("vcpu", id);
     let _enter = span.enter();
     if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
@@ -172,14 +178,18 @@ pub fn run(id: u8, mut vcpu: VcpuFd, bus: Arc<PioBus>, shared: Arc<VcpuShared>) 
                 }
                 None
             }
-            // Nothing is mapped for MMIO yet: reads float high, writes are dropped.
-            Ok(VcpuExit::MmioRead(_, data)) => {
+            Ok(VcpuExit::MmioRead(addr, data)) => {
                 VcpuExitCounters::bump(&exits.mmio_read);
-                data.fill(0xff);
+                if !mmio.read(addr, data) {
+                    tracing::trace!(addr, len = data.len(), "read of unmapped MMIO");
+                }
                 None
             }
-            Ok(VcpuExit::MmioWrite(..)) => {
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
                 VcpuExitCounters::bump(&exits.mmio_write);
+                if !mmio.write(addr, data) {
+                    tracing::trace!(addr, ?data, "write to unmapped MMIO");
+                }
                 None
             }
             Ok(VcpuExit::Hlt) => {

@@ -13,7 +13,7 @@ use devices::acpi_pm::{self, AcpiPmDevice};
 use devices::i8042::I8042Device;
 use devices::serial::SerialDevice;
 use devices::trigger::EventFdTrigger;
-use devices::PioBus;
+use devices::{MmioBus, PioBus};
 use kvm_bindings::{
     kvm_clock_data, kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
@@ -31,11 +31,13 @@ use crate::control::{Command, ControlError, ControlShared, VmController, VmState
 use crate::cpu::cpuid::CpuidContext;
 use crate::cpu::regs::setup_boot_vcpu;
 use crate::error::VmError;
+use crate::interrupts::GsiRouter;
 use crate::layout::{
     ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, COM1_PORT, GED_IRQ,
     I8042_DATA_PORT, I8042_IRQ, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS,
 };
 use crate::memory::create_guest_memory;
+use crate::pci_devices::{self, QueueWatch};
 use crate::vcpu::{self, install_kick_handler, kick_signal, VcpuShared, VcpuStop};
 
 /// Why a guest's VM ended.
@@ -65,10 +67,14 @@ pub struct VmHandle {
     stdin_input: bool,
     paused_clock: Option<kvm_clock_data>,
     shutdown_deadline: Option<Instant>,
-    vm: VmFd,
+    queues: Vec<QueueWatch>,
+    vm: Arc<VmFd>,
     // Kept alive for as long as the vCPUs run.
     _memory: GuestMemoryMmap,
 }
+
+/// Epoll data of the first virtio queue; queue `i` wakes with this plus `i`.
+const QUEUE_WAKE_BASE: u64 = 1 << 16;
 
 /// Things the control loop can wake up for.
 #[derive(Clone, Copy)]
@@ -106,9 +112,10 @@ impl VmHandle {
                 return Err(VmError::MissingCapability(name));
             }
         }
-        let vm = kvm
-            .create_vm()
-            .map_err(|e| VmError::Kvm("create the VM", e))?;
+        let vm = Arc::new(
+            kvm.create_vm()
+                .map_err(|e| VmError::Kvm("create the VM", e))?,
+        );
         let memory = create_guest_memory(config.memory_bytes)?;
         register_memory(&vm, &memory)?;
         vm.set_tss_address(KVM_TSS_ADDRESS as usize)
@@ -129,8 +136,12 @@ impl VmHandle {
             "VM, memory and irqchip ready"
         );
         let events = PlatformEvents::new()?;
-        let (bus, serial) = build_devices(&vm, config, &events, &control)?;
+        let (mut bus, serial) = build_devices(&vm, config, &events, &control)?;
         let power_button = irqfd(&vm, GED_IRQ)?;
+        let mmio = Arc::new(MmioBus::new());
+        let router = Arc::new(GsiRouter::new(vm.clone()));
+        let pci = pci_devices::build(&vm, &memory, &router, &mut bus, &mmio, &config.disks)?;
+        control.set_disks(&pci.disks);
 
         let rsdp = create_acpi_tables(
             &memory,
@@ -181,11 +192,11 @@ impl VmHandle {
         let bus = Arc::new(bus);
         let mut vcpu_threads = Vec::with_capacity(vcpus.len());
         for (id, fd) in vcpus.into_iter().enumerate() {
-            let (bus, shared) = (bus.clone(), shared.clone());
+            let (bus, mmio, shared) = (bus.clone(), mmio.clone(), shared.clone());
             let id = id as u8;
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
-                .spawn(move || vcpu::run(id, fd, bus, shared))
+                .spawn(move || vcpu::run(id, fd, bus, mmio, shared))
                 .map_err(VmError::Thread)?;
             vcpu_threads.push(thread);
         }
@@ -212,6 +223,7 @@ impl VmHandle {
             stdin_input: config.serial == SerialConfig::Stdio,
             paused_clock: None,
             shutdown_deadline: None,
+            queues: pci.queues,
             vm,
             _memory: memory,
         })
@@ -251,6 +263,15 @@ impl VmHandle {
         watch(self.reset_evt.as_raw_fd(), Wake::Reset).map_err(VmError::Event)?;
         watch(self.control.evt.as_raw_fd(), Wake::Control).map_err(VmError::Event)?;
         watch(self.shared.stop_evt.as_raw_fd(), Wake::VcpuStopped).map_err(VmError::Event)?;
+        for (index, queue) in self.queues.iter().enumerate() {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    queue.event.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, QUEUE_WAKE_BASE + index as u64),
+                )
+                .map_err(VmError::Event)?;
+        }
         // stdin may be a file or /dev/null, which epoll refuses: then there is no input.
         let mut stdin_open = self.stdin_input && watch(libc::STDIN_FILENO, Wake::Stdin).is_ok();
         // Requests queued before the loop started (e.g. while booting) are served now.
@@ -298,6 +319,14 @@ impl VmHandle {
                             Some(VcpuStop::Failed(msg)) => Err(VmError::GuestFailed(msg)),
                             None => continue,
                         };
+                    }
+                    x if x >= QUEUE_WAKE_BASE => {
+                        if let Some(q) = self.queues.get((x - QUEUE_WAKE_BASE) as usize) {
+                            q.device
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .process_queue(q.queue);
+                        }
                     }
                     x if x == Wake::Stdin as u64 && stdin_open && !self.forward_stdin() => {
                         let _ = epoll.ctl(

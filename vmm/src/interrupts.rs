@@ -1,0 +1,200 @@
+//! Interrupt routing for PCI devices: each MSI-X vector gets its own GSI,
+//! an irqfd on it, and a KVM routing entry that KVM_SET_GSI_ROUTING installs
+//! whenever the guest programs or masks the vector. The routing table keeps
+//! KVM's default irqchip routes (PIC and IOAPIC pins) alongside.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use devices::pci::{MsiInterrupts, MsiMessage};
+use kvm_bindings::{
+    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::layout::IOAPIC_NUM_PINS;
+
+/// Errors of setting up interrupt routes.
+#[derive(Debug, thiserror::Error)]
+pub enum InterruptError {
+    /// No GSIs left.
+    #[error("out of interrupt lines (GSIs)")]
+    OutOfGsis,
+    /// KVM refused an irqfd or the routing table.
+    #[error("KVM failed to {0}: {1}")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// An eventfd could not be made.
+    #[error("cannot create an eventfd: {0}")]
+    Event(#[source] std::io::Error),
+}
+
+/// Highest GSI we hand out (KVM's default routing table holds 1024).
+const MAX_GSI: u32 = 1023;
+
+/// The VM's GSI routing table.
+pub struct GsiRouter {
+    vm: Arc<VmFd>,
+    state: Mutex<RouterState>,
+}
+
+struct RouterState {
+    next_gsi: u32,
+    msi: BTreeMap<u32, MsiMessage>,
+}
+
+impl GsiRouter {
+    /// A router for `vm`; MSI GSIs start after the IOAPIC's pins.
+    pub fn new(vm: Arc<VmFd>) -> Self {
+        Self {
+            vm,
+            state: Mutex::new(RouterState {
+                next_gsi: IOAPIC_NUM_PINS,
+                msi: BTreeMap::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RouterState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reserves a GSI for one MSI vector.
+    fn allocate(&self) -> Result<u32, InterruptError> {
+        let mut state = self.lock();
+        if state.next_gsi > MAX_GSI {
+            return Err(InterruptError::OutOfGsis);
+        }
+        let gsi = state.next_gsi;
+        state.next_gsi += 1;
+        Ok(gsi)
+    }
+
+    /// Points `gsi` at `msg`, or removes its route.
+    fn set_route(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<(), InterruptError> {
+        let mut state = self.lock();
+        match msg {
+            Some(m) => state.msi.insert(gsi, m),
+            None => state.msi.remove(&gsi),
+        };
+        let entries = routing_entries(&state.msi);
+        let routing =
+            KvmIrqRouting::from_entries(&entries).map_err(|_| InterruptError::OutOfGsis)?;
+        self.vm
+            .set_gsi_routing(&routing)
+            .map_err(|e| InterruptError::Kvm("set the GSI routing", e))
+    }
+}
+
+/// KVM's default irqchip routes plus one MSI route per programmed vector.
+fn routing_entries(msi: &BTreeMap<u32, MsiMessage>) -> Vec<kvm_irq_routing_entry> {
+    let mut entries = Vec::with_capacity(40 + msi.len());
+    let chip = |gsi: u32, irqchip: u32, pin: u32| {
+        let mut e = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        e.u.irqchip.irqchip = irqchip;
+        e.u.irqchip.pin = pin;
+        e
+    };
+    for gsi in 0..IOAPIC_NUM_PINS {
+        if gsi < 8 {
+            entries.push(chip(gsi, KVM_IRQCHIP_PIC_MASTER, gsi));
+        } else if gsi < 16 {
+            entries.push(chip(gsi, KVM_IRQCHIP_PIC_SLAVE, gsi - 8));
+        }
+        entries.push(chip(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+    }
+    for (&gsi, m) in msi {
+        let mut e = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_MSI,
+            ..Default::default()
+        };
+        e.u.msi.address_lo = m.address as u32;
+        e.u.msi.address_hi = (m.address >> 32) as u32;
+        e.u.msi.data = m.data;
+        entries.push(e);
+    }
+    entries
+}
+
+/// The MSI-X vectors of one PCI device: vector `i` raises its own GSI
+/// through an irqfd.
+pub struct DeviceMsi {
+    router: Arc<GsiRouter>,
+    vectors: Vec<(u32, EventFd)>,
+}
+
+impl DeviceMsi {
+    /// Allocates `count` vectors on `router`, each with a GSI and an irqfd.
+    pub fn new(router: Arc<GsiRouter>, count: u16) -> Result<Self, InterruptError> {
+        let mut vectors = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let gsi = router.allocate()?;
+            let evt = EventFd::new(EFD_NONBLOCK).map_err(InterruptError::Event)?;
+            router
+                .vm
+                .register_irqfd(&evt, gsi)
+                .map_err(|e| InterruptError::Kvm("register an MSI irqfd", e))?;
+            vectors.push((gsi, evt));
+        }
+        Ok(Self { router, vectors })
+    }
+}
+
+impl MsiInterrupts for DeviceMsi {
+    fn update_route(&self, vector: u16, msg: Option<MsiMessage>) {
+        let Some((gsi, _)) = self.vectors.get(usize::from(vector)) else {
+            return;
+        };
+        if let Err(e) = self.router.set_route(*gsi, msg) {
+            tracing::warn!(vector, gsi, error = %e, "cannot route an MSI-X vector");
+        }
+    }
+
+    fn trigger(&self, vector: u16) -> std::io::Result<()> {
+        match self.vectors.get(usize::from(vector)) {
+            Some((_, evt)) => evt.write(1),
+            None => Err(std::io::Error::from(std::io::ErrorKind::InvalidInput)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_routes_and_msi_entries() {
+        let mut msi = BTreeMap::new();
+        msi.insert(
+            30,
+            MsiMessage {
+                address: 0x1_fee0_0000,
+                data: 0x4041,
+            },
+        );
+        let entries = routing_entries(&msi);
+        // 16 PIC routes + 24 IOAPIC routes + 1 MSI.
+        assert_eq!(entries.len(), 16 + 24 + 1);
+        let last = entries.last().unwrap();
+        assert_eq!((last.gsi, last.type_), (30, KVM_IRQ_ROUTING_MSI));
+        // SAFETY: reading the union member this entry was written with.
+        let m = unsafe { last.u.msi };
+        assert_eq!(
+            (m.address_lo, m.address_hi, m.data),
+            (0xfee0_0000, 1, 0x4041)
+        );
+        let ioapic_pins = entries
+            .iter()
+            .filter(|e| e.type_ == KVM_IRQ_ROUTING_IRQCHIP)
+            // SAFETY: irqchip entries were written with the irqchip member.
+            .filter(|e| unsafe { e.u.irqchip.irqchip } == KVM_IRQCHIP_IOAPIC)
+            .count();
+        assert_eq!(ioapic_pins, 24);
+    }
+}
