@@ -8,6 +8,7 @@
 #  * otherwise prints exactly one readiness line on the console:
 #      NUBO-GUEST-READY cpus=N memtotal_kb=N uptime=S.SS [root=vda]
 #  * then does what `nubo.then=` says: poweroff (default) | reboot | halt |
+#    blkcheck (report and exercise virtio-blk disks, then power off) |
 #    shell | counter (prints "COUNTER n uptime" every 0.1 s, n = 1, 2, ...)
 #  * just before the readiness line, starts busybox acpid so an ACPI power
 #    button press (PNP0C0C, button.ko -> /dev/input/event*) runs
@@ -115,6 +116,33 @@ case "$(param nubo.then poweroff)" in
             echo "COUNTER $n $up"
             usleep 100000
         done ;;
+    blkcheck)
+        # Disk checks for the testbed: what each virtio-blk disk looks like,
+        # a pattern written through the first writable non-root disk, and a
+        # write that a read-only disk must refuse.
+        for b in /sys/block/vd*; do
+            [ -e "$b" ] || continue
+            n=${b##*/}
+            echo "NUBO-BLK name=$n serial=$(cat "$b/serial" 2>/dev/null) ro=$(cat "$b/ro") sectors=$(cat "$b/size")"
+            [ "$n" = vda ] && [ -n "$IN_ROOTFS" ] && continue
+            if [ "$(cat "$b/ro")" = 1 ]; then
+                if echo x | dd of="/dev/$n" bs=512 count=1 conv=fsync 2>/dev/null; then
+                    echo "NUBO-BLK-RO-WRITE name=$n accepted"
+                else
+                    echo "NUBO-BLK-RO-WRITE name=$n refused"
+                fi
+            else
+                pat="NUBO-PATTERN-$n-$(cat /proc/sys/kernel/random/uuid 2>/dev/null | cut -c1-8)"
+                printf '%s\n' "$pat" | dd of="/dev/$n" bs=512 seek=8 count=1 conv=sync,fsync 2>/dev/null &&
+                    echo "NUBO-BLK-WROTE name=$n pattern=$pat"
+                back=$(dd if="/dev/$n" bs=512 skip=8 count=1 iflag=direct 2>/dev/null | head -n1)
+                echo "NUBO-BLK-READBACK name=$n pattern=$back"
+            fi
+        done
+        if [ -n "$IN_ROOTFS" ] && echo "written-by-guest" >/nubo-written 2>/dev/null && sync; then
+            echo "NUBO-BLK-ROOTWRITE ok $(cat /nubo-written)"
+        fi
+        sync; poweroff -f ;;
     shell)  while :; do setsid cttyhack sh || sh; done ;;
     *)      sync; poweroff -f ;;
 esac

@@ -148,8 +148,12 @@ pub fn router(controller: VmController) -> Router {
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(controller)
 }
+
+/// Largest request body accepted; larger ones get 413.
+const MAX_BODY: usize = 64 << 10;
 
 /// Binds `path` with mode 0600, replacing a stale socket left by a dead VMM.
 fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ApiError> {
