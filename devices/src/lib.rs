@@ -16,3 +16,5 @@ pub mod virtio;
 pub use bus::{BusError, MmioBus, MmioBusError, MmioDevice, PioBus, PioDevice};
 #[doc(hidden)]
 pub use virtio::block::fuzz_blk_request;
+#[doc(hidden)]
+pub use virtio::net::fuzz_net_tx;

@@ -12,6 +12,7 @@
 //! notify write arrives as a plain MMIO exit).
 
 pub mod block;
+pub mod net;
 pub mod pci;
 #[cfg(test)]
 mod test_driver;
