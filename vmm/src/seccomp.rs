@@ -52,6 +52,8 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_writev,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
     libc::SYS_lseek,
     libc::SYS_close,
     libc::SYS_fstat,
@@ -114,6 +116,10 @@ const CONTROL: &[libc::c_long] = &[
     libc::SYS_unlinkat,
     // vCPU threads narrow their filter further as they start.
     libc::SYS_seccomp,
+    // The control loop serves the disks: flush, discard, write zeroes.
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_fallocate,
 ];
 
 /// A vCPU runs KVM_RUN and the devices' ioctls (irqfd writes are plain writes).
