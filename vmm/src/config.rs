@@ -107,6 +107,64 @@ impl FromStr for DiskConfig {
     }
 }
 
+/// One virtio-net NIC on a TAP: `tap=NAME[,mac=MAC]` or `fd=N[,mac=MAC]`
+/// (an already open TAP, e.g. handed over by an orchestrator).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NetConfig {
+    /// TAP interface name (created if missing), or None with `fd`.
+    pub tap: Option<String>,
+    /// An open TAP file descriptor this process inherited.
+    pub fd: Option<i32>,
+    /// The guest's MAC; a locally administered one is made up when absent.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in mac.iter_mut() {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+impl FromStr for NetConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| ConfigError::Net(format!("'{s}': {why}"));
+        let mut net = NetConfig {
+            tap: None,
+            fd: None,
+            mac: None,
+        };
+        for part in s.split(',') {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| bad("expected key=value"))?;
+            match key {
+                "tap" if !value.is_empty() && value.len() < 16 => net.tap = Some(value.to_string()),
+                "tap" => return Err(bad("tap names are 1 to 15 characters")),
+                "fd" => net.fd = Some(value.parse().map_err(|_| bad("fd takes a number"))?),
+                "mac" => {
+                    let mac =
+                        parse_mac(value).ok_or_else(|| bad("mac is like 52:54:00:12:34:56"))?;
+                    if mac[0] & 1 == 1 {
+                        return Err(bad("a multicast mac"));
+                    }
+                    net.mac = Some(mac);
+                }
+                _ => return Err(bad(&format!("unknown option '{key}'"))),
+            }
+        }
+        if net.tap.is_some() == net.fd.is_some() {
+            return Err(bad("give exactly one of tap= and fd="));
+        }
+        Ok(net)
+    }
+}
+
 /// A memory size given as `512M`, `2G`, `1048576K` or a plain number of MiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemorySize(pub u64);
@@ -145,6 +203,9 @@ pub enum ConfigError {
     /// The vCPU count is out of range.
     #[error("the number of vCPUs must be between 1 and {MAX_VCPUS}, got {0}")]
     VcpuCount(u64),
+    /// A --net option could not be parsed.
+    #[error("invalid net {0}")]
+    Net(String),
     /// A --disk option could not be parsed.
     #[error("invalid disk {0}")]
     Disk(String),
@@ -170,6 +231,8 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// virtio-blk disks, in PCI slot order (the first is /dev/vda).
     pub disks: Vec<DiskConfig>,
+    /// virtio-net NICs, after the disks on the PCI bus.
+    pub nets: Vec<NetConfig>,
 }
 
 impl VmConfig {
@@ -185,6 +248,7 @@ impl VmConfig {
                 memory_bytes: 512 << 20,
                 serial: SerialConfig::Stdio,
                 disks: Vec::new(),
+                nets: Vec::new(),
             },
             vcpus: 1,
         }
@@ -235,6 +299,12 @@ impl VmConfigBuilder {
     /// Adds a virtio-blk disk.
     pub fn disk(mut self, disk: DiskConfig) -> Self {
         self.config.disks.push(disk);
+        self
+    }
+
+    /// Adds a virtio-net NIC.
+    pub fn net(mut self, net: NetConfig) -> Self {
+        self.config.nets.push(net);
         self
     }
 
@@ -311,6 +381,27 @@ mod tests {
             "/a.img",
         ] {
             assert!(bad.parse::<DiskConfig>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn net_options() {
+        let n: NetConfig = "tap=nubo0,mac=52:54:00:12:34:56".parse().unwrap();
+        assert_eq!(n.tap.as_deref(), Some("nubo0"));
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        let n: NetConfig = "fd=3".parse().unwrap();
+        assert_eq!(n.fd, Some(3));
+        for bad in [
+            "",
+            "tap=",
+            "tap=a,fd=3",
+            "mac=52:54:00:12:34:56",
+            "tap=x,mac=01:00:00:00:00:01",
+            "tap=x,mac=52:54:00:12:34",
+            "tap=waytoolongname0",
+            "fd=x",
+        ] {
+            assert!(bad.parse::<NetConfig>().is_err(), "{bad}");
         }
     }
 

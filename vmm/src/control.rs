@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::{SerialConfig, VmConfig};
+use std::os::fd::FromRawFd;
+
+use crate::config::{NetConfig, SerialConfig, VmConfig};
 use crate::console::{ConsoleHub, SharedLog, DEFAULT_LOG_CAP};
 use crate::error::VmError;
 use crate::pci_devices::DiskStats;
 use devices::virtio::block::BlockCounters;
+use devices::virtio::net::NetCounters;
 
 /// The lifecycle state of a guest, as the API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -119,6 +122,11 @@ pub(crate) struct ControlShared {
     pub console_log: Option<SharedLog>,
     /// /dev/kvm, opened once so that restarts work after privileges are dropped.
     pub kvm: kvm_ioctls::Kvm,
+    /// The NICs' TAPs, opened once (before privileges are dropped); each
+    /// boot gets a duplicate of each.
+    pub taps: Vec<netstack::Tap>,
+    /// The current boot's NICs, for metrics.
+    pub nets: Mutex<Vec<(String, Arc<NetCounters>)>>,
     /// The current boot's disks, for metrics.
     pub disks: Mutex<Vec<(String, Arc<BlockCounters>)>>,
 }
@@ -145,6 +153,10 @@ impl ControlShared {
             ),
             _ => None,
         };
+        let mut taps = Vec::with_capacity(config.nets.len());
+        for net in &config.nets {
+            taps.push(open_tap(net)?);
+        }
         let kvm = kvm_ioctls::Kvm::new()
             .map_err(|e| VmError::OpenKvm(std::io::Error::from_raw_os_error(e.errno())))?;
         Ok(Arc::new(Self {
@@ -152,6 +164,8 @@ impl ControlShared {
             console,
             console_log,
             disks: Mutex::new(Vec::new()),
+            taps,
+            nets: Mutex::new(Vec::new()),
             requests: Mutex::new(VecDeque::new()),
             evt: EventFd::new(EFD_NONBLOCK).map_err(VmError::Event)?,
             status: Mutex::new(Status {
@@ -180,6 +194,11 @@ impl ControlShared {
             .collect();
     }
 
+    /// Records the current boot's NICs for metrics.
+    pub fn set_nets(&self, nets: Vec<(String, Arc<NetCounters>)>) {
+        *self.nets.lock().unwrap_or_else(|e| e.into_inner()) = nets;
+    }
+
     /// Takes the next pending request.
     pub fn next_request(&self) -> Option<Request> {
         self.requests
@@ -187,6 +206,30 @@ impl ControlShared {
             .unwrap_or_else(|e| e.into_inner())
             .pop_front()
     }
+}
+
+/// Opens (or adopts) the TAP of `net` and brings its link up when allowed.
+fn open_tap(net: &NetConfig) -> Result<netstack::Tap, VmError> {
+    let tap = match (&net.tap, net.fd) {
+        (Some(name), _) => netstack::Tap::open(name),
+        (None, Some(fd)) => {
+            // SAFETY: the user handed this descriptor to the VMM (`--net fd=N`)
+            // for it to own; nothing else in the process uses that number.
+            let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+            netstack::Tap::from_fd(owned)
+        }
+        (None, None) => return Err(VmError::Net("a NIC needs tap= or fd=".into())),
+    }
+    .map_err(|e| VmError::Net(e.to_string()))?;
+    // An orchestrator may have brought a handed-over TAP up already, and an
+    // unprivileged VMM cannot: only a failure on a TAP we created matters.
+    if let Err(e) = tap.set_up(true) {
+        if net.tap.is_some() {
+            return Err(VmError::Net(format!("cannot bring {} up: {e}", tap.name())));
+        }
+        tracing::debug!(error = %e, "cannot bring the handed-over TAP up");
+    }
+    Ok(tap)
 }
 
 /// A snapshot of the guest for `GET /vm`.
@@ -315,6 +358,38 @@ impl VmController {
                 };
                 out.push_str(&format!(
                     "nubo_disk_{metric}_total{{disk=\"{name}\"}} {}\n",
+                    value.load(Ordering::Relaxed)
+                ));
+            }
+        }
+        let nets = self
+            .shared
+            .nets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (metric, help) in [
+            ("rx_bytes", "Bytes delivered to the guest."),
+            ("rx_packets", "Frames delivered to the guest."),
+            ("tx_bytes", "Bytes the guest sent."),
+            ("tx_packets", "Frames the guest sent."),
+            ("rx_dropped", "Frames for the guest that were dropped."),
+            ("tx_dropped", "Frames from the guest that were dropped."),
+        ] {
+            out.push_str(&format!(
+                "# HELP nubo_net_{metric}_total {help}\n# TYPE nubo_net_{metric}_total counter\n"
+            ));
+            for (name, c) in &nets {
+                let value = match metric {
+                    "rx_bytes" => &c.rx_bytes,
+                    "rx_packets" => &c.rx_packets,
+                    "tx_bytes" => &c.tx_bytes,
+                    "tx_packets" => &c.tx_packets,
+                    "rx_dropped" => &c.rx_dropped,
+                    _ => &c.tx_dropped,
+                };
+                out.push_str(&format!(
+                    "nubo_net_{metric}_total{{nic=\"{name}\"}} {}\n",
                     value.load(Ordering::Relaxed)
                 ));
             }

@@ -48,6 +48,9 @@ pub enum VmError {
         /// Why.
         reason: String,
     },
+    /// A NIC could not be set up.
+    #[error("cannot set up a NIC: {0}")]
+    Net(String),
     /// PCI devices could not be set up.
     #[error("cannot set up PCI devices: {0}")]
     Devices(String),

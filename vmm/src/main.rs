@@ -85,6 +85,10 @@ struct RunArgs {
     /// Repeatable; the first is /dev/vda.
     #[arg(long = "disk")]
     disks: Vec<vmm::config::DiskConfig>,
+    /// A virtio-net NIC: tap=NAME[,mac=MAC] or fd=N[,mac=MAC] (an open TAP
+    /// with IFF_VNET_HDR). Repeatable.
+    #[arg(long = "net")]
+    nets: Vec<vmm::config::NetConfig>,
     /// Serve the control API (HTTP/JSON) on this Unix socket.
     #[arg(long)]
     api_socket: Option<PathBuf>,
@@ -121,6 +125,9 @@ fn run(args: RunArgs) -> anyhow::Result<vmm::ExitReason> {
     }
     for disk in args.disks.iter().cloned() {
         builder = builder.disk(disk);
+    }
+    for net in args.nets.iter().cloned() {
+        builder = builder.net(net);
     }
     let config = builder.build()?;
     let config_serial = config.serial.clone();

@@ -18,7 +18,11 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{DiskConfig, DiskFormat};
+use std::os::fd::AsFd;
+
+use devices::virtio::net::{Net, NetCounters};
+
+use crate::config::{DiskConfig, DiskFormat, NetConfig};
 use crate::error::VmError;
 use crate::interrupts::{DeviceMsi, GsiRouter};
 use crate::layout::{MMIO_32BIT_START, PCI_MMCONFIG_SIZE, PCI_MMCONFIG_START};
@@ -44,10 +48,23 @@ pub struct DiskStats {
     pub counters: Arc<BlockCounters>,
 }
 
+/// A TAP whose readability the control loop watches (edge-triggered): the
+/// NIC's RX queue is served when frames arrive.
+pub struct TapWatch {
+    /// The TAP descriptor (owned by the device).
+    pub fd: std::os::fd::RawFd,
+    /// The NIC.
+    pub device: Arc<Mutex<VirtioPciDevice>>,
+}
+
 /// What the PCI platform gives the VM.
 pub struct PciPlatform {
     /// Queue notifications to watch.
     pub queues: Vec<QueueWatch>,
+    /// TAPs to watch.
+    pub taps: Vec<TapWatch>,
+    /// NIC counters, by name.
+    pub nets: Vec<(String, Arc<NetCounters>)>,
     /// Disk counters.
     pub disks: Vec<DiskStats>,
 }
@@ -73,6 +90,55 @@ fn register_notifies(vm: &VmFd, device: &VirtioPciDevice, add: bool) -> Result<(
     Ok(())
 }
 
+/// A locally administered MAC for NIC `index` of this process.
+fn local_mac(index: usize) -> [u8; 6] {
+    let pid = std::process::id().to_be_bytes();
+    [0x52, 0x54, pid[2], pid[3], (index >> 8) as u8, index as u8]
+}
+
+/// Puts one virtio device on the PCI bus: a BAR, MSI-X vectors with GSIs,
+/// ioeventfds for its queues, and queue watches for the control loop.
+fn place(
+    vm: &Arc<VmFd>,
+    memory: &GuestMemoryMmap,
+    router: &Arc<GsiRouter>,
+    pci: &Arc<Mutex<PciBus>>,
+    allocator: &mut AddressAllocator,
+    virtio: Box<dyn VirtioDevice>,
+    queues: &mut Vec<QueueWatch>,
+) -> Result<(u8, Arc<Mutex<VirtioPciDevice>>), VmError> {
+    let vectors = virtio.queue_max_sizes().len() as u16 + 1;
+    let msi = Arc::new(
+        DeviceMsi::new(router.clone(), vectors).map_err(|e| VmError::Devices(e.to_string()))?,
+    );
+    let bar = allocator
+        .allocate(BAR_SIZE, BAR_SIZE)
+        .map_err(|e| VmError::Devices(e.to_string()))?;
+    let device = VirtioPciDevice::new(virtio, memory.clone(), msi, bar)
+        .map_err(|e| VmError::Devices(e.to_string()))?;
+    register_notifies(vm, &device, true)?;
+    let mut events = Vec::new();
+    for notify in device.notify_addresses() {
+        if let Some(event) = device.queue_event(notify.queue) {
+            events.push((event.try_clone().map_err(VmError::Event)?, notify.queue));
+        }
+    }
+    let device = Arc::new(Mutex::new(device));
+    for (event, queue) in events {
+        queues.push(QueueWatch {
+            event,
+            device: device.clone(),
+            queue,
+        });
+    }
+    let shared: devices::pci::SharedPciDevice = device.clone();
+    let slot = lock(pci)
+        .add_device(shared)
+        .map_err(|e| VmError::Devices(e.to_string()))?;
+    tracing::debug!(slot, bar = format_args!("{bar:#x}"), "PCI device placed");
+    Ok((slot, device))
+}
+
 /// Builds the PCI bus with one virtio-blk device per disk, and puts the
 /// configuration mechanisms and the BAR window on the buses.
 pub fn build(
@@ -82,6 +148,8 @@ pub fn build(
     pio: &mut PioBus,
     mmio: &MmioBus,
     disks: &[DiskConfig],
+    nets: &[NetConfig],
+    taps: &[netstack::Tap],
 ) -> Result<PciPlatform, VmError> {
     let pci = Arc::new(Mutex::new(PciBus::new()));
     pio.insert(
@@ -100,6 +168,8 @@ pub fn build(
         .map_err(|e| VmError::Devices(e.to_string()))?;
     let mut platform = PciPlatform {
         queues: Vec::new(),
+        taps: Vec::new(),
+        nets: Vec::new(),
         disks: Vec::new(),
     };
     let mut by_slot: Vec<(u8, Arc<Mutex<VirtioPciDevice>>)> = Vec::new();
@@ -124,34 +194,43 @@ pub fn build(
             name: disk.id.clone().unwrap_or_else(|| format!("disk{index}")),
             counters: block.counters(),
         });
-        let vectors = block.queue_max_sizes().len() as u16 + 1;
-        let msi = Arc::new(
-            DeviceMsi::new(router.clone(), vectors).map_err(|e| VmError::Devices(e.to_string()))?,
-        );
-        let bar = allocator
-            .allocate(BAR_SIZE, BAR_SIZE)
-            .map_err(|e| VmError::Devices(e.to_string()))?;
-        let device = VirtioPciDevice::new(Box::new(block), memory.clone(), msi, bar)
-            .map_err(|e| VmError::Devices(e.to_string()))?;
-        register_notifies(vm, &device, true)?;
-        let mut events = Vec::new();
-        for notify in device.notify_addresses() {
-            if let Some(event) = device.queue_event(notify.queue) {
-                events.push((event.try_clone().map_err(VmError::Event)?, notify.queue));
-            }
-        }
-        let device = Arc::new(Mutex::new(device));
-        for (event, queue) in events {
-            platform.queues.push(QueueWatch {
-                event,
-                device: device.clone(),
-                queue,
-            });
-        }
-        let slot = lock(&pci)
-            .add_device(device.clone())
-            .map_err(|e| VmError::Devices(e.to_string()))?;
-        tracing::info!(slot, bar = format_args!("{bar:#x}"), path = %disk.path.display(), "virtio-blk disk");
+        let (slot, device) = place(
+            vm,
+            memory,
+            router,
+            &pci,
+            &mut allocator,
+            Box::new(block),
+            &mut platform.queues,
+        )?;
+        tracing::info!(slot, path = %disk.path.display(), "virtio-blk disk");
+        by_slot.push((slot, device));
+    }
+    for (index, (net, tap)) in nets.iter().zip(taps).enumerate() {
+        let fd = tap
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| VmError::Net(format!("cannot duplicate the TAP: {e}")))?;
+        let tap = netstack::Tap::from_fd(fd).map_err(|e| VmError::Net(e.to_string()))?;
+        let name = tap.name().to_string();
+        let mac = net.mac.unwrap_or_else(|| local_mac(index));
+        let nic = Net::new(Box::new(tap), mac);
+        let fd = nic.backend_fd();
+        platform.nets.push((name.clone(), nic.counters()));
+        let (slot, device) = place(
+            vm,
+            memory,
+            router,
+            &pci,
+            &mut allocator,
+            Box::new(nic),
+            &mut platform.queues,
+        )?;
+        platform.taps.push(TapWatch {
+            fd,
+            device: device.clone(),
+        });
+        tracing::info!(slot, tap = %name, "virtio-net NIC");
         by_slot.push((slot, device));
     }
 

@@ -37,7 +37,7 @@ use crate::layout::{
     I8042_DATA_PORT, I8042_IRQ, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS,
 };
 use crate::memory::create_guest_memory;
-use crate::pci_devices::{self, QueueWatch};
+use crate::pci_devices::{self, QueueWatch, TapWatch};
 use crate::vcpu::{self, install_kick_handler, kick_signal, VcpuShared, VcpuStop};
 
 /// Why a guest's VM ended.
@@ -68,6 +68,7 @@ pub struct VmHandle {
     paused_clock: Option<kvm_clock_data>,
     shutdown_deadline: Option<Instant>,
     queues: Vec<QueueWatch>,
+    taps: Vec<TapWatch>,
     vm: Arc<VmFd>,
     // Kept alive for as long as the vCPUs run.
     _memory: GuestMemoryMmap,
@@ -75,6 +76,9 @@ pub struct VmHandle {
 
 /// Epoll data of the first virtio queue; queue `i` wakes with this plus `i`.
 const QUEUE_WAKE_BASE: u64 = 1 << 16;
+
+/// Epoll data of the first TAP; TAP `i` wakes with this plus `i`.
+const TAP_WAKE_BASE: u64 = 1 << 32;
 
 /// Things the control loop can wake up for.
 #[derive(Clone, Copy)]
@@ -140,8 +144,18 @@ impl VmHandle {
         let power_button = irqfd(&vm, GED_IRQ)?;
         let mmio = Arc::new(MmioBus::new());
         let router = Arc::new(GsiRouter::new(vm.clone()));
-        let pci = pci_devices::build(&vm, &memory, &router, &mut bus, &mmio, &config.disks)?;
+        let pci = pci_devices::build(
+            &vm,
+            &memory,
+            &router,
+            &mut bus,
+            &mmio,
+            &config.disks,
+            &config.nets,
+            &control.taps,
+        )?;
         control.set_disks(&pci.disks);
+        control.set_nets(pci.nets);
 
         let rsdp = create_acpi_tables(
             &memory,
@@ -224,6 +238,7 @@ impl VmHandle {
             paused_clock: None,
             shutdown_deadline: None,
             queues: pci.queues,
+            taps: pci.taps,
             vm,
             _memory: memory,
         })
@@ -269,6 +284,20 @@ impl VmHandle {
                     ControlOperation::Add,
                     queue.event.as_raw_fd(),
                     EpollEvent::new(EventSet::IN, QUEUE_WAKE_BASE + index as u64),
+                )
+                .map_err(VmError::Event)?;
+        }
+        for (index, tap) in self.taps.iter().enumerate() {
+            // Edge-triggered: the NIC reads until the TAP is empty or the
+            // guest has no RX buffers, and is called again on new frames.
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    tap.fd,
+                    EpollEvent::new(
+                        EventSet::IN | EventSet::EDGE_TRIGGERED,
+                        TAP_WAKE_BASE + index as u64,
+                    ),
                 )
                 .map_err(VmError::Event)?;
         }
@@ -319,6 +348,14 @@ impl VmHandle {
                             Some(VcpuStop::Failed(msg)) => Err(VmError::GuestFailed(msg)),
                             None => continue,
                         };
+                    }
+                    x if x >= TAP_WAKE_BASE => {
+                        if let Some(t) = self.taps.get((x - TAP_WAKE_BASE) as usize) {
+                            t.device
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .process_queue(0);
+                        }
                     }
                     x if x >= QUEUE_WAKE_BASE => {
                         if let Some(q) = self.queues.get((x - QUEUE_WAKE_BASE) as usize) {
