@@ -9,6 +9,7 @@
 #      NUBO-GUEST-READY cpus=N memtotal_kb=N uptime=S.SS [root=vda]
 #  * then does what `nubo.then=` says: poweroff (default) | reboot | halt |
 #    blkcheck (report and exercise virtio-blk disks, then power off) |
+#    netcheck (configure eth0, ping the host, receive a TCP stream) |
 #    shell | counter (prints "COUNTER n uptime" every 0.1 s, n = 1, 2, ...)
 #  * just before the readiness line, starts busybox acpid so an ACPI power
 #    button press (PNP0C0C, button.ko -> /dev/input/event*) runs
@@ -142,6 +143,17 @@ case "$(param nubo.then poweroff)" in
         if [ -n "$IN_ROOTFS" ] && echo "written-by-guest" >/nubo-written 2>/dev/null && sync; then
             echo "NUBO-BLK-ROOTWRITE ok $(cat /nubo-written)"
         fi
+        sync; poweroff -f ;;
+    netcheck)
+        # Network checks for the testbed: eth0 gets nubo.ip (e.g.
+        # 192.168.127.2/24), pings nubo.peer, then receives one TCP stream
+        # on port 5000 and reports its size and md5, then powers off.
+        ip=$(param nubo.ip "") peer=$(param nubo.peer "")
+        ip addr add "$ip" dev eth0 && ip link set eth0 up && echo "NUBO-NET-UP $ip"
+        if ping -c 3 -W 2 "$peer" >/dev/null 2>&1; then echo "NUBO-NET-PING ok"; else echo "NUBO-NET-PING fail"; fi
+        echo "NUBO-NET-LISTEN 5000"
+        nc -l -p 5000 >/tmp/recv
+        echo "NUBO-NET-RECV bytes=$(wc -c </tmp/recv) md5=$(md5sum </tmp/recv | cut -d' ' -f1)"
         sync; poweroff -f ;;
     shell)  while :; do setsid cttyhack sh || sh; done ;;
     *)      sync; poweroff -f ;;

@@ -22,7 +22,7 @@ use std::os::fd::AsFd;
 
 use devices::virtio::net::{Net, NetCounters};
 
-use crate::config::{DiskConfig, DiskFormat, NetConfig};
+use crate::config::{DiskFormat, VmConfig};
 use crate::error::VmError;
 use crate::interrupts::{DeviceMsi, GsiRouter};
 use crate::layout::{MMIO_32BIT_START, PCI_MMCONFIG_SIZE, PCI_MMCONFIG_START};
@@ -147,10 +147,10 @@ pub fn build(
     router: &Arc<GsiRouter>,
     pio: &mut PioBus,
     mmio: &MmioBus,
-    disks: &[DiskConfig],
-    nets: &[NetConfig],
+    config: &VmConfig,
     taps: &[netstack::Tap],
 ) -> Result<PciPlatform, VmError> {
+    let (disks, nets) = (&config.disks, &config.nets);
     let pci = Arc::new(Mutex::new(PciBus::new()));
     pio.insert(
         Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),

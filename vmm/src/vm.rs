@@ -150,8 +150,7 @@ impl VmHandle {
             &router,
             &mut bus,
             &mmio,
-            &config.disks,
-            &config.nets,
+            config,
             &control.taps,
         )?;
         control.set_disks(&pci.disks);
