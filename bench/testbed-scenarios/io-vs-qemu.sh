@@ -1,0 +1,118 @@
+#!/bin/sh
+# Device I/O benchmark inside the testbed's L1: nubo-vmm and QEMU+KVM boot the
+# same kernel + initramfs into the bench rootfs (guest/bench-build.sh, vda,
+# read-only) with a raw test disk (vdb, a file in L1's tmpfs) and a TAP. The
+# guest runs fio on vdb and iperf3 against L1 (bench.sh in the image). L1's
+# own fio on the same file through a loop device is the ceiling. One line per
+# result:
+#   BENCH vmm=<l1|nubo|qemu> fio=<job> iops=<n> bw_kib=<n>
+#   BENCH vmm=<nubo|qemu> net=<g2h|h2g> mbps=<n>
+# Needs, next to this script (bench/io.py stages them): bench-rootfs.ext4 and
+# loop.ko (L1 has no loop module of its own).
+# testbed-needs: qemu
+# testbed-timeout: 1500
+. "$TESTBED_LIB"
+need_vmm
+command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 not in L1"
+DIR=$(cd "$(dirname "$0")" && pwd)
+IMG=${BENCH_ROOTFS:-$DIR/bench-rootfs.ext4}
+[ -f "$IMG" ] || skip "no $IMG (run guest/bench-build.sh; bench/io.py stages it)"
+RUNTIME=${BENCH_RUNTIME:-10} NETTIME=${BENCH_NETTIME:-5} DISK_MB=${BENCH_DISK_MB:-1024}
+HOST_IP=192.168.127.1 GUEST_IP=192.168.127.2
+CMDLINE="console=ttyS0 quiet root=/dev/vda nubo.bench=1 nubo.bench_runtime=$RUNTIME nubo.bench_net_time=$NETTIME nubo.ip=$GUEST_IP/24 nubo.peer=$HOST_IP"
+modprobe tun 2>/dev/null || true
+[ -c /dev/net/tun ] || fail "/dev/net/tun missing in L1"
+modprobe loop 2>/dev/null || insmod "$DIR/loop.ko" 2>/dev/null || true
+[ -e /dev/loop-control ] || [ -b /dev/loop0 ] || fail "no loop device support in L1"
+
+info "test disk: ${DISK_MB} MiB in $(df -h . | awk 'NR == 2 { print $1 }')"
+dd if=/dev/zero of=disk.img bs=1M count="$DISK_MB" 2>/dev/null || fail "cannot create the test disk"
+
+# fio and iperf3 for L1 itself come from the bench image.
+T=$WORK/tools
+mkdir -p "$T"
+mount -o loop,ro "$IMG" "$T" || fail "cannot loop-mount $IMG"
+mount -t tmpfs tmpfs "$T/tmp" && mount -o bind /dev "$T/dev" && mount -t proc proc "$T/proc" ||
+    fail "cannot prepare the chroot"
+cleanup() {
+    [ -z "${IPERF:-}" ] || kill "$IPERF" 2>/dev/null
+    [ -z "${VMPID:-}" ] || kill "$VMPID" 2>/dev/null
+    sleep 1
+    umount "$T/proc" "$T/dev" "$T/tmp" "$T" 2>/dev/null
+    [ -z "${LOOPDEV:-}" ] || losetup -d "$LOOPDEV" 2>/dev/null
+}
+trap cleanup EXIT
+chroot "$T" fio --version || fail "fio does not run in L1"
+
+# --- L1 ceiling: same fio jobs on the same file through a loop device.
+LOOPDEV=$(losetup -f) && losetup "$LOOPDEV" disk.img || fail "losetup failed"
+for job in "randread-4k randread 4k 32" "randwrite-4k randwrite 4k 32" \
+           "seqread-1m read 1M 8" "seqwrite-1m write 1M 8"; do
+    set -- $job
+    line=$(chroot "$T" fio --name="$1" --filename="$LOOPDEV" --rw="$2" --bs="$3" --iodepth="$4" \
+               --ioengine=libaio --direct=1 --size=100% --runtime="$RUNTIME" --time_based \
+               --ramp_time=1 --group_reporting --output-format=terse --terse-version=3 2>&1 | tail -n1) || true
+    case "$2" in
+        *read) bw=$(echo "$line" | cut -d';' -f7) iops=$(echo "$line" | cut -d';' -f8) ;;
+        *)     bw=$(echo "$line" | cut -d';' -f48) iops=$(echo "$line" | cut -d';' -f49) ;;
+    esac
+    echo "BENCH vmm=l1 fio=$1 iops=$iops bw_kib=$bw"
+done
+losetup -d "$LOOPDEV"; LOOPDEV=
+
+chroot "$T" iperf3 -s >iperf-server.log 2>&1 &
+IPERF=$!
+
+# run_vm NAME TAP CMD...: boot in the background, configure the TAP in L1 when
+# it appears, wait for the guest to power off, report its BENCH_* lines.
+run_vm() {
+    name=$1 tap=$2; shift 2
+    info "run: $*"
+    "$@" >"$name.out" 2>"$name.err" </dev/null &
+    VMPID=$!
+    i=0
+    until ip link show "$tap" >/dev/null 2>&1; do
+        i=$((i + 1))
+        if [ $i -ge 600 ] || ! kill -0 $VMPID 2>/dev/null; then
+            cat "$name.out" "$name.err"; fail "$name: no TAP $tap"
+        fi
+        usleep 50000
+    done
+    ip addr add "$HOST_IP/24" dev "$tap" && ip link set "$tap" up || fail "cannot configure $tap"
+    i=0
+    while kill -0 $VMPID 2>/dev/null; do
+        i=$((i + 1))
+        [ $i -lt 6000 ] || { kill $VMPID; info "$name: killed after 600 s"; break; }
+        usleep 100000
+    done
+    rc=0; wait $VMPID || rc=$?
+    VMPID=
+    tr -d '\r' <"$name.out" >"$name.txt"
+    sed 's/^/  | /' "$name.txt"
+    [ ! -s "$name.err" ] || { echo "--- stderr ($name)"; cat "$name.err"; }
+    info "$name: rc=$rc"
+    sed -n "s/^BENCH_FIO name=\([^ ]*\) /BENCH vmm=$name fio=\1 /p; s/^BENCH_NET dir=\([^ ]*\) /BENCH vmm=$name net=\1 /p" "$name.txt"
+    grep -q '^BENCH_FIO ' "$name.txt"
+}
+
+run_vm nubo nubotap0 "$NUBO_VMM" run --kernel "$L2_BZIMAGE" --initrd "$L2_INITRD" \
+    --cmdline "$CMDLINE" --cpus 1 --memory 512M \
+    --disk "path=$IMG,readonly=on" --disk path=disk.img \
+    --net tap=nubotap0,mac=52:54:00:12:34:56 || info "nubo: no fio results"
+
+qemu_run() {
+    run_vm qemu qtap0 qemu-system-x86_64 -enable-kvm -cpu host -M "$1" \
+        -L "${QEMU_DATA:-/usr/share/qemu}" -m 512M -smp 1 -nographic -no-reboot \
+        -kernel "$L2_BZIMAGE" -initrd "$L2_INITRD" -append "$CMDLINE" \
+        -drive "file=$IMG,format=raw,if=none,id=d0,readonly=on" -device virtio-blk-pci,drive=d0 \
+        -drive file=disk.img,format=raw,if=none,id=d1,aio=threads -device virtio-blk-pci,drive=d1 \
+        -netdev tap,id=n0,ifname=qtap0,script=no,downscript=no,vhost=off \
+        -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:57
+}
+if qemu_run microvm,rtc=on,pcie=on; then
+    echo "BENCH_QEMU_MACHINE microvm,pcie=on"
+else
+    info "microvm+pcie gave no results; retrying with q35"
+    qemu_run q35 && echo "BENCH_QEMU_MACHINE q35" || info "qemu: no fio results"
+fi
+grep -q '^BENCH_FIO ' nubo.txt || fail "nubo-vmm produced no fio results"
