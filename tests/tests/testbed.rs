@@ -11,7 +11,7 @@
 //! `NUBO_SKIP_TESTBED=1` or `qemu-system-x86_64` is missing (and the host has
 //! no hardware KVM).
 //!
-//! Knobs: `TESTBED_TIMEOUT` (seconds, default 540), `NUBO_TESTBED_QUIET=1`
+//! Knobs: `TESTBED_TIMEOUT` (seconds, default 1500), `NUBO_TESTBED_QUIET=1`
 //! (no live progress lines on stderr). Console log: target/testbed/console.log.
 
 use std::collections::BTreeMap;
@@ -225,7 +225,7 @@ fn run_testbed() -> Outcome {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if std::env::var_os("TESTBED_TIMEOUT").is_none() {
-        cmd.env("TESTBED_TIMEOUT", "540");
+        cmd.env("TESTBED_TIMEOUT", "1500");
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
