@@ -11,4 +11,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 guest/build.sh >/dev/null
 cargo build --release -p vmm --bin nubo-vmm
-cargo test --workspace
+cargo test --workspace --no-fail-fast

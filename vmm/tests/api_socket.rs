@@ -7,23 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vmm::client::request;
+mod common;
+use common::kvm_available;
 use vmm::tiny_guest::{elf, TinyEnd, TinyEntry};
-
-fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "/dev/kvm is not usable and CI=true"
-        );
-        eprintln!("skipped: /dev/kvm is not usable here");
-    }
-    ok
-}
 
 /// A nubo-vmm process serving its API, killed and cleaned up on drop.
 struct Vmm {

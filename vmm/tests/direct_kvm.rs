@@ -8,25 +8,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::kvm_available;
 use vmm::tiny_guest::{elf, TinyEnd, TinyEntry, READY_LINE};
 use vmm::{ControlError, ExitReason, OnReboot, SerialConfig, VmConfig, VmHandle, VmState, Vmm};
-
-/// Whether KVM is usable; in CI its absence is a failure, elsewhere a skip.
-fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "/dev/kvm is not usable and CI=true: direct KVM tests must run"
-        );
-        eprintln!("skipped: /dev/kvm is not usable here");
-    }
-    ok
-}
 
 struct Scratch(PathBuf);
 
