@@ -522,13 +522,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, d) in data.iter_mut().enumerate() {
-            *d = offset
-                .checked_add(i as u64)
-                .and_then(|o| self.config.get(usize::try_from(o).ok()?))
-                .copied()
-                .unwrap_or(0);
-        }
+        super::read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

@@ -25,6 +25,18 @@ pub use virtio_queue::Queue;
 /// The guest memory type devices access (the VMM's `GuestMemoryMmap`).
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
 
+/// Copies `data.len()` bytes of a device's config space from `offset`;
+/// bytes past its end read as zero (the guest chooses the offset).
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, d) in data.iter_mut().enumerate() {
+        *d = offset
+            .checked_add(i as u64)
+            .and_then(|o| config.get(usize::try_from(o).ok()?))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// Device status bit: the guest noticed the device.
 pub const STATUS_ACKNOWLEDGE: u8 = 1;
 /// Device status bit: the guest has a driver for it.
