@@ -106,6 +106,16 @@ if [ "$WITH_QEMU" = 1 ]; then
     log "qemu: $QEMU"
 fi
 
+# Image and filesystem checkers for the disk scenarios (optional: a scenario
+# that needs one skips its check when it is missing).
+for tool in qemu-img debugfs; do
+    if path=$(command -v "$tool"); then
+        mkdir -p "$STAGE/usr/bin"
+        cp "$path" "$STAGE/usr/bin/"
+        copy_libs "$path"
+    fi
+done
+
 # --- L2 artifacts, scenarios, runner.
 cp "$GUEST"/{bzImage,vmlinux,initramfs.cpio.gz,rootfs.ext4} "$STAGE/testbed/l2/"
 cp "$HERE/runner.sh" "$HERE/lib.sh" "$STAGE/testbed/"

@@ -284,9 +284,37 @@ fn run_testbed() -> Outcome {
     })
 }
 
+/// Whether the L1 kernel reported a stuck CPU: the nested-virtualisation
+/// hang seen now and then (L2 spins with its clock stopped, L1's vCPU thread
+/// never leaves KVM_RUN). Every scenario after it fails with it.
+fn l1_cpu_stuck(run: &Run) -> bool {
+    std::fs::read_to_string(&run.log_path)
+        .map(|log| log.contains("soft lockup - CPU#"))
+        .unwrap_or(false)
+}
+
+/// Runs the testbed; after an L1 CPU hang it runs once more, saying so
+/// loudly. The hang is a known open bug (see the README's benchmark notes):
+/// a second hang in a row still fails the tests.
+fn run_testbed_with_retry() -> Outcome {
+    match run_testbed() {
+        Outcome::Ran(run) if !run.exit_ok && l1_cpu_stuck(&run) => {
+            let first = run.log_path.with_file_name("console-stuck.log");
+            let _ = std::fs::copy(&run.log_path, &first);
+            eprintln!(
+                "WARNING: an L1 CPU got stuck (soft lockup) during the testbed run; \
+                 running the testbed once more (first log kept in {})",
+                first.display()
+            );
+            run_testbed()
+        }
+        other => other,
+    }
+}
+
 fn testbed() -> &'static Outcome {
     static RUN: OnceLock<Outcome> = OnceLock::new();
-    RUN.get_or_init(run_testbed)
+    RUN.get_or_init(run_testbed_with_retry)
 }
 
 /// Scenarios that have a dedicated `#[test]` below.

@@ -22,6 +22,9 @@ after=$(wc -c <overlay.qcow2)
 echo "OVERLAY_BYTES_BEFORE=$before OVERLAY_BYTES_AFTER=$after"
 [ "$after" -gt "$before" ] || fail "the overlay did not grow"
 [ "$(md5sum base.img | cut -d' ' -f1)" = "$base_sum" ] || fail "the base image changed"
+command -v qemu-img >/dev/null || fail "qemu-img missing in L1 (build-l1.sh copies it from the host)"
+qemu-img check overlay.qcow2 || fail "qemu-img check found problems in the overlay the guest wrote"
+echo "QEMU_IMG_CHECK=clean"
 # Boot again from the same overlay: the guest's file is still there.
 boot_guest vmm2 "$NUBO_VMM" run --kernel "$L2_BZIMAGE" --initrd "$L2_INITRD" \
     --cmdline "console=ttyS0 quiet root=/dev/vda rw nubo.then=blkcheck" \

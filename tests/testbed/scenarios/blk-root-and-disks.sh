@@ -30,4 +30,8 @@ grep -q "NUBO-BLK-READBACK name=vdb pattern=$pattern" "$BOOT_OUT" || fail "the g
 on_disk=$(dd if=data.img bs=512 skip=8 count=1 2>/dev/null | head -n1)
 [ "$on_disk" = "$pattern" ] || fail "data.img holds '$on_disk', not '$pattern'"
 echo "PATTERN_IN_IMAGE=ok"
+command -v debugfs >/dev/null || fail "debugfs missing in L1 (build-l1.sh copies it from the host)"
+[ "$(debugfs -R 'cat /nubo-written' root.img 2>/dev/null)" = written-by-guest ] ||
+    fail "the file the guest wrote and synced is not in root.img"
+echo "GUEST_FILE_IN_IMAGE=ok"
 [ "$(md5sum ro.img | cut -d' ' -f1)" = "$ro_sum" ] || fail "the read-only image changed"
