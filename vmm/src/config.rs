@@ -398,7 +398,7 @@ mod tests {
             "mac=52:54:00:12:34:56",
             "tap=x,mac=01:00:00:00:00:01",
             "tap=x,mac=52:54:00:12:34",
-            "tap=waytoolongname0",
+            "tap=waytoolongname00",
             "fd=x",
         ] {
             assert!(bad.parse::<NetConfig>().is_err(), "{bad}");
