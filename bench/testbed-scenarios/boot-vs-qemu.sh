@@ -8,7 +8,9 @@
 . "$TESTBED_LIB"
 command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 not in L1"
 RUNS=7
-CMDLINE="console=ttyS0 quiet nubo.then=poweroff"
+# nubo.ignore_power: no acpid, whose start the guest init waits for (QEMU's
+# microvm guest has no power button, so it would not wait): same guest work.
+CMDLINE="console=ttyS0 quiet nubo.then=poweroff nubo.ignore_power=1"
 one() {
     name=$1 kernel=$2; shift 2
     boot_guest "$name" "$@" >/dev/null
