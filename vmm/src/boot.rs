@@ -113,60 +113,6 @@ pub fn detect_format(file: &mut File, path: &Path) -> Result<KernelFormat, BootE
     }
 }
 
-/// Whether an ELF image carries a note owned by "Linux" (every vmlinux
-/// does); any read problem just answers no.
-fn has_linux_note(file: &mut File) -> bool {
-    fn read_at(file: &mut File, offset: u64, buf: &mut [u8]) -> Option<()> {
-        file.seek(SeekFrom::Start(offset)).ok()?;
-        file.read_exact(buf).ok()
-    }
-    let scan = |file: &mut File| -> Option<bool> {
-        let mut ehdr = [0u8; 64];
-        read_at(file, 0, &mut ehdr)?;
-        let phoff = u64::from_le_bytes(ehdr[32..40].try_into().ok()?);
-        let phentsize = u64::from(u16::from_le_bytes(ehdr[54..56].try_into().ok()?));
-        let phnum = u64::from(u16::from_le_bytes(ehdr[56..58].try_into().ok()?));
-        if phentsize < 56 || phnum > 64 {
-            return Some(false);
-        }
-        for i in 0..phnum {
-            let mut phdr = [0u8; 56];
-            read_at(
-                file,
-                phoff.checked_add(i.checked_mul(phentsize)?)?,
-                &mut phdr,
-            )?;
-            const PT_NOTE: u32 = 4;
-            if u32::from_le_bytes(phdr[0..4].try_into().ok()?) != PT_NOTE {
-                continue;
-            }
-            let offset = u64::from_le_bytes(phdr[8..16].try_into().ok()?);
-            let size = u64::from_le_bytes(phdr[32..40].try_into().ok()?).min(64 << 10);
-            let mut notes = vec![0u8; usize::try_from(size).ok()?];
-            read_at(file, offset, &mut notes)?;
-            // Walk the notes: namesz, descsz, type, name (4-aligned), desc (4-aligned).
-            let mut at = 0usize;
-            while at + 12 <= notes.len() {
-                let word = |o: usize| -> Option<usize> {
-                    Some(u32::from_le_bytes(notes.get(o..o + 4)?.try_into().ok()?) as usize)
-                };
-                let (namesz, descsz) = (word(at)?, word(at + 4)?);
-                let name = notes.get(at + 12..at + 12 + namesz)?;
-                if name == b"Linux\0" {
-                    return Some(true);
-                }
-                at = at
-                    .checked_add(12 + namesz.div_ceil(4) * 4)?
-                    .checked_add(descsz.div_ceil(4) * 4)?;
-            }
-        }
-        Some(false)
-    };
-    let found = scan(file).unwrap_or(false);
-    let _ = file.seek(SeekFrom::Start(0));
-    found
-}
-
 /// Where the guest's kernel, initramfs and command line come from.
 pub struct BootSource<'a> {
     /// Kernel image path.
@@ -194,13 +140,6 @@ pub fn load(mem: &GuestMemoryMmap, src: &BootSource<'_>) -> Result<LoadedKernel,
         path: kernel_path.to_path_buf(),
         source,
     };
-    // A Linux vmlinux is entered like Firecracker does, through its 64-bit
-    // entry with boot_params, even when it also has a PVH note: in the
-    // nested testbed, PVH boots of the Debian kernel now and then left L1's
-    // vCPU thread stuck (3 of ~70 boots, never on the 64-bit path). Other
-    // PVH kernels keep the PVH entry.
-    let linux_elf = format == KernelFormat::Elf && has_linux_note(&mut kernel);
-    tracing::debug!(linux_elf, ?format, "kernel image");
     let loaded = match format {
         KernelFormat::Elf => Elf::load(mem, None, &mut kernel, Some(HIGH_RAM_START)),
         KernelFormat::BzImage => BzImage::load(mem, None, &mut kernel, Some(HIGH_RAM_START)),
@@ -224,7 +163,7 @@ pub fn load(mem: &GuestMemoryMmap, src: &BootSource<'_>) -> Result<LoadedKernel,
     write_reset_vector(mem)?;
 
     match (format, loaded.pvh_boot_cap) {
-        (KernelFormat::Elf, PvhBootCapability::PvhEntryPresent(entry)) if !linux_elf => {
+        (KernelFormat::Elf, PvhBootCapability::PvhEntryPresent(entry)) => {
             write_pvh_start_info(mem, &e820, cmdline_len, initrd, src.rsdp)?;
             Ok(LoadedKernel {
                 entry: BootEntry::Pvh {
@@ -509,36 +448,6 @@ mod tests {
         assert_eq!(b, [0xb0, 0x01, 0xba, 0x02, 0x06, 0xee, 0xf4, 0xeb, 0xfd]);
         // It fits below 1 MiB.
         assert!(RESET_VECTOR.raw_value() + b.len() as u64 <= 0x10_0000);
-    }
-
-    #[test]
-    fn linux_note_is_found_only_in_linux_images() {
-        use crate::tiny_guest::{elf, TinyEnd, TinyEntry};
-        let (p, mut f) = temp_file(&elf(TinyEntry::Pvh32, TinyEnd::Halt));
-        assert!(
-            !has_linux_note(&mut f),
-            "the tiny PVH guest keeps the PVH entry"
-        );
-        let _ = std::fs::remove_file(&p);
-        // A minimal ELF with one PT_NOTE holding a "Linux" note.
-        let mut img = vec![0u8; 0x100];
-        img[..4].copy_from_slice(b"\x7fELF");
-        img[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
-        img[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
-        img[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
-        img[64..68].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
-        img[72..80].copy_from_slice(&0xc0u64.to_le_bytes()); // p_offset
-        img[96..104].copy_from_slice(&24u64.to_le_bytes()); // p_filesz
-        img[0xc0..0xc4].copy_from_slice(&6u32.to_le_bytes()); // namesz
-        img[0xc4..0xc8].copy_from_slice(&4u32.to_le_bytes()); // descsz
-        img[0xcc..0xd2].copy_from_slice(b"Linux\0");
-        let (p, mut f) = temp_file(&img);
-        assert!(has_linux_note(&mut f));
-        let _ = std::fs::remove_file(&p);
-        // Garbage never panics.
-        let (p, mut f) = temp_file(&[0xffu8; 300]);
-        assert!(!has_linux_note(&mut f));
-        let _ = std::fs::remove_file(&p);
     }
 
     #[test]
