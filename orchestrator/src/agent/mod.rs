@@ -1,0 +1,1 @@
+//! The compute agent: runs, adopts and stops one `nubo-vmm` process per server.

@@ -1,0 +1,1 @@
+//! The image file store: streamed uploads with checksums, format validation.

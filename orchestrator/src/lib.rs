@@ -1,0 +1,6 @@
+//! Nubo's orchestrator: the `nubo` daemon. It serves OpenStack's Identity v3,
+//! Image v2 and Compute v2.1 APIs (a subset) on one port, keeps its state in
+//! SQLite, and runs one `nubo-vmm` process per server.
+
+pub mod agent;
+pub mod image_store;
