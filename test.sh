@@ -11,4 +11,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 guest/build.sh >/dev/null
 cargo build --release -p vmm --bin nubo-vmm
+cargo build --release -p orchestrator --bin nubo
+scripts/osc-venv.sh >/dev/null   # the OpenStack CLI for tests/tests/openstack_cli.rs
 cargo test --workspace --no-fail-fast
