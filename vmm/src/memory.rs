@@ -1,7 +1,9 @@
 //! Guest RAM: where it lies around the 32-bit device hole, how it is mapped,
 //! and the e820 map that tells the guest.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
 
 use crate::layout::{
     EBDA_START, HIGH_RAM_START, MEM_32BIT_GAP_START, PCI_MMCONFIG_SIZE, PCI_MMCONFIG_START,
@@ -123,13 +125,42 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
             requested: size >> 20,
             host: 0,
         })?;
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map { size, source })
+    let memory = GuestMemoryMmap::from_ranges(&ranges)
+        .map_err(|source| MemoryError::Map { size, source })?;
+    mark_mergeable(&memory);
+    Ok(memory)
+}
+
+/// Offers guest RAM to KSM (`MADV_MERGEABLE`), so identical pages of idle
+/// guests can be shared when the host overcommits memory. Only the flag is
+/// set: no page is touched or allocated. Without KSM in the host kernel
+/// madvise fails; that is logged at debug level and ignored.
+fn mark_mergeable(memory: &GuestMemoryMmap) {
+    for region in memory.iter() {
+        let Ok(addr) = region.get_host_address(MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let Ok(len) = usize::try_from(region.len()) else {
+            continue;
+        };
+        // SAFETY: `addr..addr+len` is exactly one anonymous mapping owned by
+        // `memory` (page-aligned start, its full length). MADV_MERGEABLE only
+        // changes the mapping's flags; it neither frees nor touches pages, so
+        // no Rust reference into guest memory is invalidated.
+        let rc = unsafe { libc::madvise(addr.cast(), len, libc::MADV_MERGEABLE) };
+        if rc != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                len,
+                "madvise(MADV_MERGEABLE) on guest RAM failed (no KSM?); going on"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemoryBackend;
 
     #[test]
     fn small_guest_has_one_range() {
@@ -178,6 +209,42 @@ mod tests {
             .all(|e| e.addr + e.size <= MEM_32BIT_GAP_START || e.addr >= RAM_64BIT_START));
         // Sorted and non-overlapping.
         assert!(map.windows(2).all(|w| w[0].addr + w[0].size <= w[1].addr));
+    }
+
+    #[test]
+    fn guest_ram_is_offered_to_ksm() {
+        if !std::path::Path::new("/sys/kernel/mm/ksm").exists() {
+            eprintln!("skipped: this kernel has no KSM");
+            return;
+        }
+        let mem = create_guest_memory(16 << 20).unwrap();
+        let start = mem
+            .iter()
+            .next()
+            .unwrap()
+            .get_host_address(MemoryRegionAddress(0))
+            .unwrap() as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        // Find the mapping that starts at our region and read its VmFlags.
+        let mut in_region = false;
+        let mut flags = None;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((lo, _)) = range.split_once('-') {
+                    if let Ok(lo) = usize::from_str_radix(lo, 16) {
+                        in_region = lo == start;
+                        continue;
+                    }
+                }
+            }
+            if in_region {
+                if let Some(f) = line.strip_prefix("VmFlags:") {
+                    flags = Some(f.to_string());
+                }
+            }
+        }
+        let flags = flags.expect("the guest RAM mapping is in smaps");
+        assert!(flags.split_whitespace().any(|f| f == "mg"), "{flags}");
     }
 
     #[test]
