@@ -3,4 +3,10 @@
 //! SQLite, and runs one `nubo-vmm` process per server.
 
 pub mod agent;
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod identity;
 pub mod image_store;
+pub mod serve;
+pub mod util;

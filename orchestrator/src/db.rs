@@ -1,0 +1,176 @@
+//! The daemon's state: one SQLite file (`STATE_DIR/nubo.db`) in WAL mode,
+//! with versioned migrations recorded in `PRAGMA user_version`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+/// Errors of opening or migrating the state database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite reported an error.
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file was written by a newer nubo.
+    #[error("state database has schema version {found}, newer than this nubo ({known})")]
+    TooNew {
+        /// Version in the file.
+        found: i64,
+        /// Newest version this binary knows.
+        known: i64,
+    },
+}
+
+/// The schema, one entry per version; entry N brings the file from N to N+1.
+const MIGRATIONS: &[&str] = &[
+    // 1: identity, images, flavors, servers, placement allocations, quotas.
+    r#"
+    CREATE TABLE domains (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+        description TEXT NOT NULL DEFAULT '', enabled INTEGER NOT NULL DEFAULT 1);
+    CREATE TABLE projects (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, domain_id TEXT NOT NULL REFERENCES domains(id),
+        description TEXT NOT NULL DEFAULT '', enabled INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (domain_id, name));
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, domain_id TEXT NOT NULL REFERENCES domains(id),
+        password_hash TEXT, default_project_id TEXT, email TEXT,
+        description TEXT NOT NULL DEFAULT '', enabled INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (domain_id, name));
+    CREATE TABLE roles (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+    CREATE TABLE role_assignments (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        role_id TEXT NOT NULL REFERENCES roles(id) ON DELETE CASCADE,
+        PRIMARY KEY (user_id, project_id, role_id));
+    CREATE TABLE tokens (
+        hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, project_id TEXT NOT NULL,
+        audit_id TEXT NOT NULL, issued_at TEXT NOT NULL, expires_at TEXT NOT NULL,
+        expires_unix INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE images (
+        id TEXT PRIMARY KEY, name TEXT, owner TEXT NOT NULL, status TEXT NOT NULL,
+        visibility TEXT NOT NULL, protected INTEGER NOT NULL DEFAULT 0,
+        os_hidden INTEGER NOT NULL DEFAULT 0,
+        disk_format TEXT, container_format TEXT, size INTEGER, virtual_size INTEGER,
+        checksum TEXT, os_hash_algo TEXT, os_hash_value TEXT,
+        min_disk INTEGER NOT NULL DEFAULT 0, min_ram INTEGER NOT NULL DEFAULT 0,
+        properties TEXT NOT NULL DEFAULT '{}', tags TEXT NOT NULL DEFAULT '[]',
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE INDEX images_owner ON images(owner);
+    CREATE TABLE flavors (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, vcpus INTEGER NOT NULL,
+        ram INTEGER NOT NULL, disk INTEGER NOT NULL, swap INTEGER NOT NULL DEFAULT 0,
+        ephemeral INTEGER NOT NULL DEFAULT 0, is_public INTEGER NOT NULL DEFAULT 1,
+        rxtx_factor REAL NOT NULL DEFAULT 1.0, description TEXT,
+        created_at TEXT NOT NULL);
+    CREATE TABLE servers (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, project_id TEXT NOT NULL,
+        user_id TEXT NOT NULL, image_id TEXT NOT NULL, flavor_id TEXT NOT NULL,
+        vcpus INTEGER NOT NULL, ram INTEGER NOT NULL, disk INTEGER NOT NULL,
+        status TEXT NOT NULL, task_state TEXT, power_state INTEGER NOT NULL DEFAULT 0,
+        fault TEXT, metadata TEXT NOT NULL DEFAULT '{}', host TEXT,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, launched_at TEXT);
+    CREATE INDEX servers_project ON servers(project_id);
+    CREATE TABLE allocations (
+        consumer_id TEXT PRIMARY KEY, vcpus INTEGER NOT NULL, memory_mb INTEGER NOT NULL,
+        disk_gb INTEGER NOT NULL);
+    CREATE TABLE quotas (
+        project_id TEXT NOT NULL, resource TEXT NOT NULL, hard_limit INTEGER NOT NULL,
+        PRIMARY KEY (project_id, resource));
+    "#,
+];
+
+/// A shared handle on the state database. Statements are short; one
+/// connection behind a mutex serialises writers the way SQLite would anyway.
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let conn = Connection::open(path)?;
+        Self::setup(conn)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Self, DbError> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Self, DbError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Locks the connection. A panic while holding it cannot leave SQLite
+    /// inconsistent (transactions roll back on drop), so poisoning is ignored.
+    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Applies every migration newer than the file's `user_version`, each in its
+/// own transaction.
+fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > known {
+        return Err(DbError::TooNew { found, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "state database migrated");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_a_new_file_and_reopens_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nubo.db");
+        {
+            let db = Db::open(&path).expect("open");
+            let v: i64 = db
+                .lock()
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .expect("version");
+            assert_eq!(v, MIGRATIONS.len() as i64);
+            db.lock()
+                .execute("INSERT INTO roles (id, name) VALUES ('r', 'x')", [])
+                .expect("insert");
+        }
+        let db = Db::open(&path).expect("reopen");
+        let n: i64 = db
+            .lock()
+            .query_row("SELECT count(*) FROM roles", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nubo.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.pragma_update(None, "user_version", 999).expect("set");
+        }
+        assert!(matches!(Db::open(&path), Err(DbError::TooNew { .. })));
+    }
+}

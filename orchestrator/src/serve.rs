@@ -1,0 +1,74 @@
+//! `nubo serve`: opens the state, seeds identity on first start, reconciles
+//! running guests, and serves the API until SIGINT/SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::ServiceExt;
+use tower_layer::Layer;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::db::Db;
+use crate::identity::bootstrap;
+
+/// Runs the daemon.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+    let db = Db::open(&cfg.state_dir.join("nubo.db")).context("opening the state database")?;
+    let openrc = cfg.state_dir.join("admin-openrc");
+    let password = cfg
+        .admin_password
+        .clone()
+        .unwrap_or_else(bootstrap::generate_password);
+    let created = bootstrap::seed(&db.lock(), &password)
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("creating the admin project and user")?;
+    let base = cfg
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", cfg.listen));
+    if created || !openrc.exists() {
+        if !created && cfg.admin_password.is_none() {
+            tracing::warn!("admin-openrc is missing and the admin password is unknown; writing it without a valid password");
+        }
+        bootstrap::write_openrc(&openrc, &format!("{base}/identity/v3"), &password)
+            .with_context(|| format!("writing {}", openrc.display()))?;
+    }
+    let state = AppState {
+        db,
+        cfg: Arc::new(cfg.clone()),
+    };
+    let app = api::router(state);
+    let app = axum::middleware::map_request(|r| async { api::strip_trailing_slash(r) }).layer(app);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    tracing::info!(listen = %cfg.listen, url = %base, "nubo API ready");
+    eprintln!(
+        "nubo: API at {base} — run `source {}` then `openstack ...`",
+        openrc.display()
+    );
+    axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving the API")?;
+    tracing::info!("nubo stopped; guests keep running");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
