@@ -11,6 +11,7 @@ use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::db::Db;
 use crate::identity::bootstrap;
+use crate::image_store::ImageStore;
 
 /// Runs the daemon.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -36,9 +37,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         bootstrap::write_openrc(&openrc, &format!("{base}/identity/v3"), &password)
             .with_context(|| format!("writing {}", openrc.display()))?;
     }
+    let images = ImageStore::new(cfg.state_dir.join("images"), cfg.max_image_size)
+        .context("opening the image store")?;
     let state = AppState {
         db,
         cfg: Arc::new(cfg.clone()),
+        images: Arc::new(images),
     };
     let app = api::router(state);
     let app = axum::middleware::map_request(|r| async { api::strip_trailing_slash(r) }).layer(app);

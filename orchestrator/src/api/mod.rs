@@ -5,6 +5,7 @@ pub mod discovery;
 pub mod error;
 pub mod extract;
 pub mod identity;
+pub mod image;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::image_store::ImageStore;
 use error::{restyle, ErrorStyle};
 
 /// Largest JSON request body (uploads have their own limit).
@@ -30,6 +32,8 @@ pub struct AppState {
     pub db: Db,
     /// The daemon's configuration.
     pub cfg: Arc<Config>,
+    /// Image files.
+    pub images: Arc<ImageStore>,
 }
 
 fn styled(router: Router<AppState>, style: ErrorStyle) -> Router<AppState> {
