@@ -1,1 +1,815 @@
 //! The compute agent: runs, adopts and stops one `nubo-vmm` process per server.
+//!
+//! Every server has an instance directory `INSTANCES/<server id>/` (mode
+//! 0700) holding:
+//!
+//! | file | what |
+//! |---|---|
+//! | `spec.json` | the [`VmmSpec`] it was started with |
+//! | `vmm.pid` | the VMM's process id |
+//! | `vmm.log` | the VMM's stdout and stderr (appended, one marker line per start) |
+//! | `console.log` | the guest's serial console (capped at 16 MiB by the VMM) |
+//! | `api.sock` | the VMM's control API socket |
+//! | `disk.qcow2` | the boot disk, a copy-on-write overlay on the image |
+//!
+//! The VMM runs in its own session, so it survives the daemon being killed or
+//! restarted; a new daemon finds it again with [`Agent::adopt`].
+//!
+//! The API is blocking (std threads, no tokio). From async code call it
+//! through `tokio::task::spawn_blocking`.
+
+mod console;
+mod process;
+mod spec;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use images::ImageFormat;
+
+pub use process::{ExitInfo, VmmProcess};
+pub use spec::{validate_server_id, DiskSpec, VmmSpec, MAX_SERVER_ID_LEN, MAX_VCPUS};
+
+use process::{ChildState, SharedChild};
+
+/// Longest Unix socket path (`sun_path` is 108 bytes with the final NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// How long a VMM gets to exit after `PUT /vm/stop` (and after the ACPI
+/// shutdown timeout) before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Longest ACPI shutdown timeout the VMM accepts (one day).
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// How long one request to a VMM's API may take.
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts every run's section of `vmm.log`.
+const LOG_MARKER: &str = "=== nubo agent: starting nubo-vmm";
+
+/// File names inside an instance directory.
+const SPEC_FILE: &str = "spec.json";
+const PID_FILE: &str = "vmm.pid";
+const LOG_FILE: &str = "vmm.log";
+const CONSOLE_FILE: &str = "console.log";
+const SOCKET_FILE: &str = "api.sock";
+const DISK_FILE: &str = "disk.qcow2";
+
+/// Errors of the compute agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A server id that is not `[0-9a-f-]{1,64}` (it would become a path).
+    #[error("invalid server id {0:?}: only 0-9, a-f and '-' are allowed (1 to 64 characters)")]
+    InvalidServerId(String),
+    /// A spec the VMM would reject.
+    #[error("invalid spec for server {server_id}: {reason}")]
+    InvalidSpec {
+        /// The server.
+        server_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file or directory operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The API socket path does not fit in `sun_path`.
+    #[error("API socket path {} is {len} bytes, more than the {MAX_SOCKET_PATH} a Unix socket allows: use a shorter instances directory", path.display())]
+    SocketPathTooLong {
+        /// The path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Creating the boot disk failed.
+    #[error("cannot create the boot disk of server {server_id}: {source}")]
+    Image {
+        /// The server.
+        server_id: String,
+        /// What the image library said.
+        source: images::ImageError,
+    },
+    /// The VMM binary could not be started.
+    #[error("cannot start {} for server {server_id}: {source}", binary.display())]
+    Spawn {
+        /// The server.
+        server_id: String,
+        /// The VMM binary.
+        binary: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// A VMM for this server is already running.
+    #[error("server {server_id} already has a running VMM (pid {pid})")]
+    AlreadyRunning {
+        /// The server.
+        server_id: String,
+        /// Its VMM's pid.
+        pid: i32,
+    },
+    /// No VMM runs for this server.
+    #[error("server {server_id} has no running VMM")]
+    NotRunning {
+        /// The server.
+        server_id: String,
+    },
+    /// The VMM ended while we waited for its guest to run.
+    #[error("the VMM of server {server_id} exited ({}){}", exit_text(.exit), log_text(.log_tail))]
+    VmmExited {
+        /// The server.
+        server_id: String,
+        /// How it ended, when known.
+        exit: Option<ExitInfo>,
+        /// The last lines it wrote to `vmm.log` in this run.
+        log_tail: String,
+    },
+    /// The API socket could not be reached or answered garbage.
+    #[error("API of server {server_id}: {reason}")]
+    Api {
+        /// The server.
+        server_id: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A live VMM process whose API does not answer.
+    #[error(
+        "the VMM of server {server_id} (pid {pid}) is alive but its API does not answer: {reason}"
+    )]
+    Unresponsive {
+        /// The server.
+        server_id: String,
+        /// Its pid.
+        pid: i32,
+        /// The last API error.
+        reason: String,
+    },
+    /// Something did not happen in time.
+    #[error("server {server_id}: timed out after {timeout:?} waiting for {what}")]
+    Timeout {
+        /// The server.
+        server_id: String,
+        /// What we waited for.
+        what: &'static str,
+        /// How long we waited.
+        timeout: Duration,
+    },
+}
+
+fn exit_text(exit: &Option<ExitInfo>) -> String {
+    match exit {
+        Some(ExitInfo {
+            code: Some(code), ..
+        }) => format!("status {code}"),
+        Some(ExitInfo {
+            signal: Some(sig), ..
+        }) => format!("signal {sig}"),
+        _ => "status unknown".into(),
+    }
+}
+
+fn log_text(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(": {tail}")
+    }
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> AgentError + 'a {
+    move |source| AgentError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Whether a server's VMM runs, as far as the agent can tell.
+enum Liveness {
+    /// Running with this pid.
+    Alive(i32),
+    /// Its process ended (status when it was our child).
+    Dead(Option<ExitInfo>),
+    /// No pid file: never started (or removed).
+    NoProcess,
+}
+
+/// Runs one `nubo-vmm` per server, each in its instance directory.
+pub struct Agent {
+    vmm_binary: PathBuf,
+    instances_dir: PathBuf,
+    /// The VMMs this agent spawned, by server id, with their pid; kept so
+    /// they are reaped (no zombies) whoever checks on them first.
+    children: Mutex<HashMap<String, (i32, SharedChild)>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("vmm_binary", &self.vmm_binary)
+            .field("instances_dir", &self.instances_dir)
+            .finish()
+    }
+}
+
+impl Agent {
+    /// An agent that starts `vmm_binary` and keeps instance directories in
+    /// `instances_dir` (created with mode 0700 if missing, and made
+    /// absolute).
+    pub fn new(vmm_binary: PathBuf, instances_dir: PathBuf) -> Result<Self, AgentError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&instances_dir)
+            .map_err(io_err("cannot create instances directory", &instances_dir))?;
+        std::fs::set_permissions(&instances_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("cannot set mode 0700 on", &instances_dir))?;
+        let instances_dir = instances_dir
+            .canonicalize()
+            .map_err(io_err("cannot resolve", &instances_dir))?;
+        // A UUID server id gives the longest usual socket path.
+        let sample = instances_dir.join("0".repeat(36)).join(SOCKET_FILE);
+        if sample.as_os_str().len() > MAX_SOCKET_PATH {
+            tracing::warn!(
+                dir = %instances_dir.display(),
+                "instances directory is too long for API socket paths of UUID servers"
+            );
+        }
+        if !vmm_binary.is_file() {
+            tracing::warn!(binary = %vmm_binary.display(), "the VMM binary does not exist");
+        }
+        Ok(Agent {
+            vmm_binary,
+            instances_dir,
+            children: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The VMM binary this agent starts.
+    pub fn vmm_binary(&self) -> &Path {
+        &self.vmm_binary
+    }
+
+    /// The directory holding every instance directory.
+    pub fn instances_dir(&self) -> &Path {
+        &self.instances_dir
+    }
+
+    /// The instance directory of a server (not created); fails for an id
+    /// that is not `[0-9a-f-]{1,64}`.
+    pub fn instance_dir(&self, server_id: &str) -> Result<PathBuf, AgentError> {
+        validate_server_id(server_id)?;
+        Ok(self.instances_dir.join(server_id))
+    }
+
+    /// The API socket path of a server.
+    pub fn socket_path(&self, server_id: &str) -> Result<PathBuf, AgentError> {
+        Ok(self.instance_dir(server_id)?.join(SOCKET_FILE))
+    }
+
+    /// Creates the instance directory (mode 0700) if needed.
+    fn ensure_instance_dir(&self, server_id: &str) -> Result<PathBuf, AgentError> {
+        let dir = self.instance_dir(server_id)?;
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(dir),
+            Err(e) => Err(io_err("cannot create instance directory", &dir)(e)),
+        }
+    }
+
+    /// Creates the server's boot disk `INSTANCE_DIR/disk.qcow2`: a qcow2
+    /// overlay whose backing file is `image_path` (nothing is copied; the
+    /// image must stay in place). Fails if the disk exists.
+    pub fn create_boot_disk(
+        &self,
+        server_id: &str,
+        image_path: &Path,
+        image_format: ImageFormat,
+    ) -> Result<PathBuf, AgentError> {
+        let dir = self.ensure_instance_dir(server_id)?;
+        let disk = dir.join(DISK_FILE);
+        images::create_qcow2_overlay(&disk, image_path, image_format).map_err(|source| {
+            AgentError::Image {
+                server_id: server_id.to_owned(),
+                source,
+            }
+        })?;
+        tracing::info!(
+            server_id,
+            image = %image_path.display(),
+            format = image_format.name(),
+            "boot disk created"
+        );
+        Ok(disk)
+    }
+
+    /// Starts the server's VMM, detached from the daemon (own session, stdin
+    /// /dev/null, output appended to `vmm.log`), and records `vmm.pid` and
+    /// `spec.json`. Returns as soon as the process exists; see
+    /// [`Agent::wait_running`].
+    pub fn spawn(&self, spec: &VmmSpec) -> Result<VmmProcess, AgentError> {
+        spec.validate()?;
+        let id = spec.server_id.as_str();
+        if let Liveness::Alive(pid) = self.liveness(id)? {
+            return Err(AgentError::AlreadyRunning {
+                server_id: id.to_owned(),
+                pid,
+            });
+        }
+        let dir = self.ensure_instance_dir(id)?;
+        let socket = dir.join(SOCKET_FILE);
+        let len = socket.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(AgentError::SocketPathTooLong { path: socket, len });
+        }
+        match std::fs::remove_file(&socket) {
+            Ok(()) => tracing::debug!(server_id = id, "removed a stale API socket"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("cannot remove stale socket", &socket)(e)),
+        }
+        let spec_path = dir.join(SPEC_FILE);
+        let spec_json = serde_json::to_vec_pretty(spec).map_err(|e| AgentError::InvalidSpec {
+            server_id: id.to_owned(),
+            reason: e.to_string(),
+        })?;
+        process::write_atomic(&spec_path, &spec_json)
+            .map_err(io_err("cannot write", &spec_path))?;
+
+        let log_path = dir.join(LOG_FILE);
+        let mut log = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&log_path)
+            .map_err(io_err("cannot open", &log_path))?;
+        let args = spec.vmm_args(&dir.join(CONSOLE_FILE), &socket);
+        writeln!(
+            log,
+            "{LOG_MARKER} for server {id} at {} ===",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        )
+        .map_err(io_err("cannot write", &log_path))?;
+
+        let child = process::spawn_detached(&self.vmm_binary, &args, &log).map_err(|source| {
+            AgentError::Spawn {
+                server_id: id.to_owned(),
+                binary: self.vmm_binary.clone(),
+                source,
+            }
+        })?;
+        let raw_pid = child.id();
+        let child: SharedChild = Arc::new(Mutex::new(child));
+        let Ok(pid) = i32::try_from(raw_pid) else {
+            let mut c = process::lock(&child);
+            let _ = c.kill();
+            let _ = c.wait();
+            return Err(AgentError::Spawn {
+                server_id: id.to_owned(),
+                binary: self.vmm_binary.clone(),
+                source: io::Error::other("pid does not fit in i32"),
+            });
+        };
+        let pid_path = dir.join(PID_FILE);
+        if let Err(e) = process::write_atomic(&pid_path, format!("{pid}\n").as_bytes()) {
+            // Without a pid file nobody could find this VMM again.
+            let mut c = process::lock(&child);
+            let _ = c.kill();
+            let _ = c.wait();
+            return Err(io_err("cannot write", &pid_path)(e));
+        }
+        self.children_lock()
+            .insert(id.to_owned(), (pid, Arc::clone(&child)));
+        tracing::info!(
+            server_id = id,
+            pid,
+            vcpus = spec.vcpus,
+            memory_mib = spec.memory_mib,
+            "nubo-vmm started"
+        );
+        Ok(VmmProcess {
+            server_id: id.to_owned(),
+            pid,
+            socket,
+            child: Some(child),
+        })
+    }
+
+    fn children_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i32, SharedChild)>> {
+        self.children.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn own_child(&self, server_id: &str) -> Option<(i32, SharedChild)> {
+        self.children_lock()
+            .get(server_id)
+            .map(|(pid, c)| (*pid, Arc::clone(c)))
+    }
+
+    /// Whether the server's VMM runs: through our `Child` when we spawned
+    /// it, else through the pid file, `/proc` and its command line.
+    fn liveness(&self, server_id: &str) -> Result<Liveness, AgentError> {
+        let dir = self.instance_dir(server_id)?;
+        if let Some((pid, child)) = self.own_child(server_id) {
+            match process::poll_child(&child) {
+                ChildState::Running => return Ok(Liveness::Alive(pid)),
+                ChildState::Exited(info) => return Ok(Liveness::Dead(Some(info))),
+                ChildState::Unknown => {}
+            }
+        }
+        let pid_path = dir.join(PID_FILE);
+        let pid = process::read_pid_file(&pid_path).map_err(io_err("cannot read", &pid_path))?;
+        Ok(match pid {
+            None => Liveness::NoProcess,
+            Some(pid) if process::is_our_vmm(pid, &dir.join(SOCKET_FILE)) => Liveness::Alive(pid),
+            Some(_) => Liveness::Dead(None),
+        })
+    }
+
+    /// Polls until the server's VMM is gone; false if it still runs after
+    /// `timeout`.
+    fn wait_gone(&self, server_id: &str, timeout: Duration) -> Result<bool, AgentError> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if !matches!(self.liveness(server_id)?, Liveness::Alive(_)) {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// One request to the server's API, bounded by [`API_TIMEOUT`]. The
+    /// client builds its own runtime, so it runs on a fresh thread (which
+    /// also keeps it off any caller's tokio runtime); a request that hangs
+    /// leaves that thread behind.
+    fn api(
+        &self,
+        server_id: &str,
+        method: &'static str,
+        path: &'static str,
+        body: Option<String>,
+    ) -> Result<(u16, String), AgentError> {
+        let socket = self.socket_path(server_id)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("nubo-vmm-api".into())
+            .spawn(move || {
+                let _ = tx.send(vmm::client::request(&socket, method, path, body.as_deref()));
+            });
+        let api_err = |reason: String| AgentError::Api {
+            server_id: server_id.to_owned(),
+            reason,
+        };
+        if let Err(e) = spawned {
+            return Err(api_err(format!("cannot start a client thread: {e}")));
+        }
+        match rx.recv_timeout(API_TIMEOUT) {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(api_err(format!("{method} {path}: {e}"))),
+            Err(_) => Err(api_err(format!(
+                "{method} {path}: no answer within {API_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// The guest state from `GET /vm` (`starting`, `running`, `paused`,
+    /// `shutting-down` or `stopped`).
+    pub fn vm_state(&self, server_id: &str) -> Result<String, AgentError> {
+        let (status, body) = self.api(server_id, "GET", "/vm", None)?;
+        let bad = |reason: String| AgentError::Api {
+            server_id: server_id.to_owned(),
+            reason,
+        };
+        if status != 200 {
+            return Err(bad(format!("GET /vm answered {status}: {body}")));
+        }
+        let value: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|e| bad(format!("GET /vm answered bad JSON: {e}")))?;
+        value["state"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| bad(format!("GET /vm has no state: {body}")))
+    }
+
+    /// Waits until the guest is `running` (polling `GET /vm`). Fails early,
+    /// with the tail of this run's `vmm.log`, if the VMM exits.
+    pub fn wait_running(&self, server_id: &str, timeout: Duration) -> Result<(), AgentError> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match self.liveness(server_id)? {
+                Liveness::Alive(_) => {}
+                Liveness::Dead(exit) => {
+                    let log_tail = console::log_tail_since(
+                        &self.instance_dir(server_id)?.join(LOG_FILE),
+                        LOG_MARKER,
+                        20,
+                    );
+                    tracing::warn!(server_id, exit = %exit_text(&exit), log_tail, "nubo-vmm exited before the guest ran");
+                    return Err(AgentError::VmmExited {
+                        server_id: server_id.to_owned(),
+                        exit,
+                        log_tail,
+                    });
+                }
+                Liveness::NoProcess => {
+                    return Err(AgentError::NotRunning {
+                        server_id: server_id.to_owned(),
+                    })
+                }
+            }
+            // The socket appears shortly after the process starts.
+            if self.socket_path(server_id)?.exists() {
+                match self.vm_state(server_id) {
+                    Ok(state) if state == "running" => {
+                        tracing::debug!(server_id, "guest running");
+                        return Ok(());
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::trace!(server_id, error = %e, "API not ready"),
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(AgentError::Timeout {
+                    server_id: server_id.to_owned(),
+                    what: "the guest to run",
+                    timeout,
+                });
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Finds the server's VMM again after a daemon restart: `Some` when the
+    /// pid file names a live `nubo-vmm` serving this server's socket and the
+    /// socket answers `GET /vm`; `None` when no such process runs. A live
+    /// VMM whose API does not answer is an error (the caller may
+    /// [`Agent::kill`] it).
+    pub fn adopt(&self, server_id: &str) -> Result<Option<VmmProcess>, AgentError> {
+        let pid = match self.liveness(server_id)? {
+            Liveness::Alive(pid) => pid,
+            Liveness::Dead(_) | Liveness::NoProcess => {
+                tracing::debug!(server_id, "no live VMM to adopt");
+                return Ok(None);
+            }
+        };
+        // A VMM that has just started may not serve its socket yet.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let state = loop {
+            match self.vm_state(server_id) {
+                Ok(state) => break state,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(AgentError::Unresponsive {
+                        server_id: server_id.to_owned(),
+                        pid,
+                        reason: e.to_string(),
+                    })
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        if !matches!(self.liveness(server_id)?, Liveness::Alive(p) if p == pid) {
+            return Ok(None);
+        }
+        let child = self
+            .own_child(server_id)
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, c)| c);
+        tracing::info!(server_id, pid, state, "adopted running nubo-vmm");
+        Ok(Some(VmmProcess {
+            server_id: server_id.to_owned(),
+            pid,
+            socket: self.socket_path(server_id)?,
+            child,
+        }))
+    }
+
+    /// Whether the process is alive. Our own children are reaped here
+    /// (`try_wait`); adopted ones count as dead once they are gone, a
+    /// zombie, or their pid runs something else.
+    pub fn is_alive(&self, p: &VmmProcess) -> bool {
+        if let Some(child) = &p.child {
+            match process::poll_child(child) {
+                ChildState::Running => return true,
+                ChildState::Exited(_) => return false,
+                ChildState::Unknown => {}
+            }
+        } else if let Some((pid, child)) = self.own_child(&p.server_id) {
+            if pid == p.pid {
+                match process::poll_child(&child) {
+                    ChildState::Running => return true,
+                    ChildState::Exited(_) => return false,
+                    ChildState::Unknown => {}
+                }
+            }
+        }
+        process::is_our_vmm(p.pid, &p.socket)
+    }
+
+    /// Waits up to `timeout` for the process to end: `Some` with its exit
+    /// status (known for our own children only) once it has, `None` if it
+    /// still runs.
+    pub fn wait_exit(
+        &self,
+        p: &mut VmmProcess,
+        timeout: Duration,
+    ) -> Result<Option<ExitInfo>, AgentError> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if !self.is_alive(p) {
+                let info = match &p.child {
+                    Some(child) => match process::poll_child(child) {
+                        ChildState::Exited(info) => info,
+                        _ => ExitInfo::UNKNOWN,
+                    },
+                    None => ExitInfo::UNKNOWN,
+                };
+                tracing::debug!(server_id = p.server_id, pid = p.pid, exit = %exit_text(&Some(info)), "nubo-vmm ended");
+                return Ok(Some(info));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Shuts the guest down: presses the ACPI power button with
+    /// `PUT /vm/shutdown {"timeout_s": timeout}` (the VMM stops the guest
+    /// hard after that), waits for the process to exit, and kills it if it
+    /// still runs [`STOP_GRACE`] later (`timeout` is capped at
+    /// [`MAX_SHUTDOWN_TIMEOUT`]). A guest that is not `running`
+    /// (starting, paused) is stopped hard. Succeeds at once if no VMM runs.
+    pub fn shutdown(&self, server_id: &str, timeout: Duration) -> Result<(), AgentError> {
+        let Liveness::Alive(pid) = self.liveness(server_id)? else {
+            tracing::debug!(server_id, "shutdown: no VMM running");
+            return Ok(());
+        };
+        let timeout = timeout.min(MAX_SHUTDOWN_TIMEOUT);
+        let secs = timeout.as_secs_f64();
+        let body = format!("{{\"timeout_s\": {secs:.3}}}");
+        tracing::info!(server_id, pid, timeout_s = secs, "ACPI shutdown");
+        let answer = self.api(server_id, "PUT", "/vm/shutdown", Some(body));
+        let pressed = match answer {
+            Ok((204, _)) => true,
+            Ok((409, _)) if self.vm_state(server_id).ok().as_deref() == Some("shutting-down") => {
+                true
+            }
+            Ok((status, text)) => {
+                tracing::warn!(server_id, status, text, "shutdown refused; stopping hard");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(server_id, error = %e, "shutdown request failed; stopping hard");
+                false
+            }
+        };
+        if pressed {
+            let limit = timeout + STOP_GRACE;
+            if self.wait_gone(server_id, limit)? {
+                tracing::info!(server_id, pid, "VMM exited after shutdown");
+                return Ok(());
+            }
+            tracing::warn!(server_id, pid, "VMM still runs after the shutdown timeout");
+            return self.kill(server_id);
+        }
+        self.stop(server_id)
+    }
+
+    /// Stops the guest now (`PUT /vm/stop`), waits for the VMM to exit and
+    /// kills it if it still runs after [`STOP_GRACE`]. Succeeds at once if
+    /// no VMM runs.
+    pub fn stop(&self, server_id: &str) -> Result<(), AgentError> {
+        let Liveness::Alive(pid) = self.liveness(server_id)? else {
+            tracing::debug!(server_id, "stop: no VMM running");
+            return Ok(());
+        };
+        tracing::info!(server_id, pid, "stopping VMM");
+        match self.api(server_id, "PUT", "/vm/stop", None) {
+            Ok((204, _)) => {}
+            Ok((status, text)) => tracing::warn!(server_id, status, text, "stop refused"),
+            Err(e) => tracing::warn!(server_id, error = %e, "stop request failed"),
+        }
+        if self.wait_gone(server_id, STOP_GRACE)? {
+            tracing::info!(server_id, pid, "VMM exited");
+            return Ok(());
+        }
+        tracing::warn!(server_id, pid, "VMM ignored the stop request");
+        self.kill(server_id)
+    }
+
+    /// Kills the server's VMM with SIGKILL (found through our `Child` or the
+    /// pid file, checked against `/proc` so a reused pid is never hit) and
+    /// waits for it to be gone. Succeeds if no VMM runs.
+    pub fn kill(&self, server_id: &str) -> Result<(), AgentError> {
+        let Liveness::Alive(pid) = self.liveness(server_id)? else {
+            return Ok(());
+        };
+        tracing::warn!(server_id, pid, "killing VMM (SIGKILL)");
+        let killed = match self.own_child(server_id) {
+            Some((p, child)) if p == pid => process::lock(&child).kill(),
+            _ => process::sigkill(pid),
+        };
+        if let Err(e) = killed {
+            tracing::debug!(server_id, pid, error = %e, "SIGKILL failed (already gone?)");
+        }
+        if self.wait_gone(server_id, STOP_GRACE)? {
+            Ok(())
+        } else {
+            Err(AgentError::Timeout {
+                server_id: server_id.to_owned(),
+                what: "the VMM to die after SIGKILL",
+                timeout: STOP_GRACE,
+            })
+        }
+    }
+
+    /// The guest's console output (lossy UTF-8), or only its last
+    /// `last_lines` lines; empty if there is no console log yet.
+    pub fn console_output(
+        &self,
+        server_id: &str,
+        last_lines: Option<usize>,
+    ) -> Result<String, AgentError> {
+        let path = self.instance_dir(server_id)?.join(CONSOLE_FILE);
+        console::read_tail(&path, last_lines).map_err(io_err("cannot read", &path))
+    }
+
+    /// Kills the server's VMM if it runs and deletes its instance directory
+    /// (boot disk included). Succeeds if there is nothing to remove.
+    pub fn remove_instance(&self, server_id: &str) -> Result<(), AgentError> {
+        let dir = self.instance_dir(server_id)?;
+        self.kill(server_id)?;
+        self.children_lock().remove(server_id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                tracing::info!(server_id, "instance removed");
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("cannot remove", &dir)(e)),
+        }
+    }
+
+    /// The server ids that have an instance directory (for orphan cleanup),
+    /// sorted; entries that are not valid ids are skipped.
+    pub fn list_instances(&self) -> Result<Vec<String>, AgentError> {
+        let entries = std::fs::read_dir(&self.instances_dir)
+            .map_err(io_err("cannot list", &self.instances_dir))?;
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err("cannot list", &self.instances_dir))?;
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            let name = entry.file_name();
+            match name.to_str() {
+                Some(id) if is_dir && validate_server_id(id).is_ok() => ids.push(id.to_owned()),
+                _ => tracing::debug!(
+                    name = %String::from_utf8_lossy(name.as_bytes()),
+                    "skipping a non-instance entry"
+                ),
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The spec a server was last started with (`spec.json`), if any.
+    pub fn load_spec(&self, server_id: &str) -> Result<Option<VmmSpec>, AgentError> {
+        let path = self.instance_dir(server_id)?.join(SPEC_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("cannot read", &path)(e)),
+        };
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| AgentError::InvalidSpec {
+                server_id: server_id.to_owned(),
+                reason: format!("{}: {e}", path.display()),
+            })
+    }
+}
