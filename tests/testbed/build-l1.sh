@@ -11,6 +11,8 @@
 # Environment:
 #   NUBO_VMM            VMM binary (default target/release/nubo-vmm); if it is
 #                       missing, L1 is built without it (nubo scenarios fail)
+#   NUBO_BIN            orchestrator daemon (default target/release/nubo); put
+#                       into L1 as /testbed/bin/nubo when present (serve mode)
 #   TESTBED_WITH_QEMU=1 include qemu-system-x86_64 (for qemu-* scenarios)
 #   NUBO_GUEST_OUT      guest artifact dir (default guest/out)
 #
@@ -23,6 +25,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 OUTFILE=${1:-$ROOT/target/testbed/l1-initramfs.cpio}
 GUEST=${NUBO_GUEST_OUT:-$ROOT/guest/out}
 VMM=${NUBO_VMM:-$ROOT/target/release/nubo-vmm}
+NUBO=${NUBO_BIN:-$ROOT/target/release/nubo}
 WITH_QEMU=${TESTBED_WITH_QEMU:-0}
 
 log() { echo "build-l1.sh: $*" >&2; }
@@ -47,7 +50,8 @@ mknod -m 666 "$STAGE/dev/null" c 1 3
 echo "root:x:0:0:root:/root:/bin/sh" >"$STAGE/etc/passwd"
 
 # --- kernel modules: the listed ones plus their modules.dep closure.
-L1_MODULES="kvm kvm-amd kvm-intel tun veth bridge vhost_net"
+# virtio_pci + virtio_net: the NIC of serve mode (serve.sh); nothing loads them otherwise.
+L1_MODULES="kvm kvm-amd kvm-intel tun veth bridge vhost_net virtio_pci virtio_net"
 declare -A copied=()
 copy_module() { # copy_module RELPATH (as in modules.dep) and, recursively, its deps
     local rel=$1 dep
@@ -87,6 +91,12 @@ if [ -x "$VMM" ]; then
     log "nubo-vmm: $VMM"
 else
     log "warning: no nubo-vmm at $VMM; nubo-vmm scenarios will fail"
+fi
+
+if [ -x "$NUBO" ]; then
+    cp "$NUBO" "$STAGE/testbed/bin/nubo"
+    copy_libs "$NUBO"
+    log "nubo: $NUBO"
 fi
 
 if [ "$WITH_QEMU" = 1 ]; then
@@ -129,6 +139,10 @@ NUBO_VMM=/testbed/bin/nubo-vmm
 QEMU_DATA=/usr/share/qemu
 ENV
 install -m 0755 "$HERE/l1-init.sh" "$STAGE/init"
+# Serve mode (serve.sh): the control CGI and the daemon start script.
+mkdir -p "$STAGE/testbed/ctl/cgi-bin" "$STAGE/var/lib/nubo" "$STAGE/var/log"
+install -m 0755 "$HERE/ctl/cgi-bin/exec" "$STAGE/testbed/ctl/cgi-bin/exec"
+install -m 0755 "$HERE/ctl/nubo-start.sh" "$STAGE/testbed/nubo-start.sh"
 
 mkdir -p "$(dirname "$OUTFILE")"
 (cd "$STAGE" && find . -mindepth 1 | LC_ALL=C sort |

@@ -5,6 +5,12 @@
 # scenarios named by `testbed.scenarios=a,b,glob*` on the kernel command line
 # (default: all) via runner.sh, then powers L1 off.
 #
+# With `testbed.serve=1` (serve.sh) it runs no scenarios: it brings up eth0
+# (QEMU user networking, restrict=on), serves the control CGI on :8775, starts
+# the nubo daemon on :8774 (when /testbed/bin/nubo exists), prints
+# `TESTBED-SERVE ready` and stays up until `poweroff -f` comes through the
+# control CGI or `testbed.serve_timeout=` seconds (default 3600) pass.
+#
 # No `set -e` here on purpose: if PID 1 exits the kernel panics, and we always
 # want to reach `poweroff -f` so QEMU exits promptly.
 set -u
@@ -45,6 +51,45 @@ ip link set lo up 2>/dev/null
 . /testbed/env.sh     # L2_* and NUBO_VMM paths inside L1
 export L2_BZIMAGE L2_VMLINUX L2_INITRD L2_ROOTFS NUBO_VMM QEMU_DATA
 export TESTBED_LIB=/testbed/lib.sh TESTBED_IN_L1=1 HOME=/root TMPDIR=/tmp
+
+serve_mode() {
+    modprobe virtio_pci 2>/dev/null   # may be built in
+    modprobe virtio_net
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i + 1)); done
+    ip addr add 10.0.2.15/24 dev eth0
+    ip link set eth0 up
+    ip route add default via 10.0.2.2 2>/dev/null
+    ip -o -4 addr show dev eth0 || echo "TESTBED-SERVE error: no eth0"
+    mkdir -p /var/lib/nubo /var/log
+    mount -t tmpfs -o size="$(param testbed.state_size 2g)",mode=0700 tmpfs /var/lib/nubo
+    export NUBO_STATE_DIR=/var/lib/nubo NUBO_LOG_FILE=/var/log/nubo.log \
+        NUBO_PID_FILE=/run/nubo.pid NUBO_START=/testbed/nubo-start.sh
+    httpd -f -p 8775 -h /testbed/ctl &
+    if [ -x /testbed/bin/nubo ]; then
+        /testbed/nubo-start.sh
+    else
+        echo "TESTBED-SERVE no nubo binary in L1: nothing listens on 8774"
+    fi
+    echo "TESTBED-SERVE ready"
+    # PID 1 stays in this loop: running `sleep` makes the shell reap every
+    # orphan (a killed daemon, VMMs whose daemon died) so none lingers as a zombie.
+    limit=$(param testbed.serve_timeout 3600)
+    read -r up _ </proc/uptime
+    end=$((${up%.*} + limit))
+    while :; do
+        read -r up _ </proc/uptime
+        [ "${up%.*}" -lt "$end" ] || break
+        sleep 1
+    done
+    echo "TESTBED-SERVE timeout after ${limit}s: powering off"
+    sync
+    poweroff -f
+}
+if [ "$(param testbed.serve 0)" = 1 ]; then
+    serve_mode
+    while :; do sleep 3600; done
+fi
 
 selected=$(param testbed.scenarios '*' | tr ',' ' ')
 # Keep the glob from expanding against / : runner.sh expands it itself.
