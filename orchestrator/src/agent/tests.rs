@@ -471,3 +471,75 @@ fn socket_paths_that_do_not_fit_are_refused() {
         Err(AgentError::SocketPathTooLong { .. })
     ));
 }
+
+/// Set for the helper process of [`the_vmm_outlives_a_killed_daemon`].
+const HELPER_DIR_ENV: &str = "NUBO_AGENT_TEST_HELPER_DIR";
+
+/// The "daemon" of [`the_vmm_outlives_a_killed_daemon`]: starts a VMM, says
+/// so with a file, and waits to be killed.
+#[test]
+#[ignore = "helper process of the_vmm_outlives_a_killed_daemon"]
+fn helper_daemon_that_gets_killed() {
+    let Some(dir) = std::env::var_os(HELPER_DIR_ENV).map(PathBuf::from) else {
+        return;
+    };
+    let agent = Agent::new(vmm_binary(), dir.join("instances")).unwrap();
+    let kernel = dir.join("helper.elf");
+    std::fs::write(&kernel, elf(TinyEntry::Long64, TinyEnd::Dots)).unwrap();
+    let _p = agent
+        .spawn(&VmmSpec {
+            server_id: ID.into(),
+            kernel,
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 32,
+            disks: vec![],
+        })
+        .unwrap();
+    agent.wait_running(ID, Duration::from_secs(10)).unwrap();
+    std::fs::write(dir.join("ready"), "").unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn the_vmm_outlives_a_killed_daemon() {
+    if !kvm_available() {
+        return;
+    }
+    let h = Harness::new();
+    let mut daemon = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "agent::tests::helper_daemon_that_gets_killed",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env(HELPER_DIR_ENV, h.dir.path())
+        .env("NUBO_VMM", vmm_binary())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = h.dir.path().join("ready");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready.exists() {
+        if Instant::now() > deadline || daemon.try_wait().unwrap().is_some() {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            panic!("the helper daemon did not start its VMM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let a = h.agent();
+    let p = a.adopt(ID).unwrap().expect("the VMM survived its daemon");
+    assert_eq!(a.vm_state(ID).unwrap(), "running");
+    // The guest keeps printing dots after the daemon's death.
+    let before = a.console_output(ID, None).unwrap().len();
+    wait_for("more console output", Duration::from_secs(5), || {
+        a.console_output(ID, None).unwrap().len() > before
+    });
+    a.stop(ID).unwrap();
+    assert!(!a.is_alive(&p));
+}
