@@ -63,6 +63,7 @@ pub fn router(state: AppState) -> Router {
             "/identity",
             styled(identity::router(), ErrorStyle::Identity),
         )
+        .nest("/image", styled(image::router(), ErrorStyle::Image))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(middleware::from_fn(request_span))
         .with_state(state)
