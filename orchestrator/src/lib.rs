@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod compute;
 pub mod config;
 pub mod db;
 pub mod identity;

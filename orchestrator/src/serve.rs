@@ -7,7 +7,9 @@ use anyhow::Context;
 use axum::ServiceExt;
 use tower_layer::Layer;
 
+use crate::agent::Agent;
 use crate::api::{self, AppState};
+use crate::compute::{lifecycle, Compute};
 use crate::config::Config;
 use crate::db::Db;
 use crate::identity::bootstrap;
@@ -39,10 +41,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let images = ImageStore::new(cfg.state_dir.join("images"), cfg.max_image_size)
         .context("opening the image store")?;
+    let cfg_arc = Arc::new(cfg.clone());
+    let agent = Agent::new(cfg.vmm_binary.clone(), cfg.state_dir.join("instances"))
+        .context("preparing the instances directory")?;
+    enable_ksm();
+    let compute = Compute::new(db.clone(), Arc::clone(&cfg_arc), Arc::new(agent));
+    lifecycle::reconcile(Arc::clone(&compute)).await;
+    tokio::spawn(lifecycle::power_sync(Arc::clone(&compute)));
     let state = AppState {
         db,
-        cfg: Arc::new(cfg.clone()),
+        cfg: cfg_arc,
         images: Arc::new(images),
+        compute,
     };
     let app = api::router(state);
     let app = axum::middleware::map_request(|r| async { api::strip_trailing_slash(r) }).layer(app);
@@ -74,5 +84,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Turns KSM on (when we may), so the mergeable guest memory of idle,
+/// overcommitted guests is actually shared.
+fn enable_ksm() {
+    let run = std::path::Path::new("/sys/kernel/mm/ksm/run");
+    match std::fs::read_to_string(run) {
+        Ok(v) if v.trim() == "1" => tracing::info!("KSM is on"),
+        Ok(_) => match std::fs::write(run, "1") {
+            Ok(()) => tracing::info!("turned KSM on"),
+            Err(e) => {
+                tracing::warn!(error = %e, "KSM is off and cannot be turned on; overcommitted memory is not merged")
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "no KSM on this kernel; overcommitted memory is not merged")
+        }
     }
 }

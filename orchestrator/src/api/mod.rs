@@ -1,6 +1,7 @@
 //! The HTTP API: one port, each OpenStack service under its own prefix
 //! (`/identity`, `/image`, `/compute`), all listed in the token's catalog.
 
+pub mod compute;
 pub mod discovery;
 pub mod error;
 pub mod extract;
@@ -17,6 +18,7 @@ use axum::routing::get;
 use axum::Router;
 use tracing::Instrument;
 
+use crate::compute::Compute;
 use crate::config::Config;
 use crate::db::Db;
 use crate::image_store::ImageStore;
@@ -34,6 +36,8 @@ pub struct AppState {
     pub cfg: Arc<Config>,
     /// Image files.
     pub images: Arc<ImageStore>,
+    /// The compute service.
+    pub compute: Arc<Compute>,
 }
 
 fn styled(router: Router<AppState>, style: ErrorStyle) -> Router<AppState> {
@@ -64,6 +68,7 @@ pub fn router(state: AppState) -> Router {
             styled(identity::router(), ErrorStyle::Identity),
         )
         .nest("/image", styled(image::router(), ErrorStyle::Image))
+        .nest("/compute", styled(compute::router(), ErrorStyle::Compute))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(middleware::from_fn(request_span))
         .with_state(state)

@@ -1,0 +1,1044 @@
+//! Compute v2.1 (Nova subset): flavors, servers, server actions, limits and
+//! quota sets. Microversion 2.1 shapes only (we advertise max 2.1).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::discovery;
+use super::error::{ApiError, ApiResult};
+use super::extract::{BaseUrl, JsonBody, ProjectAuth};
+use super::AppState;
+use crate::compute::lifecycle;
+use crate::compute::model::{status, Flavor, Server, SERVER_COLS};
+use crate::identity::AuthContext;
+use crate::util::{new_id, now_iso};
+
+/// The compute routes, relative to `/compute`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(discovery::compute_versions))
+        .route("/v2.1", get(discovery::compute_v21))
+        .route("/v2.1/flavors", get(list_flavors_brief).post(create_flavor))
+        .route("/v2.1/flavors/detail", get(list_flavors_detail))
+        .route("/v2.1/flavors/{id}", get(show_flavor).delete(delete_flavor))
+        .route("/v2.1/flavors/{id}/os-extra_specs", get(flavor_extra_specs))
+        .route("/v2.1/servers", get(list_servers_brief).post(create_server))
+        .route("/v2.1/servers/detail", get(list_servers_detail))
+        .route("/v2.1/servers/{id}", get(show_server).delete(delete_server))
+        .route("/v2.1/servers/{id}/action", post(server_action))
+        .route("/v2.1/limits", get(limits))
+        .route(
+            "/v2.1/os-quota-sets/{project}",
+            get(show_quota).put(update_quota),
+        )
+        .route(
+            "/v2.1/os-quota-sets/{project}/detail",
+            get(show_quota_detail),
+        )
+        .layer(axum::middleware::map_response(version_headers))
+}
+
+/// Echoes the microversion we answered with, as Nova does.
+async fn version_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        "openstack-api-version",
+        HeaderValue::from_static("compute 2.1"),
+    );
+    h.insert(
+        "x-openstack-nova-api-version",
+        HeaderValue::from_static("2.1"),
+    );
+    h.insert(
+        "vary",
+        HeaderValue::from_static("OpenStack-API-Version, X-OpenStack-Nova-API-Version"),
+    );
+    resp
+}
+
+/// Rejects microversions we do not speak (Nova answers 406).
+fn check_microversion(headers: &HeaderMap) -> ApiResult<()> {
+    let wanted = headers
+        .get("openstack-api-version")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("compute"))
+        .map(str::trim)
+        .or_else(|| {
+            headers
+                .get("x-openstack-nova-api-version")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        });
+    match wanted {
+        None | Some("2.1") | Some("latest") => Ok(()),
+        Some(v) => Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            format!("Version {v} is not supported by the API. Minimum is 2.1 and maximum is 2.1."),
+        )),
+    }
+}
+
+fn require_admin(ctx: &AuthContext, what: &str) -> ApiResult<()> {
+    if ctx.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "Policy doesn't allow {what} to be performed."
+        )))
+    }
+}
+
+fn require_writer(ctx: &AuthContext) -> ApiResult<()> {
+    if ctx.can_write() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "Policy doesn't allow a reader to change servers.",
+        ))
+    }
+}
+
+// ---------------------------------------------------------------- flavors
+
+async fn list_flavors(
+    st: &AppState,
+    base: &str,
+    q: &HashMap<String, String>,
+    detail: bool,
+) -> ApiResult<Json<Value>> {
+    let conn = st.db.lock();
+    let mut flavors = Flavor::all(&conn)?;
+    if let Some(min) = q.get("minRam").and_then(|v| v.parse::<i64>().ok()) {
+        flavors.retain(|f| f.ram >= min);
+    }
+    if let Some(min) = q.get("minDisk").and_then(|v| v.parse::<i64>().ok()) {
+        flavors.retain(|f| f.disk >= min);
+    }
+    if let Some(marker) = q.get("marker") {
+        let pos = flavors
+            .iter()
+            .position(|f| &f.id == marker)
+            .ok_or_else(|| ApiError::bad_request(format!("marker [{marker}] not found")))?;
+        flavors.drain(..=pos);
+    }
+    if let Some(limit) = q.get("limit").and_then(|v| v.parse::<usize>().ok()) {
+        flavors.truncate(limit);
+    }
+    let list: Vec<Value> = flavors
+        .iter()
+        .map(|f| {
+            if detail {
+                f.to_json(base)
+            } else {
+                json!({ "id": f.id, "name": f.name, "links": f.to_json(base)["links"] })
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "flavors": list })))
+}
+
+async fn list_flavors_brief(
+    State(st): State<AppState>,
+    ProjectAuth(_): ProjectAuth,
+    BaseUrl(base): BaseUrl,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    list_flavors(&st, &base, &q, false).await
+}
+
+async fn list_flavors_detail(
+    State(st): State<AppState>,
+    ProjectAuth(_): ProjectAuth,
+    BaseUrl(base): BaseUrl,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    list_flavors(&st, &base, &q, true).await
+}
+
+fn get_flavor(conn: &Connection, id: &str) -> ApiResult<Flavor> {
+    Flavor::get(conn, id)?
+        .ok_or_else(|| ApiError::not_found(format!("Flavor {id} could not be found.")))
+}
+
+async fn show_flavor(
+    State(st): State<AppState>,
+    ProjectAuth(_): ProjectAuth,
+    BaseUrl(base): BaseUrl,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let conn = st.db.lock();
+    Ok(Json(
+        json!({ "flavor": get_flavor(&conn, &id)?.to_json(&base) }),
+    ))
+}
+
+async fn flavor_extra_specs(
+    State(st): State<AppState>,
+    ProjectAuth(_): ProjectAuth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    get_flavor(&st.db.lock(), &id)?;
+    Ok(Json(json!({ "extra_specs": {} })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlavorReq {
+    flavor: FlavorFields,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlavorFields {
+    name: String,
+    ram: Value,
+    vcpus: Value,
+    disk: Value,
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    swap: Option<Value>,
+    #[serde(default, rename = "OS-FLV-EXT-DATA:ephemeral")]
+    ephemeral: Option<Value>,
+    #[serde(default, rename = "os-flavor-access:is_public")]
+    is_public: Option<bool>,
+    #[serde(default)]
+    rxtx_factor: Option<f64>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// Nova accepts integers as numbers or numeric strings.
+fn int_field(name: &str, v: &Value, min: i64) -> ApiResult<i64> {
+    let n = match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n) if n >= min && n <= i32::MAX as i64 => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "Invalid input for field/attribute {name}. Value: {v}. It must be an integer >= {min}."
+        ))),
+    }
+}
+
+async fn create_flavor(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    BaseUrl(base): BaseUrl,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<FlavorReq>,
+) -> ApiResult<Response> {
+    check_microversion(&headers)?;
+    require_admin(&ctx, "os_compute_api:os-flavor-manage:create")?;
+    let f = req.flavor;
+    let name = f.name.trim().to_string();
+    if name.is_empty() || name.len() > 255 {
+        return Err(ApiError::bad_request(
+            "flavor name must be 1 to 255 characters",
+        ));
+    }
+    let flavor = Flavor {
+        id: match f.id {
+            None | Some(Value::Null) => new_id(),
+            Some(Value::String(s)) if s == "auto" => new_id(),
+            Some(Value::String(s))
+                if !s.is_empty()
+                    && s.len() <= 255
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_. ".contains(&b)) =>
+            {
+                s
+            }
+            Some(Value::Number(n)) => n.to_string(),
+            Some(v) => return Err(ApiError::bad_request(format!("invalid flavor id {v}"))),
+        },
+        name,
+        ram: int_field("ram", &f.ram, 1)?,
+        vcpus: int_field("vcpus", &f.vcpus, 1)?,
+        disk: int_field("disk", &f.disk, 0)?,
+        swap: match &f.swap {
+            None | Some(Value::Null) => 0,
+            Some(Value::String(s)) if s.is_empty() => 0,
+            Some(v) => int_field("swap", v, 0)?,
+        },
+        ephemeral: match &f.ephemeral {
+            None | Some(Value::Null) => 0,
+            Some(v) => int_field("OS-FLV-EXT-DATA:ephemeral", v, 0)?,
+        },
+        is_public: f.is_public.unwrap_or(true),
+        rxtx_factor: f
+            .rxtx_factor
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .unwrap_or(1.0),
+        description: f.description,
+    };
+    let conn = st.db.lock();
+    let r = conn.execute(
+        "INSERT INTO flavors (id, name, vcpus, ram, disk, swap, ephemeral, is_public, rxtx_factor, description, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            flavor.id, flavor.name, flavor.vcpus, flavor.ram, flavor.disk, flavor.swap,
+            flavor.ephemeral, flavor.is_public, flavor.rxtx_factor, flavor.description, now_iso()
+        ],
+    );
+    if let Err(rusqlite::Error::SqliteFailure(e, _)) = &r {
+        if e.code == rusqlite::ErrorCode::ConstraintViolation {
+            return Err(ApiError::conflict(format!(
+                "Flavor with name {} or ID {} already exists.",
+                flavor.name, flavor.id
+            )));
+        }
+    }
+    r?;
+    tracing::info!(flavor = %flavor.id, name = %flavor.name, "flavor created");
+    Ok(Json(json!({ "flavor": flavor.to_json(&base) })).into_response())
+}
+
+async fn delete_flavor(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    require_admin(&ctx, "os_compute_api:os-flavor-manage:delete")?;
+    let conn = st.db.lock();
+    get_flavor(&conn, &id)?;
+    conn.execute("DELETE FROM flavors WHERE id = ?1", params![id])?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+// ---------------------------------------------------------------- servers
+
+/// A server the caller may see: its own project's, or any for admin.
+fn visible_server(conn: &Connection, ctx: &AuthContext, id: &str) -> ApiResult<Server> {
+    match Server::get(conn, id)? {
+        Some(s) if ctx.is_admin() || s.project_id == ctx.project_id => Ok(s),
+        _ => Err(ApiError::not_found(format!(
+            "Instance {id} could not be found."
+        ))),
+    }
+}
+
+async fn show_server(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    BaseUrl(base): BaseUrl,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let conn = st.db.lock();
+    let s = visible_server(&conn, &ctx, &id)?;
+    Ok(Json(json!({ "server": s.to_json(&base, ctx.is_admin()) })))
+}
+
+/// Nova's default and largest page (`max_limit`).
+const MAX_PAGE: usize = 1000;
+
+async fn list_servers(
+    st: &AppState,
+    ctx: &AuthContext,
+    base: &str,
+    q: &HashMap<String, String>,
+    detail: bool,
+) -> ApiResult<Json<Value>> {
+    let all_tenants = ctx.is_admin()
+        && q.get("all_tenants")
+            .is_some_and(|v| !matches!(v.as_str(), "0" | "false" | "False"));
+    let mut sql = format!("SELECT {SERVER_COLS} FROM servers WHERE 1 = 1");
+    let mut args: Vec<String> = Vec::new();
+    if !all_tenants {
+        args.push(ctx.project_id.clone());
+        sql.push_str(&format!(" AND project_id = ?{}", args.len()));
+    } else if let Some(p) = q.get("project_id").or_else(|| q.get("tenant_id")) {
+        args.push(p.clone());
+        sql.push_str(&format!(" AND project_id = ?{}", args.len()));
+    }
+    if let Some(s) = q.get("status") {
+        args.push(s.to_ascii_uppercase());
+        sql.push_str(&format!(" AND status = ?{}", args.len()));
+    }
+    for (key, col) in [("image", "image_id"), ("flavor", "flavor_id")] {
+        if let Some(v) = q.get(key) {
+            args.push(v.clone());
+            sql.push_str(&format!(" AND {col} = ?{}", args.len()));
+        }
+    }
+    if let Some(n) = q.get("name") {
+        // Nova matches `name` as a regular expression; a substring match is
+        // the common case (clients then match exactly on their side).
+        args.push(n.replace(['^', '$'], ""));
+        sql.push_str(&format!(" AND instr(name, ?{}) > 0", args.len()));
+    }
+    sql.push_str(" ORDER BY created_at DESC, id DESC");
+    let limit = match q.get("limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| {
+                ApiError::bad_request(format!("limit must be a non-negative integer, not {l}"))
+            })?
+            .min(MAX_PAGE),
+        None => MAX_PAGE,
+    };
+    let conn = st.db.lock();
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), Server::from_row)?;
+    let mut servers: Vec<Server> = rows.collect::<Result<_, _>>()?;
+    if let Some(marker) = q.get("marker") {
+        let pos = servers
+            .iter()
+            .position(|s| &s.id == marker)
+            .ok_or_else(|| ApiError::bad_request(format!("marker [{marker}] not found")))?;
+        servers.drain(..=pos);
+    }
+    let more = servers.len() > limit;
+    servers.truncate(limit);
+    let admin = ctx.is_admin();
+    let list: Vec<Value> = servers
+        .iter()
+        .map(|s| {
+            if detail {
+                s.to_json(base, admin)
+            } else {
+                json!({ "id": s.id, "name": s.name, "links": crate::compute::model::links(base, "servers", &s.id) })
+            }
+        })
+        .collect();
+    let mut body = json!({ "servers": list });
+    if more {
+        if let Some(last) = servers.last() {
+            let path = if detail { "servers/detail" } else { "servers" };
+            let mut qs: Vec<String> = q
+                .iter()
+                .filter(|(k, _)| k.as_str() != "marker" && k.as_str() != "limit")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            qs.push(format!("limit={limit}"));
+            qs.push(format!("marker={}", last.id));
+            body["servers_links"] = json!([{
+                "rel": "next",
+                "href": format!("{base}/compute/v2.1/{path}?{}", qs.join("&"))
+            }]);
+        }
+    }
+    Ok(Json(body))
+}
+
+async fn list_servers_brief(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    BaseUrl(base): BaseUrl,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    list_servers(&st, &ctx, &base, &q, false).await
+}
+
+async fn list_servers_detail(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    BaseUrl(base): BaseUrl,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    list_servers(&st, &ctx, &base, &q, true).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateReq {
+    server: CreateFields,
+    #[serde(default, rename = "os:scheduler_hints")]
+    _hints: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateFields {
+    name: String,
+    #[serde(default, rename = "imageRef")]
+    image_ref: Option<String>,
+    #[serde(rename = "flavorRef")]
+    flavor_ref: Value,
+    #[serde(default)]
+    min_count: Option<Value>,
+    #[serde(default)]
+    max_count: Option<Value>,
+    #[serde(default)]
+    networks: Option<Value>,
+    #[serde(default)]
+    block_device_mapping_v2: Option<Vec<Value>>,
+    #[serde(default)]
+    metadata: Option<HashMap<String, String>>,
+    #[serde(default)]
+    key_name: Option<Value>,
+    #[serde(default)]
+    security_groups: Option<Value>,
+    #[serde(default)]
+    user_data: Option<Value>,
+    #[serde(default)]
+    availability_zone: Option<Value>,
+    #[serde(default)]
+    config_drive: Option<Value>,
+    #[serde(default, rename = "adminPass")]
+    _admin_pass: Option<Value>,
+    #[serde(default, rename = "OS-DCF:diskConfig")]
+    _disk_config: Option<Value>,
+    #[serde(default, rename = "accessIPv4")]
+    _ipv4: Option<Value>,
+    #[serde(default, rename = "accessIPv6")]
+    _ipv6: Option<Value>,
+    #[serde(default)]
+    return_reservation_id: Option<Value>,
+}
+
+/// The image to boot: `imageRef`, or the `boot_index: 0` image entry of
+/// `block_device_mapping_v2` (which the `openstack` CLI always sends).
+fn boot_image_id(f: &CreateFields) -> ApiResult<String> {
+    let mut from_bdm = None;
+    for bdm in f.block_device_mapping_v2.iter().flatten() {
+        let src = bdm.get("source_type").and_then(Value::as_str).unwrap_or("");
+        let dst = bdm
+            .get("destination_type")
+            .and_then(Value::as_str)
+            .unwrap_or("local");
+        let boot = bdm
+            .get("boot_index")
+            .map(|v| v.to_string().trim_matches('"').to_string());
+        if dst == "volume" || src == "volume" || src == "snapshot" {
+            return Err(ApiError::bad_request(
+                "block device mappings to volumes are not supported yet: boot from an image (destination_type local)",
+            ));
+        }
+        if src == "image" && boot.as_deref() == Some("0") {
+            from_bdm = bdm.get("uuid").and_then(Value::as_str).map(String::from);
+        }
+    }
+    match (f.image_ref.as_deref().filter(|s| !s.is_empty()), from_bdm) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::bad_request(
+            "imageRef and the boot block device mapping name different images",
+        )),
+        (Some(a), _) => Ok(a.to_string()),
+        (None, Some(b)) => Ok(b),
+        (None, None) => Err(ApiError::bad_request(
+            "an image is required (imageRef or a boot block device mapping)",
+        )),
+    }
+}
+
+/// An image the project may boot: active, raw or qcow2, and visible to it.
+fn bootable_image(
+    conn: &Connection,
+    ctx: &AuthContext,
+    id: &str,
+) -> ApiResult<(Option<i64>, i64, i64)> {
+    type Row = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<i64>,
+        i64,
+        i64,
+    );
+    let row: Option<Row> = conn
+        .query_row(
+            "SELECT owner, visibility, status, disk_format, virtual_size, min_disk, min_ram FROM images WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+        )
+        .optional()?;
+    let Some((owner, vis, st, fmt, vsize, min_disk, min_ram)) = row else {
+        return Err(ApiError::bad_request(format!(
+            "Image {id} could not be found."
+        )));
+    };
+    if !(ctx.is_admin() || owner == ctx.project_id || vis == "public" || vis == "community") {
+        return Err(ApiError::bad_request(format!(
+            "Image {id} could not be found."
+        )));
+    }
+    if st != "active" {
+        return Err(ApiError::bad_request(format!("Image {id} is not active.")));
+    }
+    match fmt.as_deref() {
+        Some("raw") | Some("qcow2") => {}
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "Image {id} has disk_format {}; only raw and qcow2 images can boot a server",
+                other.unwrap_or("none")
+            )))
+        }
+    }
+    Ok((vsize, min_disk, min_ram))
+}
+
+/// The project's quota limit for `resource`.
+fn quota_limit(st: &AppState, conn: &Connection, project: &str, resource: &str) -> ApiResult<i64> {
+    let set: Option<i64> = conn
+        .query_row(
+            "SELECT hard_limit FROM quotas WHERE project_id = ?1 AND resource = ?2",
+            params![project, resource],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(set.unwrap_or(match resource {
+        "instances" => st.cfg.quotas.instances,
+        "cores" => st.cfg.quotas.cores,
+        _ => st.cfg.quotas.ram,
+    }))
+}
+
+fn quota_usage(conn: &Connection, project: &str) -> ApiResult<(i64, i64, i64)> {
+    Ok(conn.query_row(
+        "SELECT count(*), coalesce(sum(vcpus),0), coalesce(sum(ram),0) FROM servers WHERE project_id = ?1",
+        params![project],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?)
+}
+
+fn count_field(name: &str, v: &Option<Value>) -> ApiResult<i64> {
+    match v {
+        None | Some(Value::Null) => Ok(1),
+        Some(v) => int_field(name, v, 1),
+    }
+}
+
+/// Most servers one request may create.
+const MAX_COUNT: i64 = 50;
+
+async fn create_server(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    BaseUrl(base): BaseUrl,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<CreateReq>,
+) -> ApiResult<Response> {
+    check_microversion(&headers)?;
+    require_writer(&ctx)?;
+    let f = req.server;
+    let name = f.name.trim().to_string();
+    if name.is_empty() || name.len() > 255 {
+        return Err(ApiError::bad_request(
+            "server name must be 1 to 255 characters",
+        ));
+    }
+    match &f.networks {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == "none" || s == "auto" => {}
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "networking is not available yet: create the server without networks (networks: [] or \"none\")",
+            ))
+        }
+    }
+    for (what, v) in [
+        ("key_name", &f.key_name),
+        ("user_data", &f.user_data),
+        ("config_drive", &f.config_drive),
+    ] {
+        if matches!(v, Some(x) if !x.is_null() && x != &Value::Bool(false) && x != &Value::String(String::new()))
+        {
+            tracing::info!(
+                field = what,
+                "ignoring a server field nubo does not implement yet"
+            );
+        }
+    }
+    if let Some(az) = f.availability_zone.as_ref().and_then(Value::as_str) {
+        if az != "nova" {
+            return Err(ApiError::bad_request(format!(
+                "The requested availability zone {az} is not available"
+            )));
+        }
+    }
+    if f.security_groups.is_some() {
+        tracing::debug!("security groups are ignored without networking");
+    }
+    let min_count = count_field("min_count", &f.min_count)?;
+    let max_count = count_field("max_count", &f.max_count)?.max(min_count);
+    if max_count > MAX_COUNT {
+        return Err(ApiError::bad_request(format!(
+            "max_count may be at most {MAX_COUNT}"
+        )));
+    }
+    let image_id = boot_image_id(&f)?;
+    let flavor_id = match &f.flavor_ref {
+        Value::String(s) => s.rsplit('/').next().unwrap_or(s).to_string(),
+        Value::Number(n) => n.to_string(),
+        v => return Err(ApiError::bad_request(format!("invalid flavorRef {v}"))),
+    };
+    let metadata =
+        serde_json::to_string(&f.metadata.unwrap_or_default()).map_err(ApiError::internal)?;
+    let ids: Vec<String> = {
+        let mut conn = st.db.lock();
+        let flavor = Flavor::get(&conn, &flavor_id)?.ok_or_else(|| {
+            ApiError::bad_request(format!("Flavor {flavor_id} could not be found."))
+        })?;
+        let (vsize, min_disk, min_ram) = bootable_image(&conn, &ctx, &image_id)?;
+        if flavor.disk > 0 {
+            if let Some(vs) = vsize {
+                if vs > flavor.disk.saturating_mul(1 << 30) {
+                    return Err(ApiError::bad_request(format!(
+                        "Flavor's disk is too small for requested image. Flavor disk is {} bytes, image is {vs} bytes.",
+                        flavor.disk.saturating_mul(1 << 30)
+                    )));
+                }
+            }
+            if min_disk > flavor.disk {
+                return Err(ApiError::bad_request(
+                    "Flavor's disk is smaller than the minimum size specified in image metadata.",
+                ));
+            }
+        }
+        if min_ram > flavor.ram {
+            return Err(ApiError::bad_request(
+                "Flavor's memory is too small for requested image.",
+            ));
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let (n, cores, ram) = quota_usage(&tx, &ctx.project_id)?;
+        let mut exceeded = Vec::new();
+        for (res, used, per) in [
+            ("instances", n, 1),
+            ("cores", cores, flavor.vcpus),
+            ("ram", ram, flavor.ram),
+        ] {
+            let limit = quota_limit(&st, &tx, &ctx.project_id, res)?;
+            if limit >= 0 && used + per * min_count > limit {
+                exceeded.push(format!(
+                    "{res} (requested {}, used {used}, limit {limit})",
+                    per * min_count
+                ));
+            }
+        }
+        if !exceeded.is_empty() {
+            return Err(ApiError::forbidden(format!(
+                "Quota exceeded for {}.",
+                exceeded.join(", ")
+            )));
+        }
+        // As many as fit the quota, at least min_count.
+        let mut count = min_count;
+        while count < max_count {
+            let fits = [
+                ("instances", n, 1),
+                ("cores", cores, flavor.vcpus),
+                ("ram", ram, flavor.ram),
+            ]
+            .iter()
+            .all(|(res, used, per)| {
+                quota_limit(&st, &tx, &ctx.project_id, res)
+                    .map(|l| l < 0 || used + per * (count + 1) <= l)
+                    .unwrap_or(false)
+            });
+            if !fits {
+                break;
+            }
+            count += 1;
+        }
+        let now = now_iso();
+        let mut ids = Vec::new();
+        for i in 0..count {
+            let id = new_id();
+            let sname = if count > 1 {
+                format!("{name}-{}", i + 1)
+            } else {
+                name.clone()
+            };
+            tx.execute(
+                "INSERT INTO servers (id, name, project_id, user_id, image_id, flavor_id, vcpus, ram, disk, \
+                 status, task_state, power_state, metadata, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'BUILD', 'scheduling', 0, ?10, ?11, ?11)",
+                params![
+                    id, sname, ctx.project_id, ctx.user_id, image_id, flavor.id, flavor.vcpus,
+                    flavor.ram, flavor.disk, metadata, now
+                ],
+            )?;
+            ids.push(id);
+        }
+        tx.commit()?;
+        ids
+    };
+    let compute = Arc::clone(&st.compute);
+    for id in &ids {
+        tracing::info!(server = %id, image = %image_id, flavor = %flavor_id, "server accepted");
+        tokio::spawn(lifecycle::build(Arc::clone(&compute), id.clone()));
+    }
+    let first = &ids[0];
+    let body = if f
+        .return_reservation_id
+        .as_ref()
+        .is_some_and(|v| v == &Value::Bool(true) || v == "True" || v == "true")
+    {
+        json!({ "reservation_id": format!("r-{}", &first[..8]) })
+    } else {
+        json!({ "server": {
+            "id": first,
+            "links": crate::compute::model::links(&base, "servers", first),
+            "OS-DCF:diskConfig": "MANUAL",
+            "security_groups": [{ "name": "default" }],
+            "adminPass": crate::identity::bootstrap::generate_password(),
+        } })
+    };
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("{base}/compute/v2.1/servers/{first}")) {
+        resp.headers_mut().insert("location", v);
+    }
+    Ok(resp)
+}
+
+async fn delete_server(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    require_writer(&ctx)?;
+    {
+        let conn = st.db.lock();
+        let s = visible_server(&conn, &ctx, &id)?;
+        if s.task_state.as_deref() == Some("deleting") {
+            return Ok(StatusCode::NO_CONTENT);
+        }
+        conn.execute(
+            "UPDATE servers SET task_state = 'deleting', updated_at = ?2 WHERE id = ?1",
+            params![id, now_iso()],
+        )?;
+    }
+    tracing::info!(server = %id, "server delete accepted");
+    tokio::spawn(lifecycle::delete(Arc::clone(&st.compute), id));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn conflict(action: &str, s: &Server) -> ApiError {
+    let state = match (s.status.as_str(), s.task_state.as_deref()) {
+        (st, Some(t)) => format!("vm_state {} and task_state {t}", st.to_ascii_lowercase()),
+        (st, None) => format!("vm_state {}", st.to_ascii_lowercase()),
+    };
+    ApiError::conflict(format!(
+        "Cannot '{action}' instance {} while it is in {state}",
+        s.id
+    ))
+}
+
+async fn server_action(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> ApiResult<Response> {
+    if body.len() != 1 {
+        return Err(ApiError::bad_request(
+            "an action body has exactly one key, the action's name",
+        ));
+    }
+    let Some((action, arg)) = body.into_iter().next() else {
+        return Err(ApiError::bad_request("empty action"));
+    };
+    let s = visible_server(&st.db.lock(), &ctx, &id)?;
+    if action == "os-getConsoleOutput" {
+        let length = match arg.get("length") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let n = int_field("length", v, -1)?;
+                if n < 0 {
+                    None
+                } else {
+                    Some(n as usize)
+                }
+            }
+        };
+        let agent = Arc::clone(&st.compute.agent);
+        let sid = id.clone();
+        let out = tokio::task::spawn_blocking(move || agent.console_output(&sid, length))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        return Ok(Json(json!({ "output": out })).into_response());
+    }
+    require_writer(&ctx)?;
+    let compute = Arc::clone(&st.compute);
+    if s.task_state.is_some() {
+        return Err(conflict(&action, &s));
+    }
+    let Some(busy) = compute.try_busy(&id) else {
+        return Err(conflict(&action, &s));
+    };
+    let now_state = |status: &str, task: &str| -> ApiResult<()> {
+        st.db.lock().execute(
+            "UPDATE servers SET status = ?2, task_state = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, status, task, now_iso()],
+        )?;
+        Ok(())
+    };
+    match action.as_str() {
+        "os-stop" => {
+            if s.status != status::ACTIVE {
+                return Err(conflict("stop", &s));
+            }
+            now_state(status::ACTIVE, "powering-off")?;
+            tokio::spawn(lifecycle::stop(compute, id, busy));
+        }
+        "os-start" => {
+            if s.status != status::SHUTOFF {
+                return Err(conflict("start", &s));
+            }
+            now_state(status::SHUTOFF, "powering-on")?;
+            tokio::spawn(lifecycle::start(compute, id, busy));
+        }
+        "reboot" => {
+            let kind = arg.get("type").and_then(Value::as_str).unwrap_or("").to_ascii_uppercase();
+            let hard = match kind.as_str() {
+                "SOFT" => false,
+                "HARD" => true,
+                _ => return Err(ApiError::bad_request("reboot type must be SOFT or HARD")),
+            };
+            let allowed = if hard {
+                [status::ACTIVE, status::SHUTOFF, status::ERROR].contains(&s.status.as_str())
+            } else {
+                s.status == status::ACTIVE
+            };
+            if !allowed {
+                return Err(conflict("reboot", &s));
+            }
+            if hard {
+                now_state(status::HARD_REBOOT, "reboot_started_hard")?;
+            } else {
+                now_state(status::REBOOT, "reboot_started")?;
+            }
+            tokio::spawn(lifecycle::reboot(compute, id, hard, busy));
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "action {other} is not supported (supported: os-stop, os-start, reboot, os-getConsoleOutput)"
+            )))
+        }
+    }
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+// ---------------------------------------------------------------- limits and quotas
+
+const QUOTA_KEYS: [&str; 3] = ["instances", "cores", "ram"];
+
+fn quota_set(st: &AppState, conn: &Connection, project: &str, detail: bool) -> ApiResult<Value> {
+    let (n, cores, ram) = quota_usage(conn, project)?;
+    let mut v = json!({ "id": project });
+    for (key, used) in QUOTA_KEYS.iter().zip([n, cores, ram]) {
+        let limit = quota_limit(st, conn, project, key)?;
+        v[*key] = if detail {
+            json!({ "limit": limit, "in_use": used, "reserved": 0 })
+        } else {
+            json!(limit)
+        };
+    }
+    for key in [
+        "key_pairs",
+        "metadata_items",
+        "server_groups",
+        "server_group_members",
+        "injected_files",
+        "injected_file_content_bytes",
+        "injected_file_path_bytes",
+    ] {
+        v[key] = if detail {
+            json!({ "limit": -1, "in_use": 0, "reserved": 0 })
+        } else {
+            json!(-1)
+        };
+    }
+    Ok(v)
+}
+
+fn quota_project(ctx: &AuthContext, project: &str) -> ApiResult<()> {
+    if ctx.is_admin() || ctx.project_id == project {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "Policy doesn't allow os_compute_api:os-quota-sets:show to be performed.",
+        ))
+    }
+}
+
+async fn show_quota(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Value>> {
+    quota_project(&ctx, &project)?;
+    let conn = st.db.lock();
+    Ok(Json(
+        json!({ "quota_set": quota_set(&st, &conn, &project, false)? }),
+    ))
+}
+
+async fn show_quota_detail(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Value>> {
+    quota_project(&ctx, &project)?;
+    let conn = st.db.lock();
+    Ok(Json(
+        json!({ "quota_set": quota_set(&st, &conn, &project, true)? }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct QuotaReq {
+    quota_set: serde_json::Map<String, Value>,
+}
+
+async fn update_quota(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    Path(project): Path<String>,
+    JsonBody(req): JsonBody<QuotaReq>,
+) -> ApiResult<Json<Value>> {
+    require_admin(&ctx, "os_compute_api:os-quota-sets:update")?;
+    let conn = st.db.lock();
+    for (k, v) in &req.quota_set {
+        if k == "force" {
+            continue;
+        }
+        if !QUOTA_KEYS.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "quota {k} is not supported (supported: instances, cores, ram)"
+            )));
+        }
+        let limit = int_field(k, v, -1)?;
+        conn.execute(
+            "INSERT INTO quotas (project_id, resource, hard_limit) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (project_id, resource) DO UPDATE SET hard_limit = excluded.hard_limit",
+            params![project, k, limit],
+        )?;
+    }
+    Ok(Json(
+        json!({ "quota_set": quota_set(&st, &conn, &project, false)? }),
+    ))
+}
+
+async fn limits(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+) -> ApiResult<Json<Value>> {
+    let conn = st.db.lock();
+    let (n, cores, ram) = quota_usage(&conn, &ctx.project_id)?;
+    let lim = |k| quota_limit(&st, &conn, &ctx.project_id, k);
+    Ok(Json(json!({ "limits": { "rate": [], "absolute": {
+        "maxTotalInstances": lim("instances")?, "totalInstancesUsed": n,
+        "maxTotalCores": lim("cores")?, "totalCoresUsed": cores,
+        "maxTotalRAMSize": lim("ram")?, "totalRAMUsed": ram,
+        "maxServerMeta": 128, "maxImageMeta": 128, "maxPersonality": 5, "maxPersonalitySize": 10240,
+        "maxTotalKeypairs": 100, "maxServerGroups": 10, "maxServerGroupMembers": 10,
+        "totalServerGroupsUsed": 0, "maxSecurityGroups": -1, "totalSecurityGroupsUsed": 0,
+        "maxSecurityGroupRules": -1, "maxTotalFloatingIps": -1, "totalFloatingIpsUsed": 0
+    } } })))
+}

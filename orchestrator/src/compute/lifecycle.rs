@@ -1,0 +1,523 @@
+//! Server lifecycle in the background: build (schedule, boot disk, VMM),
+//! stop, start, reboot, delete; the power-state sync that notices guests that
+//! ended on their own; and reconciliation after a daemon restart.
+//!
+//! Every transition ends in a state a user can act on: BUILD ends in ACTIVE
+//! or ERROR, a failed action leaves a `fault`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{params, OptionalExtension};
+use serde_json::json;
+
+use super::model::{power, status, Server};
+use super::scheduler::{self, ClaimError, Request};
+use super::Compute;
+use crate::agent::{DiskSpec, VmmSpec};
+use crate::util::now_iso;
+
+/// How long a guest gets to power off on the ACPI button before it is
+/// stopped hard (Nova's `shutdown_timeout` default).
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a new VMM gets to report its guest running.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the power-state sync looks at the VMMs.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Runs a blocking closure off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("background task failed: {e}"))
+}
+
+/// Sets status, task state and power state (and the fault, if given).
+pub fn set_state(
+    c: &Compute,
+    id: &str,
+    st: &str,
+    task: Option<&str>,
+    pw: i64,
+    fault: Option<&str>,
+) {
+    let fault_json =
+        fault.map(|m| json!({ "code": 500, "message": m, "created": now_iso() }).to_string());
+    let conn = c.db.lock();
+    let r = if st == status::ACTIVE && task.is_none() {
+        conn.execute(
+            "UPDATE servers SET status = ?2, task_state = NULL, power_state = ?3, fault = NULL, \
+             updated_at = ?4, launched_at = ?4 WHERE id = ?1",
+            params![id, st, pw, now_iso()],
+        )
+    } else {
+        conn.execute(
+            "UPDATE servers SET status = ?2, task_state = ?3, power_state = ?4, \
+             fault = coalesce(?5, fault), updated_at = ?6 WHERE id = ?1",
+            params![id, st, task, pw, fault_json, now_iso()],
+        )
+    };
+    if let Err(e) = r {
+        tracing::error!(server = %id, error = %e, "cannot record the server's state");
+    } else {
+        tracing::info!(server = %id, status = st, task = ?task, fault = ?fault, "server state");
+    }
+}
+
+fn load(c: &Compute, id: &str) -> Option<Server> {
+    match Server::get(&c.db.lock(), id) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(server = %id, error = %e, "cannot read the server");
+            None
+        }
+    }
+}
+
+/// Where an image's file is.
+fn image_file(c: &Compute, image_id: &str) -> PathBuf {
+    c.cfg.state_dir.join("images").join(image_id)
+}
+
+/// An active image's disk format and properties.
+fn image_info(
+    c: &Compute,
+    image_id: &str,
+) -> Result<(String, serde_json::Map<String, serde_json::Value>), String> {
+    let row: Option<(String, Option<String>, String)> =
+        c.db.lock()
+            .query_row(
+                "SELECT status, disk_format, properties FROM images WHERE id = ?1",
+                params![image_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| format!("state database: {e}"))?;
+    let (st, fmt, props) = row.ok_or_else(|| format!("image {image_id} does not exist"))?;
+    if st != "active" {
+        return Err(format!("image {image_id} is {st}, not active"));
+    }
+    let props = serde_json::from_str(&props).unwrap_or_default();
+    Ok((fmt.unwrap_or_else(|| "raw".into()), props))
+}
+
+/// The VMM spec of a server: its boot disk, and the kernel, initramfs and
+/// command line from the image's `kernel_id`/`ramdisk_id`/`os_command_line`
+/// properties or the daemon's defaults.
+fn spec_for(c: &Compute, s: &Server, disk: PathBuf) -> Result<VmmSpec, String> {
+    let (_, props) = image_info(c, &s.image_id)?;
+    let prop = |k: &str| props.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let side_image = |key: &str, want: &str| -> Result<Option<PathBuf>, String> {
+        let Some(id) = prop(key) else { return Ok(None) };
+        let (fmt, _) = image_info(c, &id).map_err(|e| format!("{key}: {e}"))?;
+        if fmt != want {
+            return Err(format!("{key} {id} has disk_format {fmt}, expected {want}"));
+        }
+        Ok(Some(image_file(c, &id)))
+    };
+    let kernel = match side_image("kernel_id", "aki")? {
+        Some(k) => k,
+        None => c.cfg.default_kernel.clone().ok_or_else(|| {
+            "the image has no kernel_id and the daemon has no --default-kernel".to_string()
+        })?,
+    };
+    let initrd = match side_image("ramdisk_id", "ari")? {
+        Some(r) => Some(r),
+        None if prop("kernel_id").is_some() => None,
+        None => c.cfg.default_initrd.clone(),
+    };
+    let cmdline = prop("os_command_line").unwrap_or_else(|| c.cfg.default_cmdline.clone());
+    Ok(VmmSpec {
+        server_id: s.id.clone(),
+        kernel,
+        initrd,
+        cmdline,
+        vcpus: s.vcpus.clamp(1, 254) as u32,
+        memory_mib: s.ram.max(16) as u64,
+        disks: vec![DiskSpec {
+            path: disk,
+            format: images::ImageFormat::Qcow2,
+            readonly: false,
+        }],
+    })
+}
+
+/// Starts the server's VMM from its saved spec and waits until it runs.
+async fn start_vmm(c: &Arc<Compute>, s: &Server, spec: Option<VmmSpec>) -> Result<(), String> {
+    let spec = match spec {
+        Some(spec) => spec,
+        None => {
+            let agent = Arc::clone(&c.agent);
+            let id = s.id.clone();
+            match blocking(move || agent.load_spec(&id)).await? {
+                Ok(Some(spec)) => spec,
+                Ok(None) => return Err("the server has no saved VMM spec".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    let agent = Arc::clone(&c.agent);
+    let id = s.id.clone();
+    let proc = blocking(move || -> Result<_, String> {
+        let p = agent.spawn(&spec).map_err(|e| e.to_string())?;
+        if let Err(e) = agent.wait_running(&spec.server_id, START_TIMEOUT) {
+            let _ = agent.kill(&spec.server_id);
+            return Err(e.to_string());
+        }
+        Ok(p)
+    })
+    .await??;
+    c.set_proc(&id, Some(proc));
+    Ok(())
+}
+
+/// Builds a new server: claim capacity, create the boot disk, start the VMM.
+pub async fn build(c: Arc<Compute>, id: String) {
+    let Some(_busy) = c.try_busy(&id) else {
+        tracing::warn!(server = %id, "build skipped: another operation holds the server");
+        return;
+    };
+    let Some(s) = load(&c, &id) else { return };
+    if s.status != status::BUILD {
+        return;
+    }
+    set_state(
+        &c,
+        &id,
+        status::BUILD,
+        Some("scheduling"),
+        power::NOSTATE,
+        None,
+    );
+    let req = Request {
+        vcpus: s.vcpus.max(0) as u64,
+        memory_mb: s.ram.max(0) as u64,
+        disk_gb: s.disk.max(0) as u64,
+    };
+    let claim = {
+        let c2 = Arc::clone(&c);
+        let id2 = id.clone();
+        blocking(move || scheduler::claim(&mut c2.db.lock(), &id2, req, c2.capacity)).await
+    };
+    match claim {
+        Ok(Ok(())) => {}
+        Ok(Err(ClaimError::NoValidHost(why))) => {
+            let msg =
+                format!("No valid host was found. There are not enough hosts available. ({why})");
+            set_state(&c, &id, status::ERROR, None, power::NOSTATE, Some(&msg));
+            return;
+        }
+        Ok(Err(e)) => {
+            set_state(
+                &c,
+                &id,
+                status::ERROR,
+                None,
+                power::NOSTATE,
+                Some(&e.to_string()),
+            );
+            return;
+        }
+        Err(e) => {
+            set_state(&c, &id, status::ERROR, None, power::NOSTATE, Some(&e));
+            return;
+        }
+    }
+    set_state(
+        &c,
+        &id,
+        status::BUILD,
+        Some("spawning"),
+        power::NOSTATE,
+        None,
+    );
+    let result = async {
+        let (fmt, _) = image_info(&c, &s.image_id)?;
+        let format = match fmt.as_str() {
+            "raw" => images::ImageFormat::Raw,
+            "qcow2" => images::ImageFormat::Qcow2,
+            other => {
+                return Err(format!(
+                    "image {} has disk_format {other}, which cannot boot a server",
+                    s.image_id
+                ))
+            }
+        };
+        let agent = Arc::clone(&c.agent);
+        let backing = image_file(&c, &s.image_id);
+        let sid = id.clone();
+        let disk = blocking(move || {
+            // A previous attempt (daemon killed mid-build) may have left files.
+            let _ = agent.remove_instance(&sid);
+            agent.create_boot_disk(&sid, &backing, format)
+        })
+        .await?
+        .map_err(|e| e.to_string())?;
+        let spec = spec_for(&c, &s, disk)?;
+        start_vmm(&c, &s, Some(spec)).await
+    }
+    .await;
+    match result {
+        Ok(()) => set_state(&c, &id, status::ACTIVE, None, power::RUNNING, None),
+        Err(e) => {
+            tracing::warn!(server = %id, error = %e, "build failed");
+            c.set_proc(&id, None);
+            let c2 = Arc::clone(&c);
+            let id2 = id.clone();
+            let _ = blocking(move || {
+                let _ = c2.agent.kill(&id2);
+                scheduler::release(&c2.db.lock(), &id2)
+            })
+            .await;
+            set_state(
+                &c,
+                &id,
+                status::ERROR,
+                None,
+                power::NOSTATE,
+                Some(&format!("Build of instance {id} aborted: {e}")),
+            );
+        }
+    }
+}
+
+/// `os-stop`: ACPI shutdown, hard stop after [`SHUTDOWN_TIMEOUT`].
+pub async fn stop(c: Arc<Compute>, id: String, busy: super::BusyGuard) {
+    let agent = Arc::clone(&c.agent);
+    let sid = id.clone();
+    let r = blocking(move || agent.shutdown(&sid, SHUTDOWN_TIMEOUT)).await;
+    c.take_proc(&id);
+    match r {
+        Ok(Ok(())) => set_state(&c, &id, status::SHUTOFF, None, power::SHUTDOWN, None),
+        Ok(Err(e)) => set_state(
+            &c,
+            &id,
+            status::ERROR,
+            None,
+            power::NOSTATE,
+            Some(&format!("stop failed: {e}")),
+        ),
+        Err(e) => set_state(&c, &id, status::ERROR, None, power::NOSTATE, Some(&e)),
+    }
+    drop(busy);
+}
+
+/// `os-start`: a new VMM from the saved spec.
+pub async fn start(c: Arc<Compute>, id: String, busy: super::BusyGuard) {
+    let Some(s) = load(&c, &id) else { return };
+    match start_vmm(&c, &s, None).await {
+        Ok(()) => set_state(&c, &id, status::ACTIVE, None, power::RUNNING, None),
+        Err(e) => set_state(
+            &c,
+            &id,
+            status::SHUTOFF,
+            None,
+            power::SHUTDOWN,
+            Some(&format!("start failed: {e}")),
+        ),
+    }
+    drop(busy);
+}
+
+/// `reboot`: SOFT presses the ACPI power button and starts a new VMM once
+/// the guest is off (as libvirt's soft reboot does); HARD kills the VMM and
+/// starts a new one.
+pub async fn reboot(c: Arc<Compute>, id: String, hard: bool, busy: super::BusyGuard) {
+    let Some(s) = load(&c, &id) else { return };
+    let agent = Arc::clone(&c.agent);
+    let sid = id.clone();
+    let down = blocking(move || {
+        if hard {
+            agent.kill(&sid)
+        } else {
+            agent.shutdown(&sid, SHUTDOWN_TIMEOUT)
+        }
+    })
+    .await;
+    c.take_proc(&id);
+    let r = match down {
+        Ok(Ok(())) => start_vmm(&c, &s, None).await,
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(()) => set_state(&c, &id, status::ACTIVE, None, power::RUNNING, None),
+        Err(e) => set_state(
+            &c,
+            &id,
+            status::ERROR,
+            None,
+            power::NOSTATE,
+            Some(&format!("reboot failed: {e}")),
+        ),
+    }
+    drop(busy);
+}
+
+/// Deletes a server: waits for any running operation, kills the VMM,
+/// removes its files and allocation, then the row.
+pub async fn delete(c: Arc<Compute>, id: String) {
+    let busy = loop {
+        if let Some(b) = c.try_busy(&id) {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    c.take_proc(&id);
+    let c2 = Arc::clone(&c);
+    let sid = id.clone();
+    let r = blocking(move || -> Result<(), String> {
+        c2.agent.remove_instance(&sid).map_err(|e| e.to_string())?;
+        let conn = c2.db.lock();
+        scheduler::release(&conn, &sid).map_err(|e| e.to_string())?;
+        conn.execute("DELETE FROM servers WHERE id = ?1", params![sid])
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .await
+    .and_then(|r| r);
+    match r {
+        Ok(()) => tracing::info!(server = %id, "server deleted"),
+        Err(e) => set_state(
+            &c,
+            &id,
+            status::ERROR,
+            None,
+            power::NOSTATE,
+            Some(&format!("delete failed: {e}")),
+        ),
+    }
+    drop(busy);
+}
+
+/// Notices VMMs that ended on their own (the guest powered off, or the VMM
+/// died) and records the server as SHUTOFF, as Nova's power-state sync does.
+pub async fn power_sync(c: Arc<Compute>) {
+    loop {
+        tokio::time::sleep(SYNC_INTERVAL).await;
+        let ended: Vec<String> = {
+            let procs = c.procs.lock().unwrap_or_else(|p| p.into_inner());
+            procs
+                .iter()
+                .filter(|(id, p)| !c.is_busy(id) && !c.agent.is_alive(p))
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for id in ended {
+            if c.is_busy(&id) {
+                continue;
+            }
+            c.take_proc(&id);
+            if let Some(s) = load(&c, &id) {
+                if s.status == status::ACTIVE {
+                    tracing::info!(server = %id, "the guest stopped on its own");
+                    set_state(&c, &id, status::SHUTOFF, None, power::SHUTDOWN, None);
+                }
+            }
+        }
+    }
+}
+
+/// After a (re)start of the daemon: adopts running VMMs, finishes or fails
+/// interrupted operations, marks servers whose VMM died SHUTOFF, and removes
+/// instance directories no server owns.
+pub async fn reconcile(c: Arc<Compute>) {
+    let servers = match Server::all(&c.db.lock()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read servers to reconcile");
+            return;
+        }
+    };
+    let known: std::collections::HashSet<String> = servers.iter().map(|s| s.id.clone()).collect();
+    for s in servers {
+        let agent = Arc::clone(&c.agent);
+        let sid = s.id.clone();
+        let adopted = blocking(move || match agent.adopt(&sid) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(server = %sid, error = %e, "VMM alive but unusable; killing it");
+                let _ = agent.kill(&sid);
+                None
+            }
+        })
+        .await
+        .unwrap_or(None);
+        let running = adopted.is_some();
+        if let Some(p) = adopted {
+            c.set_proc(&s.id, Some(p));
+        }
+        let task = s.task_state.as_deref();
+        tracing::info!(server = %s.id, status = %s.status, task = ?task, running, "reconciling");
+        if task == Some("deleting") {
+            tokio::spawn(delete(Arc::clone(&c), s.id.clone()));
+            continue;
+        }
+        match (s.status.as_str(), running) {
+            (status::BUILD, true) | (status::REBOOT, true) | (status::HARD_REBOOT, true) => {
+                set_state(&c, &s.id, status::ACTIVE, None, power::RUNNING, None)
+            }
+            (status::BUILD, false) => {
+                // Start the build over: claims are idempotent and the
+                // instance files are recreated.
+                tokio::spawn(build(Arc::clone(&c), s.id.clone()));
+            }
+            (status::REBOOT, false) | (status::HARD_REBOOT, false) => {
+                if let Some(b) = c.try_busy(&s.id) {
+                    tokio::spawn(start(Arc::clone(&c), s.id.clone(), b));
+                }
+            }
+            (status::ACTIVE, true) if task.is_some() => {
+                // An interrupted stop: finish it.
+                if task == Some("powering-off") {
+                    if let Some(b) = c.try_busy(&s.id) {
+                        tokio::spawn(stop(Arc::clone(&c), s.id.clone(), b));
+                    }
+                } else {
+                    set_state(&c, &s.id, status::ACTIVE, None, power::RUNNING, None);
+                }
+            }
+            (status::ACTIVE, false) => {
+                if task == Some("powering-off") {
+                    set_state(&c, &s.id, status::SHUTOFF, None, power::SHUTDOWN, None);
+                } else {
+                    set_state(
+                        &c,
+                        &s.id,
+                        status::SHUTOFF,
+                        None,
+                        power::SHUTDOWN,
+                        Some("the server's VMM was not running when nubo started"),
+                    );
+                }
+            }
+            (status::SHUTOFF, true) => {
+                if task == Some("powering-on") {
+                    set_state(&c, &s.id, status::ACTIVE, None, power::RUNNING, None);
+                } else {
+                    tracing::warn!(server = %s.id, "a VMM runs for a SHUTOFF server; stopping it");
+                    let agent = Arc::clone(&c.agent);
+                    let sid = s.id.clone();
+                    let _ = blocking(move || agent.stop(&sid)).await;
+                    c.take_proc(&s.id);
+                }
+            }
+            (status::SHUTOFF, false) if task == Some("powering-on") => {
+                if let Some(b) = c.try_busy(&s.id) {
+                    tokio::spawn(start(Arc::clone(&c), s.id.clone(), b));
+                }
+            }
+            _ => {}
+        }
+    }
+    let agent = Arc::clone(&c.agent);
+    let orphans = blocking(move || agent.list_instances()).await;
+    if let Ok(Ok(ids)) = orphans {
+        for id in ids.into_iter().filter(|i| !known.contains(i)) {
+            tracing::warn!(server = %id, "orphan instance directory (no such server): removing it and its VMM");
+            let agent = Arc::clone(&c.agent);
+            let _ = blocking(move || agent.remove_instance(&id)).await;
+        }
+    }
+}
