@@ -75,6 +75,9 @@ pub struct Config {
     pub overcommit: Overcommit,
     /// Default project quotas.
     pub quotas: QuotaDefaults,
+    /// How long a guest gets to power off on the ACPI button (stop, soft
+    /// reboot) before it is stopped hard (Nova's `shutdown_timeout`).
+    pub shutdown_timeout: Duration,
     /// Password for the admin user on first start (else one is generated).
     pub admin_password: Option<String>,
 }

@@ -67,6 +67,9 @@ struct ServeArgs {
     /// Host memory (MiB) never given to guests.
     #[arg(long, default_value_t = 512)]
     reserved_host_memory_mb: u64,
+    /// Seconds a guest gets to power off on the ACPI button before a hard stop.
+    #[arg(long, default_value_t = 60)]
+    shutdown_timeout: u64,
     /// Default per-project quota: servers.
     #[arg(long, default_value_t = 10)]
     quota_instances: i64,
@@ -129,6 +132,7 @@ fn main() -> anyhow::Result<()> {
                     cores: a.quota_cores,
                     ram: a.quota_ram,
                 },
+                shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
                 admin_password: std::env::var("NUBO_ADMIN_PASSWORD")
                     .ok()
                     .filter(|p| !p.is_empty()),

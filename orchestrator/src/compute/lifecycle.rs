@@ -18,9 +18,6 @@ use super::Compute;
 use crate::agent::{DiskSpec, VmmSpec};
 use crate::util::now_iso;
 
-/// How long a guest gets to power off on the ACPI button before it is
-/// stopped hard (Nova's `shutdown_timeout` default).
-pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a new VMM gets to report its guest running.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the power-state sync looks at the VMMs.
@@ -282,11 +279,12 @@ pub async fn build(c: Arc<Compute>, id: String) {
     }
 }
 
-/// `os-stop`: ACPI shutdown, hard stop after [`SHUTDOWN_TIMEOUT`].
+/// `os-stop`: ACPI shutdown, hard stop after the configured shutdown timeout.
 pub async fn stop(c: Arc<Compute>, id: String, busy: super::BusyGuard) {
     let agent = Arc::clone(&c.agent);
     let sid = id.clone();
-    let r = blocking(move || agent.shutdown(&sid, SHUTDOWN_TIMEOUT)).await;
+    let timeout = c.cfg.shutdown_timeout;
+    let r = blocking(move || agent.shutdown(&sid, timeout)).await;
     c.take_proc(&id);
     match r {
         Ok(Ok(())) => set_state(&c, &id, status::SHUTOFF, None, power::SHUTDOWN, None),
@@ -327,11 +325,12 @@ pub async fn reboot(c: Arc<Compute>, id: String, hard: bool, busy: super::BusyGu
     let Some(s) = load(&c, &id) else { return };
     let agent = Arc::clone(&c.agent);
     let sid = id.clone();
+    let timeout = c.cfg.shutdown_timeout;
     let down = blocking(move || {
         if hard {
             agent.kill(&sid)
         } else {
-            agent.shutdown(&sid, SHUTDOWN_TIMEOUT)
+            agent.shutdown(&sid, timeout)
         }
     })
     .await;
