@@ -587,8 +587,24 @@ def print_tables(res):
             print(f"Filling: {lst['real']} real servers in {lst['fill_s']:.1f} s"
                   + (f", {lst['seeded']} seeded rows ({lst['fill_error']})" if lst["seeded"] else "")
                   + (f"; {lst['vmms']} nubo-vmm processes, their RSS {lst['vmm_rss_mib']:.0f} MiB in all"
-                     if lst.get("vmms") else "") + ".")
+                     if lst.get("vmms") else "")
+                  + (f"; while the lists ran, all VMMs together used {lst['vmm_cpu_share'] * 100:.1f}% "
+                     "of one CPU" if lst.get("vmm_cpu_share") is not None else "") + ".")
         print()
+
+
+def cpu_s(pids):
+    """utime + stime of these processes, in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tick
 
 
 def vmm_rss_mib(pids):
@@ -649,6 +665,7 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
 
     res = {"guest": args.guest, "ready_line": ready, "host_cpus": os.cpu_count(),
+           "loadavg_start": os.getloadavg(),
            "rally_median_s": RALLY_MEDIAN_S, "target_ready_s": TARGET_READY_S,
            "target_list_p99_ms": TARGET_LIST_P99_MS}
     daemon = None
@@ -714,7 +731,10 @@ def main():
         if daemon:
             log(f"cleaning up {daemon.state}")
             daemon.close()
+    res["loadavg_end"] = os.getloadavg()
     print_tables(res)
+    print(f"Host load average (1/5/15 min) at the start {res['loadavg_start']}, at the end "
+          f"{res['loadavg_end']}, on {res['host_cpus']} CPUs.")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
@@ -764,10 +784,16 @@ def bench_list(api, args, daemon, image, flavor, project_id, user_id):
     log(f"list: {lst['servers']} servers ({lst['status_counts']}); "
         f"{args.list_requests}x GET /servers/detail")
     api.call("GET", "/compute/v2.1/servers/detail")  # warm-up
+    lst["loadavg_before"] = os.getloadavg()
+    vmms = daemon.vmm_pids(only_vmm=True) if daemon else set()
+    cpu0, t0 = cpu_s(vmms), time.perf_counter()
     lst["detail"] = time_gets(api, "/compute/v2.1/servers/detail", args.list_requests)
     lst["detail_limit100"] = time_gets(api, "/compute/v2.1/servers/detail?limit=100",
                                        args.list_requests)
     lst["brief"] = time_gets(api, "/compute/v2.1/servers", args.list_requests)
+    if vmms:
+        # What the idle (halted) guests cost the host meanwhile.
+        lst["vmm_cpu_share"] = (cpu_s(vmms) - cpu0) / (time.perf_counter() - t0)
     return lst
 
 
