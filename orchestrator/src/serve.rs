@@ -41,6 +41,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let images = ImageStore::new(cfg.state_dir.join("images"), cfg.max_image_size)
         .context("opening the image store")?;
+    reconcile_images(&db, &images);
     let cfg_arc = Arc::new(cfg.clone());
     let agent = Agent::new(cfg.vmm_binary.clone(), cfg.state_dir.join("instances"))
         .context("preparing the instances directory")?;
@@ -101,6 +102,46 @@ fn enable_ksm() {
         },
         Err(e) => {
             tracing::warn!(error = %e, "no KSM on this kernel; overcommitted memory is not merged")
+        }
+    }
+}
+
+/// After a restart: uploads that were in flight (`saving`) failed with the
+/// daemon, so they become `killed` (their partial files were removed by the
+/// store); files in the store that no image row owns are removed.
+fn reconcile_images(db: &Db, images: &ImageStore) {
+    let conn = db.lock();
+    match conn.execute(
+        "UPDATE images SET status = 'killed', updated_at = ?1 WHERE status = 'saving'",
+        [crate::util::now_iso()],
+    ) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            images = n,
+            "uploads interrupted by a restart are now killed"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot reconcile interrupted uploads"),
+    }
+    let Ok(entries) = std::fs::read_dir(images.dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".part") || !crate::util::is_plain_id(&name) {
+            continue;
+        }
+        let known: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM images WHERE id = ?1 AND status = 'active'",
+                [&name],
+                |r| r.get(0),
+            )
+            .unwrap_or(true);
+        if !known {
+            tracing::warn!(image = %name, "orphan image file (no active image owns it): removing it");
+            if let Err(e) = images.remove(&name) {
+                tracing::warn!(image = %name, error = %e, "cannot remove orphan image file");
+            }
         }
     }
 }
