@@ -652,6 +652,16 @@ fn is_octet_stream(headers: &HeaderMap) -> bool {
     }
 }
 
+fn deleted_during_upload(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        format!(
+            "Image {id} could not be found after upload. \
+             The image may have been deleted during the upload."
+        ),
+    )
+}
+
 /// Moves an image from `saving` to `killed` (if still saving).
 fn kill(conn: &Connection, id: &str) {
     if let Err(e) = conn.execute(
@@ -736,16 +746,16 @@ async fn upload_image(
                     if let Err(e) = st.images.remove(&id) {
                         tracing::warn!(image = %id, error = %e, "cannot remove data of a deleted image");
                     }
-                    return Err(ApiError::new(
-                        StatusCode::GONE,
-                        format!("Image {id} could not be found after upload. The image may have been deleted during the upload."),
-                    ));
+                    return Err(deleted_during_upload(&id));
                 }
                 Ok(StatusCode::NO_CONTENT)
             }
             Err(e) => {
                 tracing::info!(image = %id, error = %e, "image upload failed");
                 kill(&conn, &id);
+                if load(&conn, &id)?.is_none() {
+                    return Err(deleted_during_upload(&id));
+                }
                 Err(store_error(e))
             }
         }
