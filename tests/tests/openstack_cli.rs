@@ -1497,6 +1497,14 @@ fn openstack_cli_workflow() {
     // --- no valid host
     steps.run(tb, "no-valid-host", false, || {
         let name = cx.n("toobig");
+        // Nova checks quotas before scheduling: lift the admin project's RAM
+        // quota so the request reaches the scheduler (a quota error is 403).
+        let project = tb.admin().project;
+        if let Err(e) = tb.osc(&["quota", "set", "--ram", "-1", &project]) {
+            progress(&format!(
+                "quota set --ram -1 {project} failed (continuing): {e}"
+            ));
+        }
         let r = tb.osc_json(&[
             "server", "create", "--image", &raw, "--flavor", "huge", "--wait", &name,
         ]);
@@ -1507,6 +1515,11 @@ fn openstack_cli_workflow() {
                 Err(e) => e.clone(),
             }
         ));
+        if let Err(e) = &r {
+            if cx.server_show(None, &name).is_err() {
+                return Err(format!("no server was created: {e}"));
+            }
+        }
         // ERROR is the wanted status here, so an error is a timeout.
         let show = cx
             .wait_status(None, &name, &["ERROR"], minute)
