@@ -205,10 +205,10 @@ pub fn spawn(path: &Path, controller: VmController) -> Result<ApiServer, ApiErro
         .spawn(move || {
             let span = tracing::info_span!("api", socket = %path.display());
             let _enter = span.enter();
-            if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Api) {
-                tracing::error!(error = %e, "the API is off");
-                return;
-            }
+            // The runtime is built before the filter: what its drivers need
+            // at set-up (epoll, eventfd, and with tokio's `signal` feature,
+            // which other crates of a workspace build may switch on, a
+            // socketpair) is not part of the API thread's allowlist.
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .build()
@@ -219,6 +219,10 @@ pub fn spawn(path: &Path, controller: VmController) -> Result<ApiServer, ApiErro
                     return;
                 }
             };
+            if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Api) {
+                tracing::error!(error = %e, "the API is off");
+                return;
+            }
             runtime.block_on(async move {
                 let listener = match tokio::net::UnixListener::from_std(std_listener) {
                     Ok(l) => l,

@@ -349,7 +349,7 @@ async fn list_servers(
     base: &str,
     q: &HashMap<String, String>,
     detail: bool,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let all_tenants = ctx.is_admin()
         && q.get("all_tenants")
             .is_some_and(|v| !matches!(v.as_str(), "0" | "false" | "False"));
@@ -388,10 +388,12 @@ async fn list_servers(
             .min(MAX_PAGE),
         None => MAX_PAGE,
     };
-    let conn = st.db.lock();
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), Server::from_row)?;
-    let mut servers: Vec<Server> = rows.collect::<Result<_, _>>()?;
+    let mut servers: Vec<Server> = {
+        let conn = st.db.lock();
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), Server::from_row)?;
+        rows.collect::<Result<_, _>>()?
+    };
     if let Some(marker) = q.get("marker") {
         let pos = servers
             .iter()
@@ -402,17 +404,7 @@ async fn list_servers(
     let more = servers.len() > limit;
     servers.truncate(limit);
     let admin = ctx.is_admin();
-    let list: Vec<Value> = servers
-        .iter()
-        .map(|s| {
-            if detail {
-                s.to_json(base, admin)
-            } else {
-                json!({ "id": s.id, "name": s.name, "links": crate::compute::model::links(base, "servers", &s.id) })
-            }
-        })
-        .collect();
-    let mut body = json!({ "servers": list });
+    let mut next = None;
     if more {
         if let Some(last) = servers.last() {
             let path = if detail { "servers/detail" } else { "servers" };
@@ -423,13 +415,47 @@ async fn list_servers(
                 .collect();
             qs.push(format!("limit={limit}"));
             qs.push(format!("marker={}", last.id));
-            body["servers_links"] = json!([{
+            next = Some(json!([{
                 "rel": "next",
                 "href": format!("{base}/compute/v2.1/{path}?{}", qs.join("&"))
-            }]);
+            }]));
         }
     }
-    Ok(Json(body))
+    // Serialize straight from borrowed views (no intermediate JSON tree);
+    // hostId is one hash per project, not per server.
+    let mut host_ids: HashMap<&str, String> = HashMap::new();
+    for s in &servers {
+        host_ids
+            .entry(s.project_id.as_str())
+            .or_insert_with(|| Server::host_id(&s.project_id));
+    }
+    let body = if detail {
+        let views: Vec<_> = servers
+            .iter()
+            .map(|s| s.view(base, admin, &host_ids[s.project_id.as_str()]))
+            .collect();
+        serde_json::to_vec(&ServersPage { servers: views, servers_links: next })
+    } else {
+        let briefs: Vec<Value> = servers
+            .iter()
+            .map(|s| json!({ "id": s.id, "name": s.name, "links": crate::compute::model::links(base, "servers", &s.id) }))
+            .collect();
+        serde_json::to_vec(&ServersPage { servers: briefs, servers_links: next })
+    }
+    .map_err(ApiError::internal)?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}
+
+/// `{"servers": [...], "servers_links": [...]}`.
+#[derive(serde::Serialize)]
+struct ServersPage<T> {
+    servers: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    servers_links: Option<Value>,
 }
 
 async fn list_servers_brief(
@@ -437,7 +463,7 @@ async fn list_servers_brief(
     ProjectAuth(ctx): ProjectAuth,
     BaseUrl(base): BaseUrl,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     list_servers(&st, &ctx, &base, &q, false).await
 }
 
@@ -446,7 +472,7 @@ async fn list_servers_detail(
     ProjectAuth(ctx): ProjectAuth,
     BaseUrl(base): BaseUrl,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     list_servers(&st, &ctx, &base, &q, true).await
 }
 

@@ -15,7 +15,7 @@ use serde_json::json;
 use super::model::{power, status, Server};
 use super::scheduler::{self, ClaimError, Request};
 use super::Compute;
-use crate::agent::{DiskSpec, VmmSpec};
+use crate::agent::{AgentError, DiskSpec, ExitInfo, VmmSpec};
 use crate::util::now_iso;
 
 /// How long a new VMM gets to report its guest running.
@@ -140,8 +140,29 @@ fn spec_for(c: &Compute, s: &Server, disk: PathBuf) -> Result<VmmSpec, String> {
     })
 }
 
+/// How a start ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Started {
+    /// The guest runs.
+    Running,
+    /// The guest ran and powered off before we saw it running (the VMM
+    /// exited with status 0): the server is SHUTOFF, not failed.
+    PoweredOff,
+}
+
+/// The state a server is in after a start that ended so.
+fn record_start(c: &Compute, id: &str, how: Started) {
+    match how {
+        Started::Running => set_state(c, id, status::ACTIVE, None, power::RUNNING, None),
+        Started::PoweredOff => {
+            tracing::info!(server = %id, "the guest powered off right after it started");
+            set_state(c, id, status::SHUTOFF, None, power::SHUTDOWN, None)
+        }
+    }
+}
+
 /// Starts the server's VMM from its saved spec and waits until it runs.
-async fn start_vmm(c: &Arc<Compute>, s: &Server, spec: Option<VmmSpec>) -> Result<(), String> {
+async fn start_vmm(c: &Arc<Compute>, s: &Server, spec: Option<VmmSpec>) -> Result<Started, String> {
     let spec = match spec {
         Some(spec) => spec,
         None => {
@@ -158,15 +179,26 @@ async fn start_vmm(c: &Arc<Compute>, s: &Server, spec: Option<VmmSpec>) -> Resul
     let id = s.id.clone();
     let proc = blocking(move || -> Result<_, String> {
         let p = agent.spawn(&spec).map_err(|e| e.to_string())?;
-        if let Err(e) = agent.wait_running(&spec.server_id, START_TIMEOUT) {
-            let _ = agent.kill(&spec.server_id);
-            return Err(e.to_string());
+        match agent.wait_running(&spec.server_id, START_TIMEOUT) {
+            Ok(()) => Ok(Some(p)),
+            Err(AgentError::VmmExited {
+                exit: Some(ExitInfo { code: Some(0), .. }),
+                ..
+            }) => Ok(None),
+            Err(e) => {
+                let _ = agent.kill(&spec.server_id);
+                Err(e.to_string())
+            }
         }
-        Ok(p)
     })
     .await??;
-    c.set_proc(&id, Some(proc));
-    Ok(())
+    match proc {
+        Some(p) => {
+            c.set_proc(&id, Some(p));
+            Ok(Started::Running)
+        }
+        None => Ok(Started::PoweredOff),
+    }
 }
 
 /// Builds a new server: claim capacity, create the boot disk, start the VMM.
@@ -256,7 +288,7 @@ pub async fn build(c: Arc<Compute>, id: String) {
     }
     .await;
     match result {
-        Ok(()) => set_state(&c, &id, status::ACTIVE, None, power::RUNNING, None),
+        Ok(how) => record_start(&c, &id, how),
         Err(e) => {
             tracing::warn!(server = %id, error = %e, "build failed");
             c.set_proc(&id, None);
@@ -305,7 +337,7 @@ pub async fn stop(c: Arc<Compute>, id: String, busy: super::BusyGuard) {
 pub async fn start(c: Arc<Compute>, id: String, busy: super::BusyGuard) {
     let Some(s) = load(&c, &id) else { return };
     match start_vmm(&c, &s, None).await {
-        Ok(()) => set_state(&c, &id, status::ACTIVE, None, power::RUNNING, None),
+        Ok(how) => record_start(&c, &id, how),
         Err(e) => set_state(
             &c,
             &id,
@@ -341,7 +373,7 @@ pub async fn reboot(c: Arc<Compute>, id: String, hard: bool, busy: super::BusyGu
         Err(e) => Err(e),
     };
     match r {
-        Ok(()) => set_state(&c, &id, status::ACTIVE, None, power::RUNNING, None),
+        Ok(how) => record_start(&c, &id, how),
         Err(e) => set_state(
             &c,
             &id,

@@ -212,59 +212,175 @@ impl Server {
         }
     }
 
-    /// Nova's server JSON (microversion 2.1 shape); admin-only fields when
-    /// `admin`.
-    pub fn to_json(&self, base: &str, admin: bool) -> Value {
-        let metadata: Value = serde_json::from_str(&self.metadata).unwrap_or_else(|_| json!({}));
-        let host_id = {
-            use sha2::{Digest, Sha224};
-            hex::encode(Sha224::digest(
-                format!("{}nubo", self.project_id).as_bytes(),
-            ))
-        };
-        let mut v = json!({
-            "id": self.id,
-            "name": self.name,
-            "status": self.status,
-            "tenant_id": self.project_id,
-            "user_id": self.user_id,
-            "metadata": metadata,
-            "hostId": host_id,
-            "image": { "id": self.image_id, "links": [
-                { "rel": "bookmark", "href": format!("{base}/compute/images/{}", self.image_id) }
-            ] },
-            "flavor": { "id": self.flavor_id, "links": [
-                { "rel": "bookmark", "href": format!("{base}/compute/flavors/{}", self.flavor_id) }
-            ] },
-            "created": self.created_at,
-            "updated": self.updated_at,
-            "addresses": {},
-            "accessIPv4": "",
-            "accessIPv6": "",
-            "links": links(base, "servers", &self.id),
-            "OS-DCF:diskConfig": "MANUAL",
-            "progress": if self.status == status::ACTIVE { 100 } else { 0 },
-            "OS-EXT-AZ:availability_zone": "nova",
-            "OS-EXT-STS:task_state": self.task_state,
-            "OS-EXT-STS:vm_state": self.vm_state(),
-            "OS-EXT-STS:power_state": self.power_state,
-            "OS-SRV-USG:launched_at": self.launched_at,
-            "OS-SRV-USG:terminated_at": null,
-            "config_drive": "",
-            "key_name": null,
-            "security_groups": [],
-            "os-extended-volumes:volumes_attached": [],
-        });
-        if admin {
-            v["OS-EXT-SRV-ATTR:host"] = json!("localhost");
-            v["OS-EXT-SRV-ATTR:hypervisor_hostname"] = json!("localhost");
-            v["OS-EXT-SRV-ATTR:instance_name"] = json!(format!("instance-{}", self.id));
-        }
-        if let Some(f) = &self.fault {
-            if let Ok(fault) = serde_json::from_str::<Value>(f) {
-                v["fault"] = fault;
-            }
-        }
-        v
+    /// Nova's `hostId`: an opaque hash of the project and host.
+    pub fn host_id(project_id: &str) -> String {
+        use sha2::{Digest, Sha224};
+        hex::encode(Sha224::digest(format!("{project_id}nubo").as_bytes()))
     }
+
+    /// Nova's server document (microversion 2.1 shape), ready to serialize;
+    /// admin-only fields when `admin`. `host_id` is [`Server::host_id`] of
+    /// the server's project (callers listing many servers compute it once).
+    pub fn view<'a>(&'a self, base: &'a str, admin: bool, host_id: &'a str) -> ServerView<'a> {
+        let metadata = serde_json::value::RawValue::from_string(self.metadata.clone())
+            .unwrap_or_else(|_| empty_object());
+        let fault = self
+            .fault
+            .as_ref()
+            .and_then(|f| serde_json::value::RawValue::from_string(f.clone()).ok());
+        let bookmark = |kind: &str, id: &str| format!("{base}/compute/{kind}/{id}");
+        ServerView {
+            id: &self.id,
+            name: &self.name,
+            status: &self.status,
+            tenant_id: &self.project_id,
+            user_id: &self.user_id,
+            metadata,
+            host_id,
+            image: RefView {
+                id: &self.image_id,
+                links: [LinkView {
+                    rel: "bookmark",
+                    href: bookmark("images", &self.image_id),
+                }],
+            },
+            flavor: RefView {
+                id: &self.flavor_id,
+                links: [LinkView {
+                    rel: "bookmark",
+                    href: bookmark("flavors", &self.flavor_id),
+                }],
+            },
+            created: &self.created_at,
+            updated: &self.updated_at,
+            addresses: EmptyObject {},
+            access_ipv4: "",
+            access_ipv6: "",
+            links: [
+                LinkView {
+                    rel: "self",
+                    href: format!("{base}/compute/v2.1/servers/{}", self.id),
+                },
+                LinkView {
+                    rel: "bookmark",
+                    href: bookmark("servers", &self.id),
+                },
+            ],
+            disk_config: "MANUAL",
+            progress: if self.status == status::ACTIVE {
+                100
+            } else {
+                0
+            },
+            availability_zone: "nova",
+            task_state: self.task_state.as_deref(),
+            vm_state: self.vm_state(),
+            power_state: self.power_state,
+            launched_at: self.launched_at.as_deref(),
+            terminated_at: None,
+            config_drive: "",
+            key_name: None,
+            security_groups: [],
+            volumes_attached: [],
+            host: admin.then_some("localhost"),
+            hypervisor_hostname: admin.then_some("localhost"),
+            instance_name: admin.then(|| format!("instance-{}", self.id)),
+            fault,
+        }
+    }
+
+    /// [`Server::view`] as a JSON value.
+    pub fn to_json(&self, base: &str, admin: bool) -> Value {
+        let host_id = Server::host_id(&self.project_id);
+        serde_json::to_value(self.view(base, admin, &host_id)).unwrap_or(Value::Null)
+    }
+}
+
+fn empty_object() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("{}".to_string()).unwrap_or_else(|_| unreachable_raw())
+}
+
+#[cold]
+fn unreachable_raw() -> Box<serde_json::value::RawValue> {
+    // "{}" is always valid JSON; this only satisfies the type.
+    serde_json::value::to_raw_value(&serde_json::Map::new())
+        .unwrap_or_else(|_| serde_json::value::to_raw_value(&()).unwrap_or_default())
+}
+
+/// `{"rel", "href"}`.
+#[derive(serde::Serialize)]
+pub struct LinkView {
+    rel: &'static str,
+    href: String,
+}
+
+/// `{"id", "links"}` of the image or flavor a server refers to.
+#[derive(serde::Serialize)]
+pub struct RefView<'a> {
+    id: &'a str,
+    links: [LinkView; 1],
+}
+
+/// `{}`.
+#[derive(serde::Serialize)]
+pub struct EmptyObject {}
+
+/// A server as Nova renders it (2.1), borrowed from a [`Server`].
+#[derive(serde::Serialize)]
+pub struct ServerView<'a> {
+    id: &'a str,
+    name: &'a str,
+    status: &'a str,
+    tenant_id: &'a str,
+    user_id: &'a str,
+    metadata: Box<serde_json::value::RawValue>,
+    #[serde(rename = "hostId")]
+    host_id: &'a str,
+    image: RefView<'a>,
+    flavor: RefView<'a>,
+    created: &'a str,
+    updated: &'a str,
+    addresses: EmptyObject,
+    #[serde(rename = "accessIPv4")]
+    access_ipv4: &'static str,
+    #[serde(rename = "accessIPv6")]
+    access_ipv6: &'static str,
+    links: [LinkView; 2],
+    #[serde(rename = "OS-DCF:diskConfig")]
+    disk_config: &'static str,
+    progress: u8,
+    #[serde(rename = "OS-EXT-AZ:availability_zone")]
+    availability_zone: &'static str,
+    #[serde(rename = "OS-EXT-STS:task_state")]
+    task_state: Option<&'a str>,
+    #[serde(rename = "OS-EXT-STS:vm_state")]
+    vm_state: &'static str,
+    #[serde(rename = "OS-EXT-STS:power_state")]
+    power_state: i64,
+    #[serde(rename = "OS-SRV-USG:launched_at")]
+    launched_at: Option<&'a str>,
+    #[serde(rename = "OS-SRV-USG:terminated_at")]
+    terminated_at: Option<&'a str>,
+    config_drive: &'static str,
+    key_name: Option<&'a str>,
+    security_groups: [(); 0],
+    #[serde(rename = "os-extended-volumes:volumes_attached")]
+    volumes_attached: [(); 0],
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:host",
+        skip_serializing_if = "Option::is_none"
+    )]
+    host: Option<&'static str>,
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:hypervisor_hostname",
+        skip_serializing_if = "Option::is_none"
+    )]
+    hypervisor_hostname: Option<&'static str>,
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:instance_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    instance_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fault: Option<Box<serde_json::value::RawValue>>,
 }
