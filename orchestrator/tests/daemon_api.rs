@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{Cloud, Opts};
 use md5::{Digest, Md5};
 use serde_json::{json, Value};
-use vmm::tiny_guest::{TinyEnd, READY_LINE};
+use vmm::tiny_guest::{elf, TinyEnd, TinyEntry, READY_LINE};
 
 const BUILD_LIMIT: Duration = Duration::from_secs(30);
 
@@ -641,4 +641,75 @@ fn image_upload_over_max_image_mib_is_413() {
     c.expect("1 MiB upload with --max-image-mib 1", &r, 204);
     let r = c.req("GET", "/image/v2/images", Some(&t), None);
     c.expect("daemon healthy after the 413", &r, 200);
+}
+
+/// Glance's AKI convention: an image's `kernel_id` names an `aki` image the
+/// server boots instead of the daemon's default kernel, and its
+/// `os_command_line` is the kernel command line. A `kernel_id` that is not an
+/// `aki` image fails the build with a fault that says so.
+#[test]
+fn kernel_id_and_os_command_line_choose_the_guest_kernel() {
+    if !common::kvm_available() {
+        return;
+    }
+    // The default kernel powers off at once; the aki one stays up, so an
+    // ACTIVE server proves the aki kernel booted.
+    let c = Cloud::start(Opts {
+        end: TinyEnd::AcpiPowerOff,
+        ..Opts::default()
+    });
+    let t = c.admin_token();
+    let flavor = c.flavor(&t, "tiny", 1, 64);
+    let aki = c.image_record_with(
+        &t,
+        json!({ "name": "tiny-kernel", "disk_format": "aki", "container_format": "aki" }),
+    );
+    let r = c.upload(&t, &aki, &elf(TinyEntry::Long64, TinyEnd::Halt));
+    c.expect("upload the aki kernel", &r, 204);
+    let disk = c.image_record_with(
+        &t,
+        json!({
+            "name": "disk-with-kernel", "disk_format": "raw", "container_format": "bare",
+            "kernel_id": aki, "os_command_line": "console=ttyS0 nubo.test=aki",
+        }),
+    );
+    let r = c.upload(&t, &disk, &vec![1u8; 1 << 20]);
+    c.expect("upload the disk", &r, 204);
+    let id = c.create_server(&t, "aki-vm", &disk, &flavor);
+    c.wait_status(&t, &id, "ACTIVE", &["BUILD"], BUILD_LIMIT);
+    c.wait_console(&t, &id, READY_LINE, 1);
+    let spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(c.instance_dir(&id).join("spec.json")).expect("spec.json"),
+    )
+    .expect("spec.json is JSON");
+    assert!(
+        spec["kernel"].as_str().is_some_and(|k| k.ends_with(&aki)),
+        "the server must boot the aki image {aki}: {spec}"
+    );
+    assert_eq!(spec["cmdline"], "console=ttyS0 nubo.test=aki", "{spec}");
+    assert!(
+        spec["initrd"].is_null(),
+        "no ramdisk_id, no default initrd with a kernel_id: {spec}"
+    );
+    // Still running after a while: not the powering-off default kernel.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c.server(&t, &id)["status"], "ACTIVE");
+
+    // kernel_id pointing at a raw image: ERROR with a fault naming the problem.
+    let bad = c.image_record_with(
+        &t,
+        json!({ "name": "bad-kernel-ref", "disk_format": "raw", "container_format": "bare", "kernel_id": disk }),
+    );
+    let r = c.upload(&t, &bad, &vec![2u8; 1 << 20]);
+    c.expect("upload the disk", &r, 204);
+    let id2 = c.create_server(&t, "bad-aki-vm", &bad, &flavor);
+    let s = c.wait_status(&t, &id2, "ERROR", &["BUILD"], BUILD_LIMIT);
+    let fault = s["fault"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        fault.contains("kernel_id") && fault.contains("aki"),
+        "fault: {s}"
+    );
 }
