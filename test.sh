@@ -10,7 +10,8 @@ scripts/deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 guest/build.sh >/dev/null
-cargo build --release -p vmm --bin nubo-vmm
-cargo build --release -p orchestrator --bin nubo
+# One build for both binaries (shared dependencies are built once, with one
+# feature set).
+cargo build --release -p vmm --bin nubo-vmm -p orchestrator --bin nubo
 scripts/osc-venv.sh >/dev/null   # the OpenStack CLI for tests/tests/openstack_cli.rs
 cargo test --workspace --no-fail-fast
