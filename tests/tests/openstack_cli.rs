@@ -754,6 +754,9 @@ impl Testbed {
     }
 
     fn teardown(&mut self) {
+        if self.mode == Mode::Attached {
+            return;
+        }
         if self.keep {
             let api_port = self.api.rsplit(':').next().unwrap_or("?").to_string();
             match &self.ctl {
