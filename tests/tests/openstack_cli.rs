@@ -368,11 +368,19 @@ impl Testbed {
                     .into(),
             ));
         }
-        cargo_build(&["--release", "-p", "vmm", "--bin", "nubo-vmm"]).map_err(Start::Fail)?;
-        if let Err(e) = cargo_build(&["--release", "-p", "orchestrator", "--bin", "nubo"]) {
-            // The harness still comes up; the workflow then fails with this.
-            progress(&format!("WARNING: {e}"));
-        }
+        // One build for both, as test.sh does (one feature set for shared crates).
+        cargo_build(&[
+            "--release",
+            "-p",
+            "vmm",
+            "--bin",
+            "nubo-vmm",
+            "-p",
+            "orchestrator",
+            "--bin",
+            "nubo",
+        ])
+        .map_err(Start::Fail)?;
         match mode {
             Mode::L1 => Self::start_l1(osc_bin, keep, work),
             _ => Self::start_host(osc_bin, keep, work),
