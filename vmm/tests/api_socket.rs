@@ -61,6 +61,33 @@ impl Vmm {
         request(&self.socket, method, path, body).unwrap()
     }
 
+    /// One request written on a raw connection by a separate thread, so a
+    /// server that answers and closes before reading the whole body (EPIPE
+    /// for the writer) still yields its status and body.
+    fn call_ignoring_write_errors(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let w = std::thread::spawn(move || {
+            let _ = writer.write_all(request.as_bytes());
+        });
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let _ = w.join();
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
     fn state(&self) -> String {
         let (status, body) = self.call("GET", "/vm", None);
         assert_eq!(status, 200);
@@ -146,7 +173,12 @@ fn bad_requests_get_4xx_and_the_guest_keeps_running() {
         ("PUT", "/vm/pause", Some(huge.as_str()), 204),
         ("PUT", "/vm/resume", Some(huge.as_str()), 204),
     ] {
-        let (status, text) = vm.call(method, path, body);
+        let (status, text) = match body {
+            // The server may answer an oversized body (or one it ignores)
+            // before reading it all and close: the response is what counts.
+            Some(b) if b.len() > 1 << 20 => vm.call_ignoring_write_errors(method, path, b),
+            _ => vm.call(method, path, body),
+        };
         let shown = body.map(|b| &b[..b.len().min(40)]);
         assert_eq!(status, want, "{method} {path} {shown:?}: {text}");
         if status >= 400 && status != 413 {
