@@ -1,15 +1,19 @@
 //! Interrupt routing for PCI devices: each MSI-X vector gets its own GSI,
 //! an irqfd on it, and a KVM routing entry that KVM_SET_GSI_ROUTING installs
-//! whenever the guest programs or masks the vector. The routing table keeps
-//! KVM's default irqchip routes (PIC and IOAPIC pins) alongside.
+//! whenever the guest programs or masks the vector. Legacy lines (GSIs
+//! 0-23) go to the IOAPIC only, never to the in-kernel 8259 PIC: Linux on
+//! hardware-reduced ACPI never programs the PIC, whose reset vector base is
+//! 0, so an edge on its line N reached the guest through LINT0 (ExtINT) as
+//! exception vector N (seen: the serial or GED line arriving as #BR,
+//! "bounds", during early boot).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use devices::pci::{MsiInterrupts, MsiMessage};
 use kvm_bindings::{
-    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQ_ROUTING_IRQCHIP,
+    KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -71,6 +75,19 @@ impl GsiRouter {
         Ok(gsi)
     }
 
+    /// Installs the table with no MSI routes yet, replacing KVM's default
+    /// (which also routes the legacy lines to the PIC). Called once when the
+    /// VM is built, before any device can raise a line.
+    pub fn install(&self) -> Result<(), InterruptError> {
+        let state = self.lock();
+        let entries = routing_entries(&state.msi);
+        let routing =
+            KvmIrqRouting::from_entries(&entries).map_err(|_| InterruptError::OutOfGsis)?;
+        self.vm
+            .set_gsi_routing(&routing)
+            .map_err(|e| InterruptError::Kvm("set the GSI routing", e))
+    }
+
     /// Points `gsi` at `msg`, or removes its route.
     fn set_route(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<(), InterruptError> {
         let mut state = self.lock();
@@ -87,7 +104,7 @@ impl GsiRouter {
     }
 }
 
-/// KVM's default irqchip routes plus one MSI route per programmed vector.
+/// The IOAPIC's pins plus one MSI route per programmed vector.
 fn routing_entries(msi: &BTreeMap<u32, MsiMessage>) -> Vec<kvm_irq_routing_entry> {
     let mut entries = Vec::with_capacity(40 + msi.len());
     let chip = |gsi: u32, irqchip: u32, pin: u32| {
@@ -101,11 +118,6 @@ fn routing_entries(msi: &BTreeMap<u32, MsiMessage>) -> Vec<kvm_irq_routing_entry
         e
     };
     for gsi in 0..IOAPIC_NUM_PINS {
-        if gsi < 8 {
-            entries.push(chip(gsi, KVM_IRQCHIP_PIC_MASTER, gsi));
-        } else if gsi < 16 {
-            entries.push(chip(gsi, KVM_IRQCHIP_PIC_SLAVE, gsi - 8));
-        }
         entries.push(chip(gsi, KVM_IRQCHIP_IOAPIC, gsi));
     }
     for (&gsi, m) in msi {
@@ -169,7 +181,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_routes_and_msi_entries() {
+    fn ioapic_routes_and_msi_entries_no_pic() {
         let mut msi = BTreeMap::new();
         msi.insert(
             30,
@@ -179,8 +191,8 @@ mod tests {
             },
         );
         let entries = routing_entries(&msi);
-        // 16 PIC routes + 24 IOAPIC routes + 1 MSI.
-        assert_eq!(entries.len(), 16 + 24 + 1);
+        // 24 IOAPIC routes + 1 MSI; nothing reaches the 8259.
+        assert_eq!(entries.len(), 24 + 1);
         let last = entries.last().unwrap();
         assert_eq!((last.gsi, last.type_), (30, KVM_IRQ_ROUTING_MSI));
         // SAFETY: reading the union member this entry was written with.

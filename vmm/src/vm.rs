@@ -144,6 +144,9 @@ impl VmHandle {
         let power_button = irqfd(&vm, GED_IRQ)?;
         let mmio = Arc::new(MmioBus::new());
         let router = Arc::new(GsiRouter::new(vm.clone()));
+        router
+            .install()
+            .map_err(|e| VmError::Devices(format!("interrupt routing: {e}")))?;
         let pci = pci_devices::build(
             &vm,
             &memory,
