@@ -129,13 +129,14 @@ api_scenario_init() {
 }
 # start_vmm "CMDLINE WORDS" [EXTRA VMM ARGS...]: the VMM runs in the
 # background; its pid goes to vmm.pid, its exit status to vmm.rc.
+# API_CPUS sets the guest's vCPUs (default 2).
 start_vmm() {
     words=$1; shift
     rm -f "$WORK/vmm.pid" "$WORK/vmm.rc" "$SOCK"; : >"$CON"
-    info "run: nubo-vmm run --cmdline 'console=ttyS0 $words' --cpus 2 --memory 512M --api-socket $SOCK $*"
+    info "run: nubo-vmm run --cmdline 'console=ttyS0 $words' --cpus ${API_CPUS:-2} --memory 512M --api-socket $SOCK $*"
     (
         "$NUBO_VMM" run --kernel "$L2_BZIMAGE" --initrd "$L2_INITRD" \
-            --cmdline "console=ttyS0 $words" --cpus 2 --memory 512M \
+            --cmdline "console=ttyS0 $words" --cpus "${API_CPUS:-2}" --memory 512M \
             --serial "file=$CON" --api-socket "$SOCK" "$@" \
             </dev/null >"$WORK/vmm.out" 2>"$WORK/vmm.err" &
         echo $! >"$WORK/vmm.pid"
