@@ -46,13 +46,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let agent = Agent::new(cfg.vmm_binary.clone(), cfg.state_dir.join("instances"))
         .context("preparing the instances directory")?;
     enable_ksm();
-    let compute = Compute::new(db.clone(), Arc::clone(&cfg_arc), Arc::new(agent));
+    let images = Arc::new(images);
+    let compute = Compute::new(
+        db.clone(),
+        Arc::clone(&cfg_arc),
+        Arc::new(agent),
+        Arc::clone(&images),
+    );
     lifecycle::reconcile(Arc::clone(&compute)).await;
     tokio::spawn(lifecycle::power_sync(Arc::clone(&compute)));
     let state = AppState {
         db,
         cfg: cfg_arc,
-        images: Arc::new(images),
+        images,
         compute,
     };
     let app = api::router(state);

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use images::ImageFormat;
@@ -14,53 +13,9 @@ use vmm::tiny_guest::{elf, TinyEnd, TinyEntry, READY_LINE};
 
 use super::*;
 
-/// Whether /dev/kvm is usable; in CI its absence is a failure, elsewhere a
-/// skip (the caller returns early).
-fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "/dev/kvm is not usable and CI=true: KVM tests must run"
-        );
-        eprintln!("skipped: /dev/kvm is not usable here");
-    }
-    ok
-}
-
-fn vmm_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("NUBO_VMM") {
-                return PathBuf::from(p);
-            }
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let newest = ["release", "debug"]
-                .iter()
-                .map(|profile| root.join("target").join(profile).join("nubo-vmm"))
-                .filter_map(|p| {
-                    let modified = std::fs::metadata(&p).ok()?.modified().ok()?;
-                    Some((modified, p))
-                })
-                .max();
-            if let Some((_, p)) = newest {
-                return p;
-            }
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "vmm", "--bin", "nubo-vmm"])
-                .current_dir(&root)
-                .status()
-                .expect("run cargo to build nubo-vmm");
-            assert!(status.success(), "cargo build -p vmm --bin nubo-vmm failed");
-            root.join("target/debug/nubo-vmm")
-        })
-        .clone()
-}
+#[path = "../../tests/common/kvm.rs"]
+mod kvm;
+use kvm::{kvm_available, vmm_binary};
 
 /// An agent on a temporary directory; on drop, SIGKILLs every VMM any test
 /// started there (through the pid files), so no process outlives a test.

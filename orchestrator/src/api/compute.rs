@@ -564,36 +564,15 @@ fn bootable_image(
     ctx: &AuthContext,
     id: &str,
 ) -> ApiResult<(Option<i64>, i64, i64)> {
-    type Row = (
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<i64>,
-        i64,
-        i64,
-    );
-    let row: Option<Row> = conn
-        .query_row(
-            "SELECT owner, visibility, status, disk_format, virtual_size, min_disk, min_ram FROM images WHERE id = ?1",
-            params![id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
-        )
-        .optional()?;
-    let Some((owner, vis, st, fmt, vsize, min_disk, min_ram)) = row else {
+    let Some(img) = super::image::lookup_visible(conn, ctx, id)? else {
         return Err(ApiError::bad_request(format!(
             "Image {id} could not be found."
         )));
     };
-    if !(ctx.is_admin() || owner == ctx.project_id || vis == "public" || vis == "community") {
-        return Err(ApiError::bad_request(format!(
-            "Image {id} could not be found."
-        )));
-    }
-    if st != "active" {
+    if img.status != "active" {
         return Err(ApiError::bad_request(format!("Image {id} is not active.")));
     }
-    match fmt.as_deref() {
+    match img.disk_format.as_deref() {
         Some("raw") | Some("qcow2") => {}
         other => {
             return Err(ApiError::bad_request(format!(
@@ -602,7 +581,7 @@ fn bootable_image(
             )))
         }
     }
-    Ok((vsize, min_disk, min_ram))
+    Ok((img.virtual_size, img.min_disk, img.min_ram))
 }
 
 /// The project's quota limit for `resource`.

@@ -83,6 +83,8 @@ pub struct ImageRow {
     pub disk_format: Option<String>,
     /// Size of the data in bytes, once uploaded.
     pub size: Option<i64>,
+    /// Size of the disk the image holds, in bytes, once uploaded.
+    pub virtual_size: Option<i64>,
     /// Minimum disk (GiB).
     pub min_disk: i64,
     /// Minimum RAM (MiB).
@@ -108,6 +110,7 @@ pub fn lookup_visible(
             visibility: img.visibility,
             disk_format: img.disk_format,
             size: img.size,
+            virtual_size: img.virtual_size,
             min_disk: img.min_disk,
             min_ram: img.min_ram,
             properties: img.properties,

@@ -62,6 +62,11 @@ pub fn set_state(
     }
 }
 
+/// Puts the server in ERROR with `message` as its fault.
+fn set_error(c: &Compute, id: &str, message: &str) {
+    set_state(c, id, status::ERROR, None, power::NOSTATE, Some(message));
+}
+
 fn load(c: &Compute, id: &str) -> Option<Server> {
     match Server::get(&c.db.lock(), id) {
         Ok(s) => s,
@@ -72,9 +77,9 @@ fn load(c: &Compute, id: &str) -> Option<Server> {
     }
 }
 
-/// Where an image's file is.
-fn image_file(c: &Compute, image_id: &str) -> PathBuf {
-    c.cfg.state_dir.join("images").join(image_id)
+/// Where an image's file is (the image store decides).
+fn image_file(c: &Compute, image_id: &str) -> Result<PathBuf, String> {
+    c.images.path(image_id).map_err(|e| e.to_string())
 }
 
 /// An active image's disk format and properties.
@@ -111,7 +116,7 @@ fn spec_for(c: &Compute, s: &Server, disk: PathBuf) -> Result<VmmSpec, String> {
         if fmt != want {
             return Err(format!("{key} {id} has disk_format {fmt}, expected {want}"));
         }
-        Ok(Some(image_file(c, &id)))
+        image_file(c, &id).map(Some)
     };
     let kernel = match side_image("kernel_id", "aki")? {
         Some(k) => k,
@@ -234,22 +239,15 @@ pub async fn build(c: Arc<Compute>, id: String) {
         Ok(Err(ClaimError::NoValidHost(why))) => {
             let msg =
                 format!("No valid host was found. There are not enough hosts available. ({why})");
-            set_state(&c, &id, status::ERROR, None, power::NOSTATE, Some(&msg));
+            set_error(&c, &id, &msg);
             return;
         }
         Ok(Err(e)) => {
-            set_state(
-                &c,
-                &id,
-                status::ERROR,
-                None,
-                power::NOSTATE,
-                Some(&e.to_string()),
-            );
+            set_error(&c, &id, &e.to_string());
             return;
         }
         Err(e) => {
-            set_state(&c, &id, status::ERROR, None, power::NOSTATE, Some(&e));
+            set_error(&c, &id, &e);
             return;
         }
     }
@@ -274,7 +272,7 @@ pub async fn build(c: Arc<Compute>, id: String) {
             }
         };
         let agent = Arc::clone(&c.agent);
-        let backing = image_file(&c, &s.image_id);
+        let backing = image_file(&c, &s.image_id)?;
         let sid = id.clone();
         let disk = blocking(move || {
             // A previous attempt (daemon killed mid-build) may have left files.
@@ -299,14 +297,7 @@ pub async fn build(c: Arc<Compute>, id: String) {
                 scheduler::release(&c2.db.lock(), &id2)
             })
             .await;
-            set_state(
-                &c,
-                &id,
-                status::ERROR,
-                None,
-                power::NOSTATE,
-                Some(&format!("Build of instance {id} aborted: {e}")),
-            );
+            set_error(&c, &id, &format!("Build of instance {id} aborted: {e}"));
         }
     }
 }
@@ -320,15 +311,8 @@ pub async fn stop(c: Arc<Compute>, id: String, busy: super::BusyGuard) {
     c.take_proc(&id);
     match r {
         Ok(Ok(())) => set_state(&c, &id, status::SHUTOFF, None, power::SHUTDOWN, None),
-        Ok(Err(e)) => set_state(
-            &c,
-            &id,
-            status::ERROR,
-            None,
-            power::NOSTATE,
-            Some(&format!("stop failed: {e}")),
-        ),
-        Err(e) => set_state(&c, &id, status::ERROR, None, power::NOSTATE, Some(&e)),
+        Ok(Err(e)) => set_error(&c, &id, &format!("stop failed: {e}")),
+        Err(e) => set_error(&c, &id, &e),
     }
     drop(busy);
 }
@@ -374,14 +358,7 @@ pub async fn reboot(c: Arc<Compute>, id: String, hard: bool, busy: super::BusyGu
     };
     match r {
         Ok(how) => record_start(&c, &id, how),
-        Err(e) => set_state(
-            &c,
-            &id,
-            status::ERROR,
-            None,
-            power::NOSTATE,
-            Some(&format!("reboot failed: {e}")),
-        ),
+        Err(e) => set_error(&c, &id, &format!("reboot failed: {e}")),
     }
     drop(busy);
 }
@@ -410,14 +387,7 @@ pub async fn delete(c: Arc<Compute>, id: String) {
     .and_then(|r| r);
     match r {
         Ok(()) => tracing::info!(server = %id, "server deleted"),
-        Err(e) => set_state(
-            &c,
-            &id,
-            status::ERROR,
-            None,
-            power::NOSTATE,
-            Some(&format!("delete failed: {e}")),
-        ),
+        Err(e) => set_error(&c, &id, &format!("delete failed: {e}")),
     }
     drop(busy);
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use crate::agent::{Agent, VmmProcess};
 use crate::config::Config;
 use crate::db::Db;
+use crate::image_store::ImageStore;
 use scheduler::{Capacity, Inventory};
 
 /// The compute service: shared by the API handlers and the background tasks.
@@ -22,6 +23,8 @@ pub struct Compute {
     pub cfg: Arc<Config>,
     /// Runs the VMMs.
     pub agent: Arc<Agent>,
+    /// Image files (boot disks' backing files, kernels, ramdisks).
+    pub images: Arc<ImageStore>,
     /// The host's inventory (read at start).
     pub inventory: Inventory,
     /// Capacity after reservations and ratios.
@@ -50,7 +53,12 @@ impl Drop for BusyGuard {
 
 impl Compute {
     /// The service for `cfg`, with the host inventory read now.
-    pub fn new(db: Db, cfg: Arc<Config>, agent: Arc<Agent>) -> Arc<Compute> {
+    pub fn new(
+        db: Db,
+        cfg: Arc<Config>,
+        agent: Arc<Agent>,
+        images: Arc<ImageStore>,
+    ) -> Arc<Compute> {
         let inventory = Inventory::of_host(&cfg.state_dir);
         let capacity = scheduler::capacity(&inventory, &cfg.overcommit);
         tracing::info!(?inventory, ?capacity, "compute capacity");
@@ -58,6 +66,7 @@ impl Compute {
             db,
             cfg,
             agent,
+            images,
             inventory,
             capacity,
             procs: Mutex::new(HashMap::new()),

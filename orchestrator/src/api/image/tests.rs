@@ -137,14 +137,14 @@ async fn start(max_image_size: u64) -> Server {
         quotas: Default::default(),
         admin_password: None,
     });
-    let images = ImageStore::new(dir.path().join("images"), max_image_size).unwrap();
+    let images = Arc::new(ImageStore::new(dir.path().join("images"), max_image_size).unwrap());
     let agent =
         crate::agent::Agent::new(dir.path().join("no-vmm"), dir.path().join("instances")).unwrap();
     let state = AppState {
         db: db.clone(),
         cfg: cfg.clone(),
-        images: Arc::new(images),
-        compute: crate::compute::Compute::new(db.clone(), cfg, Arc::new(agent)),
+        images: Arc::clone(&images),
+        compute: crate::compute::Compute::new(db.clone(), cfg, Arc::new(agent), images),
     };
     let app = crate::api::router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
