@@ -88,6 +88,7 @@ impl I8042Device {
             CMD_KBD_INTERFACE_TEST => self.push_output(0x00),
             CMD_WRITE_AUX => self.data_target = DataTarget::Aux,
             CMD_RESET_CPU => {
+                tracing::info!("guest sent the i8042 CPU reset command");
                 if let Err(e) = self.reset.trigger() {
                     tracing::warn!(error = %e, "i8042 reset event failed");
                 }

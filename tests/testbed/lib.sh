@@ -14,7 +14,24 @@ CR=$(printf '\r')
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-60}   # seconds per VMM/QEMU invocation
 WORK=${TESTBED_WORK:-$(mktemp -d)}
 
-fail() { echo "FAIL: $*"; exit 1; }
+# A failed scenario whose guest triple-faulted exits 75: runner.sh runs it
+# once more. Under the testbed's QEMU/TCG nested SVM, L2 guests now and then
+# triple-fault in early boot whichever VMM runs them (QEMU+KVM in L1 does it
+# too); no scenario makes a Linux guest triple-fault on purpose.
+fail() {
+    echo "FAIL: $*"
+    if guest_triple_faulted; then
+        echo "TESTBED-NESTED-FAULT the guest triple-faulted (nested QEMU/TCG SVM fault, not an expected reset)"
+        exit 75
+    fi
+    exit 1
+}
+guest_triple_faulted() {
+    for f in "$WORK/vmm.err" ${BOOT_ERR:+"$BOOT_ERR"}; do
+        [ -f "$f" ] && grep -q 'guest triple-faulted' "$f" && return 0
+    done
+    return 1
+}
 skip() { echo "SKIP: $*"; exit 77; }   # runner.sh reports status=skip
 info() { echo "# $*"; }
 
@@ -110,7 +127,7 @@ expect_ready() {
 # vmm_boot KERNEL CPUS [THEN]: the standard nubo-vmm boot check with 512M.
 vmm_boot() {
     need_vmm
-    boot_guest vmm "$NUBO_VMM" run --kernel "$1" --initrd "$L2_INITRD" \
+    boot_guest vmm env NUBO_LOG="${NUBO_LOG:-info}" "$NUBO_VMM" run --kernel "$1" --initrd "$L2_INITRD" \
         --cmdline "console=ttyS0 quiet nubo.then=${3:-poweroff}" \
         --cpus "$2" --memory 512M
     report_boot
@@ -129,14 +146,15 @@ api_scenario_init() {
 }
 # start_vmm "CMDLINE WORDS" [EXTRA VMM ARGS...]: the VMM runs in the
 # background; its pid goes to vmm.pid, its exit status to vmm.rc.
-# API_CPUS sets the guest's vCPUs (default 2).
+# API_CPUS sets the guest's vCPUs (default 1: SMP is the boot-*-2cpu
+# scenarios' subject, and api-pause-resume's).
 start_vmm() {
     words=$1; shift
     rm -f "$WORK/vmm.pid" "$WORK/vmm.rc" "$SOCK"; : >"$CON"
-    info "run: nubo-vmm run --cmdline 'console=ttyS0 $words' --cpus ${API_CPUS:-2} --memory 512M --api-socket $SOCK $*"
+    info "run: nubo-vmm run --cmdline 'console=ttyS0 $words' --cpus ${API_CPUS:-1} --memory 512M --api-socket $SOCK $*"
     (
-        "$NUBO_VMM" run --kernel "$L2_BZIMAGE" --initrd "$L2_INITRD" \
-            --cmdline "console=ttyS0 $words" --cpus "${API_CPUS:-2}" --memory 512M \
+        NUBO_LOG=${NUBO_LOG:-info} "$NUBO_VMM" run --kernel "$L2_BZIMAGE" --initrd "$L2_INITRD" \
+            --cmdline "console=ttyS0 $words" --cpus "${API_CPUS:-1}" --memory 512M \
             --serial "file=$CON" --api-socket "$SOCK" "$@" \
             </dev/null >"$WORK/vmm.out" 2>"$WORK/vmm.err" &
         echo $! >"$WORK/vmm.pid"

@@ -130,7 +130,7 @@ PIDFILE=$OUTDIR/qemu.$$.pid
 rm -f "$PIDFILE"
 exec {qfd}< <(
     timeout --foreground -k 10 "$TIMEOUT" \
-        qemu-system-x86_64 -accel tcg,thread=multi -cpu max,-xsave -M q35 \
+        qemu-system-x86_64 -accel "tcg,thread=${TESTBED_TCG_THREAD:-multi}" -cpu max,-xsave -M q35 \
             -smp "${TESTBED_L1_CPUS:-2}" -m "${TESTBED_L1_MEM:-2048}" \
             -nographic -no-reboot -nic none -pidfile "$PIDFILE" \
             -kernel "$GUEST/bzImage" -initrd "$L1_INITRD" \

@@ -8,7 +8,9 @@
 #   TESTBED-BEGIN NAME
 #   ...scenario output (stdout+stderr)...
 #   TESTBED-END NAME status=pass|fail|skip rc=N ms=N
-# then finally `TESTBED-DONE`. Exit 0 = pass, 77 = skip, anything else = fail.
+# then finally `TESTBED-DONE`. Exit 0 = pass, 77 = skip, 75 = the guest
+# triple-faulted (the scenario runs once more, after a `TESTBED-RETRY NAME
+# reason` line; its second result counts), anything else = fail.
 #
 # Scenario headers (optional comment lines):
 #   # testbed-timeout: SECONDS   (default $TESTBED_SCENARIO_TIMEOUT or 180)
@@ -64,6 +66,15 @@ for n in $names; do
     set +e
     (cd "$TESTBED_WORK" && exec timeout "$limit" sh "$f" </dev/null 2>&1)
     rc=$?
+    if [ "$rc" = 75 ]; then
+        # lib.sh's fail(): the guest triple-faulted (a known nested-emulation
+        # fault). One more run decides; a second fault fails the scenario.
+        reap_leftovers
+        echo "TESTBED-RETRY $n the guest triple-faulted; running the scenario once more"
+        rm -rf "$TESTBED_WORK"; mkdir -p "$TESTBED_WORK"
+        (cd "$TESTBED_WORK" && exec timeout "$limit" sh "$f" </dev/null 2>&1)
+        rc=$?
+    fi
     set -e
     t1=$(uptime_now)
     ms=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%d", (b - a) * 1000 + 0.5 }')

@@ -71,7 +71,7 @@ trap 'kill_qemu; exit 143' TERM
 trap 'kill_qemu; rm -f "$PIDFILE"' EXIT
 
 timeout -k 10 "$TIMEOUT" \
-    qemu-system-x86_64 -accel tcg,thread=multi -cpu max,-xsave -M q35 \
+    qemu-system-x86_64 -accel "tcg,thread=${TESTBED_TCG_THREAD:-multi}" -cpu max,-xsave -M q35 \
         -smp "${TESTBED_L1_CPUS:-2}" -m "${TESTBED_L1_MEM:-3072}" \
         -display none -monitor none -serial "file:$LOG" -no-reboot \
         -nic "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:$API_PORT-:8774,hostfwd=tcp:127.0.0.1:$CTL_PORT-:8775" \

@@ -572,6 +572,37 @@ impl Testbed {
         out
     }
 
+    /// In L1 mode, why the testbed VM itself failed, if it did: its QEMU
+    /// exited, its kernel reported a stuck CPU or panicked (L1's panic report
+    /// names QEMU's q35; an L2 guest's does not), or it stopped answering the
+    /// control endpoint. Keeps the console log as console-attempt1.log.
+    fn l1_trouble(&mut self) -> Option<String> {
+        if !matches!(self.mode, Mode::L1) {
+            return None;
+        }
+        let console = root().join("target/testbed-serve/console.log");
+        let _ = std::fs::copy(&console, console.with_file_name("console-attempt1.log"));
+        if let Some(child) = self.serve.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(format!("the testbed VM exited ({status})"));
+            }
+        }
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        if log.contains("soft lockup - CPU#") {
+            return Some("L1 reported a soft lockup".into());
+        }
+        if log.contains("Kernel panic - not syncing")
+            && log.contains("Hardware name: QEMU Standard PC (Q35")
+        {
+            return Some("L1's kernel panicked".into());
+        }
+        let (out, _) = self.ctl_limited("echo l1-alive", Duration::from_secs(30));
+        if !out.contains("l1-alive") {
+            return Some("L1 stopped answering its control endpoint".into());
+        }
+        None
+    }
+
     /// Whether the daemon named by the pid file is alive (not a zombie).
     fn daemon_alive(&self) -> bool {
         let (_, rc) = self.ctl_limited(
@@ -1134,33 +1165,60 @@ fn harness_checks(tb: &Testbed) -> Result<(), String> {
 
 #[test]
 fn openstack_cli_workflow() {
-    let mut tb = match Testbed::start() {
-        Ok(tb) => tb,
-        Err(Start::Skip(reason)) => {
-            let msg = format!("SKIPPED openstack_cli_workflow: {reason}");
-            progress(&msg);
-            println!("{msg}");
+    for attempt in 1..=2 {
+        let mut tb = match Testbed::start() {
+            Ok(tb) => tb,
+            Err(Start::Skip(reason)) => {
+                let msg = format!("SKIPPED openstack_cli_workflow: {reason}");
+                progress(&msg);
+                println!("{msg}");
+                return;
+            }
+            Err(Start::Fail(reason)) => panic!("openstack CLI harness: {reason}"),
+        };
+        let Err(e) = workflow(&mut tb) else {
             return;
+        };
+        if attempt == 1 {
+            if let Some(trouble) = tb.l1_trouble() {
+                // A known fault of the testbed's nested QEMU/TCG SVM, not of
+                // nubo: the whole workflow runs once more on a fresh L1.
+                let msg = format!(
+                    "WARNING: L1 failed during the workflow ({trouble}); running the workflow \
+                     once more on a fresh testbed. First failure:\n{}",
+                    tail(&e, 2000)
+                );
+                progress(&msg);
+                println!("{msg}");
+                drop(tb);
+                continue;
+            }
         }
-        Err(Start::Fail(reason)) => panic!("openstack CLI harness: {reason}"),
-    };
+        panic!("{e}");
+    }
+}
+
+/// The CLI workflow against a started testbed; `Err` holds every failed
+/// step's report.
+fn workflow(tb: &mut Testbed) -> Result<(), String> {
     let harness_only = env_is("NUBO_OSC_HARNESS_ONLY", "1");
-    if let Err(e) = harness_checks(&tb) {
+    if let Err(e) = harness_checks(tb) {
         if harness_only && e.starts_with("no nubo binary") {
             progress(&format!("harness ok; {e}"));
-            return;
+            return Ok(());
         }
-        panic!("harness check failed: {e}");
+        return Err(format!("harness check failed: {e}"));
     }
     if harness_only {
         progress("NUBO_OSC_HARNESS_ONLY=1: harness ok, not running the workflow");
-        return;
+        return Ok(());
     }
-    if let Err(e) = tb.wait_api(Duration::from_secs(180)) {
-        panic!("{e}");
-    }
+    tb.wait_api(Duration::from_secs(180))?;
     if let Err(e) = tb.load_openrc() {
-        panic!("{e}\n--- daemon log ---\n{}", tb.daemon_log_tail(40));
+        return Err(format!(
+            "{e}\n--- daemon log ---\n{}",
+            tb.daemon_log_tail(40)
+        ));
     }
 
     let tag = format!(
@@ -1177,7 +1235,7 @@ fn openstack_cli_workflow() {
             .ok()
             .map(|s| s.split(',').map(|x| x.trim().to_string()).collect()),
     };
-    let tb = &tb;
+    let tb = &*tb;
     let mut cx = Ctx {
         tb,
         tag,
@@ -1195,7 +1253,7 @@ fn openstack_cli_workflow() {
         })
     });
     if !ok {
-        panic!("{}", steps.failed.join("\n\n"));
+        return Err(steps.failed.join("\n\n"));
     }
     for i in 1..=2 {
         let (p, u, pw) = (
@@ -1674,12 +1732,13 @@ fn openstack_cli_workflow() {
     }
 
     if !steps.failed.is_empty() {
-        panic!(
+        return Err(format!(
             "{} step(s) failed:\n\n{}",
             steps.failed.len(),
             steps.failed.join("\n\n")
-        );
+        ));
     }
+    Ok(())
 }
 
 #[cfg(test)]

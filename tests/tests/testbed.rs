@@ -11,6 +11,11 @@
 //! `NUBO_SKIP_TESTBED=1` or `qemu-system-x86_64` is missing (and the host has
 //! no hardware KVM).
 //!
+//! A scenario whose guest triple-faulted (a known fault of the testbed's
+//! nested QEMU/TCG SVM, which QEMU+KVM guests in L1 show too) runs once more
+//! inside the same testbed run (runner.sh, `TESTBED-RETRY`); a pass after such
+//! a retry prints a NOTE line.
+//!
 //! Knobs: `TESTBED_TIMEOUT` (seconds, default 1500), `NUBO_TESTBED_QUIET=1`
 //! (no live progress lines on stderr). Console log: target/testbed/console.log.
 
@@ -197,7 +202,8 @@ fn parse(lines: &[String]) -> (BTreeMap<String, Scenario>, bool, Option<String>)
     (scenarios, done, kvm)
 }
 
-fn run_testbed() -> Outcome {
+/// Runs the testbed: every scenario (`only` empty) or just the named ones.
+fn run_testbed(only: &[String]) -> Outcome {
     if let Some(reason) = skip_reason() {
         return Outcome::Skipped(reason);
     }
@@ -217,7 +223,8 @@ fn run_testbed() -> Outcome {
         log_path.display()
     ));
     let mut cmd = Command::new(&script);
-    cmd.current_dir(&root)
+    cmd.args(only)
+        .current_dir(&root)
         .env("NUBO_VMM", root.join("target/release/nubo-vmm"))
         .env("TESTBED_WITH_QEMU", "1")
         .env_remove("TESTBED_SCENARIOS")
@@ -286,37 +293,100 @@ fn run_testbed() -> Outcome {
 
 /// Whether the L1 kernel reported a stuck CPU (the nested-virtualisation
 /// hang seen now and then: L2 spins with its clock stopped, L1's vCPU thread
-/// never leaves KVM_RUN) or crashed itself (seen once: "corrupted stack end
-/// detected inside scheduler" in a VMM's vCPU thread, while KVM ran a nested
-/// guest). Every scenario after it fails with it. An L1 panic is told from an
-/// L2 one by L1's machine name, QEMU's q35, in the panic report.
-fn l1_cpu_stuck(run: &Run) -> bool {
-    std::fs::read_to_string(&run.log_path)
-        .map(|log| {
-            log.contains("soft lockup - CPU#")
-                || (log.contains("Kernel panic - not syncing")
-                    && log.contains("Hardware name: QEMU Standard PC (Q35"))
-        })
-        .unwrap_or(false)
+/// never leaves KVM_RUN) or crashed itself (seen: "corrupted stack end
+/// detected inside scheduler" in a VMM's vCPU thread; a page fault on a lost
+/// GS base right after VMRUN, an interrupt QEMU/TCG delivered with GIF clear).
+/// Every scenario after it fails with it. An L1 panic is told from an L2 one
+/// by L1's machine name, QEMU's q35, in the panic report.
+fn l1_in_trouble(run: &Run) -> bool {
+    !run.done
+        || std::fs::read_to_string(&run.log_path)
+            .map(|log| {
+                log.contains("soft lockup - CPU#")
+                    || (log.contains("Kernel panic - not syncing")
+                        && log.contains("Hardware name: QEMU Standard PC (Q35"))
+            })
+            .unwrap_or(false)
 }
 
-/// Runs the testbed; after an L1 CPU hang it runs once more, saying so
-/// loudly. The hang is a known open bug (see the README's benchmark notes):
-/// a second hang in a row still fails the tests.
+/// How many times the testbed may be booted again after L1 itself failed.
+const L1_RETRIES: usize = 2;
+
+/// Runs the testbed. When L1 itself failed (a stuck or crashed L1 kernel, or
+/// an L1 that stopped answering and was killed by run.sh's watchdog: known
+/// faults of QEMU/TCG's nested SVM, see the README's testbed notes), a fresh
+/// L1 runs the scenarios that have no pass yet, at most [`L1_RETRIES`]
+/// times, saying so loudly; results of the earlier runs' passed scenarios
+/// stand. A scenario that fails twice while L1 is healthy still fails.
 fn run_testbed_with_retry() -> Outcome {
-    match run_testbed() {
-        Outcome::Ran(run) if !run.exit_ok && l1_cpu_stuck(&run) => {
-            let first = run.log_path.with_file_name("console-stuck.log");
-            let _ = std::fs::copy(&run.log_path, &first);
-            eprintln!(
-                "WARNING: L1 got stuck (soft lockup) or its kernel crashed during the testbed run; \
-                 running the testbed once more (first log kept in {})",
-                first.display()
-            );
-            run_testbed()
+    let mut run = match run_testbed(&[]) {
+        Outcome::Ran(run) => run,
+        skipped => return skipped,
+    };
+    for attempt in 1..=L1_RETRIES {
+        if run.exit_ok || !l1_in_trouble(&run) {
+            break;
         }
-        other => other,
+        let kept = run
+            .log_path
+            .with_file_name(format!("console-attempt{attempt}.log"));
+        let _ = std::fs::copy(&run.log_path, &kept);
+        let all = all_scenarios();
+        let redo: Vec<String> = all
+            .iter()
+            .filter(|n| {
+                run.scenarios
+                    .get(n.as_str())
+                    .is_none_or(|sc| sc.status != "pass")
+            })
+            .cloned()
+            .collect();
+        if redo.is_empty() {
+            break;
+        }
+        let msg = format!(
+            "WARNING: L1 got stuck, crashed or stopped answering during testbed run {attempt} \
+             (log kept in {}); booting a fresh L1 for the {} scenario(s) without a pass: {}",
+            kept.display(),
+            redo.len(),
+            redo.join(" ")
+        );
+        eprintln!("{msg}");
+        let again = match run_testbed(&redo) {
+            Outcome::Ran(r) => r,
+            skipped => return skipped,
+        };
+        let mut merged = run;
+        merged.notes.push(msg);
+        merged.notes.extend(again.notes);
+        merged.scenarios.extend(again.scenarios);
+        merged.done = again.done;
+        merged.exit_ok = again.exit_ok;
+        merged.kvm_line = again.kvm_line.or(merged.kvm_line);
+        merged.console_tail = again.console_tail;
+        run = merged;
     }
+    Outcome::Ran(run)
+}
+
+/// Every scenario file, by name: under tests/testbed/scenarios/, or under
+/// `TESTBED_SCENARIO_DIR` when set (as run.sh reads it).
+fn all_scenarios() -> Vec<String> {
+    let dir = std::env::var_os("TESTBED_SCENARIO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("tests/testbed/scenarios"));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("sh"))
+                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 fn testbed() -> &'static Outcome {
@@ -375,6 +445,11 @@ fn check(name: &str) {
                 })
                 .collect();
             println!("{name}: pass in {} ms {}", sc.ms, metrics.join(" "));
+            // A pass on the second run after a nested-emulation triple fault
+            // (runner.sh's TESTBED-RETRY) is said out loud, never hidden.
+            for retry in sc.output.iter().filter(|l| l.contains("TESTBED-RETRY ")) {
+                println!("NOTE: {name}: {}", retry.trim());
+            }
         }
         "skip" if !in_ci() => println!("skipped: {name}: {}", sc.output.join(" | ")),
         _ => {
@@ -432,20 +507,19 @@ fn testbed_completed_and_other_scenarios_pass() {
         run.console_tail.join("\n"),
         run.log_path.display()
     );
-    let dir = workspace_root().join("tests/testbed/scenarios");
-    let mut others = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("scenarios dir") {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("sh") {
-            continue;
-        }
-        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        if !SCENARIOS.contains(&name.as_str()) {
-            others.push(name);
-        }
-    }
+    let others: Vec<String> = all_scenarios()
+        .into_iter()
+        .filter(|n| !SCENARIOS.contains(&n.as_str()))
+        .collect();
+    assert!(
+        !others.is_empty(),
+        "no scenarios found under tests/testbed/scenarios"
+    );
     for name in &others {
         check(name);
+    }
+    for n in &run.notes {
+        println!("note: {n}");
     }
     if !run.exit_ok {
         println!("note: run.sh exited non-zero (failures are reported by the per-scenario tests)");

@@ -13,6 +13,8 @@ counter_uptime() { # counter_uptime N: the uptime field of "COUNTER N ..."
     tr -d '\r' <"$CON" | awk -v n="$1" '$1 == "COUNTER" && $2 == n { print $3; exit }'
 }
 
+# Two vCPUs: pausing must stop (and resuming restart) every vCPU thread.
+API_CPUS=2
 start_vmm "quiet nubo.then=counter"
 wait_line NUBO-GUEST-READY "$READY_TIMEOUT"
 wait_line '^COUNTER 5 ' 30
