@@ -596,11 +596,16 @@ impl Testbed {
         {
             return Some("L1's kernel panicked".into());
         }
-        let (out, _) = self.ctl_limited("echo l1-alive", Duration::from_secs(30));
-        if !out.contains("l1-alive") {
+        if !self.l1_answers() {
             return Some("L1 stopped answering its control endpoint".into());
         }
         None
+    }
+
+    /// Whether the testbed's control endpoint runs a trivial script.
+    fn l1_answers(&self) -> bool {
+        let (out, _) = self.ctl_limited("echo l1-alive", Duration::from_secs(30));
+        out.contains("l1-alive")
     }
 
     /// Whether the daemon named by the pid file is alive (not a zombie).
@@ -878,6 +883,9 @@ impl Drop for Testbed {
 struct Steps {
     failed: Vec<String>,
     only: Option<Vec<String>>,
+    /// Set when a step failed and L1 no longer answered: later steps would
+    /// only wait out their time limits, so they are not run.
+    l1_gone: bool,
 }
 
 impl Steps {
@@ -900,6 +908,10 @@ impl Steps {
             progress(&format!("step {name}: not selected (NUBO_OSC_STEPS)"));
             return true;
         }
+        if self.l1_gone {
+            progress(&format!("step {name}: not run (L1 stopped answering)"));
+            return false;
+        }
         progress(&format!("step {name} ..."));
         let start = Instant::now();
         match f() {
@@ -918,6 +930,10 @@ impl Steps {
                 );
                 progress(&msg);
                 self.failed.push(msg);
+                if matches!(tb.mode, Mode::L1) && !tb.l1_answers() {
+                    progress("L1 stopped answering: the remaining steps are not run");
+                    self.l1_gone = true;
+                }
                 false
             }
         }
@@ -1234,6 +1250,7 @@ fn workflow(tb: &mut Testbed) -> Result<(), String> {
         only: std::env::var("NUBO_OSC_STEPS")
             .ok()
             .map(|s| s.split(',').map(|x| x.trim().to_string()).collect()),
+        l1_gone: false,
     };
     let tb = &*tb;
     let mut cx = Ctx {
