@@ -235,6 +235,52 @@ fn scheduler_cpu_overcommit_fills_then_refuses_then_frees() {
         slots,
         "{slots} ACTIVE servers ({cpus} CPUs × {ratio}) need {slots} VMMs"
     );
+    // The hypervisor view shows the host's CPUs and what the servers took.
+    let r = c.req("GET", "/compute/v2.1/os-hypervisors/detail", Some(&t), None);
+    c.expect("hypervisor list", &r, 200);
+    let h = &r.json()["hypervisors"][0];
+    assert_eq!(h["vcpus"], cpus as u64, "{h}");
+    assert_eq!(h["vcpus_used"], slots as u64, "{h}");
+    assert_eq!(h["running_vms"], slots as u64, "{h}");
+    assert_eq!(h["memory_mb_used"], 64 * slots as u64, "{h}");
+    assert_eq!(h["state"], "up", "{h}");
+    let id = h["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("integer id: {h}"));
+    let r = c.req(
+        "GET",
+        &format!("/compute/v2.1/os-hypervisors/{id}"),
+        Some(&t),
+        None,
+    );
+    c.expect("hypervisor show", &r, 200);
+    assert_eq!(r.json()["hypervisor"]["vcpus_used"], slots as u64);
+    let r = c.req(
+        "GET",
+        "/compute/v2.1/os-hypervisors/statistics",
+        Some(&t),
+        None,
+    );
+    c.expect("hypervisor statistics", &r, 200);
+    assert_eq!(r.json()["hypervisor_statistics"]["count"], 1);
+    assert_eq!(
+        r.json()["hypervisor_statistics"]["vcpus_used"],
+        slots as u64
+    );
+    let r = c.req(
+        "GET",
+        &format!("/compute/v2.1/os-hypervisors/{id}/uptime"),
+        Some(&t),
+        None,
+    );
+    c.expect("hypervisor uptime", &r, 200);
+    let up = r.json()["hypervisor"]["uptime"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(up.contains(" up ") && up.contains("load average: "), "{up}");
+    let r = c.req("GET", "/compute/v2.1/os-hypervisors/999", Some(&t), None);
+    c.expect("unknown hypervisor", &r, 404);
     let extra = c.create_server(&t, "one-too-many", &image, &flavor);
     let s = c.wait_status(&t, &extra, "ERROR", &["BUILD"], BUILD_LIMIT);
     assert!(
@@ -400,6 +446,22 @@ fn projects_are_isolated() {
         Some(&json!({ "quota_set": { "instances": 100 } })),
     );
     c.expect("u2 raises its own quota", &r, 403);
+    for path in [
+        "/compute/v2.1/os-hypervisors/detail",
+        "/compute/v2.1/os-hypervisors/statistics",
+        "/compute/v2.1/os-services",
+    ] {
+        let r = c.req("GET", path, Some(&t2), None);
+        c.expect(&format!("u2 reads the admin-only {path}"), &r, 403);
+    }
+    let r = c.req("GET", "/compute/v2.1/os-availability-zone", Some(&t2), None);
+    c.expect("u2 lists availability zones", &r, 200);
+    assert_eq!(
+        r.json()["availabilityZoneInfo"][0]["zoneName"],
+        "nova",
+        "{}",
+        r.text()
+    );
     // Admin's server was not touched.
     let s = c.server(&t, &id);
     assert_eq!(

@@ -1351,6 +1351,42 @@ fn workflow(tb: &mut Testbed) -> Result<(), String> {
     // --- images
     let raw = cx.n("guest-raw");
     let qcow = cx.n("guest-qcow2");
+    // --- the host as the admin sees it (os-hypervisors, os-services, AZs)
+    steps.run(tb, "hypervisors", false, || {
+        let list = tb.osc_json(&["hypervisor", "list", "--long"])?;
+        let rows = list.as_array().cloned().unwrap_or_default();
+        ensure(rows.len() == 1, || format!("hypervisor list: {list}"))?;
+        let h = &rows[0];
+        ensure(
+            h["State"] == "up" && h["vCPUs"].as_u64().unwrap_or(0) >= 1,
+            || format!("hypervisor list row: {h}"),
+        )?;
+        let name = field(h, "Hypervisor Hostname").to_string();
+        let show = tb.osc_json(&["hypervisor", "show", &name])?;
+        ensure(
+            show["memory_mb"].as_u64().unwrap_or(0) > 0 && !field(&show, "uptime").is_empty(),
+            || format!("hypervisor show {name}: {show}"),
+        )?;
+        let stats = tb.osc_json(&["hypervisor", "stats", "show"])?;
+        ensure(stats["count"] == 1, || format!("hypervisor stats: {stats}"))?;
+        let services = tb.osc_json(&["compute", "service", "list"])?;
+        ensure(
+            services.as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|s| s["Binary"] == "nova-compute" && s["State"] == "up")
+            }),
+            || format!("compute service list: {services}"),
+        )?;
+        let zones = tb.osc_json(&["availability", "zone", "list", "--compute"])?;
+        ensure(
+            zones.as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|z| z["Zone Name"] == "nova" && z["Zone Status"] == "available")
+            }),
+            || format!("availability zone list: {zones}"),
+        )
+    });
+
     steps.run(tb, "images", true, || {
         let rootfs = cx.rootfs();
         let qcow2 = cx.qcow2();

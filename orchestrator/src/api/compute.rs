@@ -1,5 +1,6 @@
 //! Compute v2.1 (Nova subset): flavors, servers, server actions, limits and
-//! quota sets. Microversion 2.1 shapes only (we advertise max 2.1).
+//! quota sets; the host views are in `compute_host`. Microversion 2.1
+//! shapes only (we advertise max 2.1).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub fn router() -> Router<AppState> {
             "/v2.1/os-quota-sets/{project}/detail",
             get(show_quota_detail),
         )
+        .merge(super::compute_host::router())
         .layer(axum::middleware::map_response(version_headers))
 }
 
@@ -87,7 +89,8 @@ fn check_microversion(headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
-fn require_admin(ctx: &AuthContext, what: &str) -> ApiResult<()> {
+/// 403 in Nova's words unless the caller is an admin.
+pub(super) fn require_admin(ctx: &AuthContext, what: &str) -> ApiResult<()> {
     if ctx.is_admin() {
         Ok(())
     } else {

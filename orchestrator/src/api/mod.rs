@@ -2,6 +2,7 @@
 //! (`/identity`, `/image`, `/compute`), all listed in the token's catalog.
 
 pub mod compute;
+pub mod compute_host;
 pub mod discovery;
 pub mod error;
 pub mod extract;

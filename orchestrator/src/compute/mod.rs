@@ -15,6 +15,20 @@ use crate::db::Db;
 use crate::image_store::ImageStore;
 use scheduler::{Capacity, Inventory};
 
+/// This host's name (`/proc/sys/kernel/hostname`, read once): the
+/// hypervisor's and compute service's name, and servers' `host`.
+pub fn host_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|s| s.trim().to_string())
+            // "(none)" is the kernel's name for "never set".
+            .filter(|s| !s.is_empty() && s != "(none)")
+            .unwrap_or_else(|| "localhost".into())
+    })
+}
+
 /// The compute service: shared by the API handlers and the background tasks.
 pub struct Compute {
     /// State database.

@@ -282,8 +282,8 @@ impl Server {
             key_name: None,
             security_groups: [],
             volumes_attached: [],
-            host: admin.then_some("localhost"),
-            hypervisor_hostname: admin.then_some("localhost"),
+            host: admin.then(super::host_name),
+            hypervisor_hostname: admin.then(super::host_name),
             instance_name: admin.then(|| format!("instance-{}", self.id)),
             fault,
         }

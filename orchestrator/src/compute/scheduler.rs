@@ -35,7 +35,7 @@ impl Inventory {
             })
             .map(|kb| kb / 1024)
             .unwrap_or(0);
-        let disk_gb = statvfs_gb(state_dir).unwrap_or(0);
+        let disk_gb = fs_gb(state_dir).map(|f| f.total).unwrap_or(0);
         Inventory {
             vcpus,
             memory_mb,
@@ -44,7 +44,17 @@ impl Inventory {
     }
 }
 
-fn statvfs_gb(path: &std::path::Path) -> Option<u64> {
+/// Size and free space (for unprivileged users) of a filesystem, in GiB.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FsGb {
+    /// Whole filesystem.
+    pub total: u64,
+    /// Available to unprivileged users.
+    pub free: u64,
+}
+
+/// [`FsGb`] of the filesystem holding `path`.
+pub fn fs_gb(path: &std::path::Path) -> Option<FsGb> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly
@@ -55,7 +65,11 @@ fn statvfs_gb(path: &std::path::Path) -> Option<u64> {
     if rc != 0 {
         return None;
     }
-    Some((st.f_blocks as u64).saturating_mul(st.f_frsize as u64) >> 30)
+    let gb = |blocks: u64| blocks.saturating_mul(st.f_frsize as u64) >> 30;
+    Some(FsGb {
+        total: gb(st.f_blocks as u64),
+        free: gb(st.f_bavail as u64),
+    })
 }
 
 /// Capacity per resource class after reservations and ratios.
