@@ -334,6 +334,18 @@ fn quota_instances_is_enforced_and_admin_can_raise_it() {
     );
     c.expect("raise the quota", &r, 200);
     assert_eq!(r.json()["quota_set"]["instances"], 2, "{r}");
+    let r = c.req(
+        "GET",
+        &format!("/compute/v2.1/os-quota-sets/{project}/defaults"),
+        Some(&t),
+        None,
+    );
+    c.expect("quota defaults", &r, 200);
+    assert_eq!(
+        r.json()["quota_set"]["instances"],
+        1,
+        "defaults stay --quota-instances: {r}"
+    );
     let second = c.create_server(&t, "q2", &image, &flavor);
     let r = c.create_server_resp(&t, "q3", &image, &flavor);
     c.expect("third server over the raised quota", &r, 403);
@@ -454,6 +466,26 @@ fn projects_are_isolated() {
         let r = c.req("GET", path, Some(&t2), None);
         c.expect(&format!("u2 reads the admin-only {path}"), &r, 403);
     }
+    let r = c.req("GET", "/identity/v3/endpoints", Some(&t2), None);
+    c.expect("u2 lists the catalog's endpoints", &r, 403);
+    let r = c.req("GET", "/identity/v3/endpoints", Some(&t), None);
+    c.expect("admin lists the catalog's endpoints", &r, 200);
+    let endpoints = r.json()["endpoints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        endpoints
+            .iter()
+            .any(|e| e["service_id"] == "nova" && e["interface"] == "public"),
+        "{}",
+        r.text()
+    );
+    let r = c.req("GET", "/identity/v3/services/nova", Some(&t), None);
+    c.expect("admin shows the compute service", &r, 200);
+    assert_eq!(r.json()["service"]["type"], "compute", "{}", r.text());
+    let r = c.req("GET", "/identity/v3/regions", Some(&t2), None);
+    c.expect("u2 lists regions", &r, 200);
     let r = c.req("GET", "/compute/v2.1/os-availability-zone", Some(&t2), None);
     c.expect("u2 lists availability zones", &r, 200);
     assert_eq!(

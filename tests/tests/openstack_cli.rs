@@ -1351,6 +1351,43 @@ fn workflow(tb: &mut Testbed) -> Result<(), String> {
     // --- images
     let raw = cx.n("guest-raw");
     let qcow = cx.n("guest-qcow2");
+    // --- the catalog as resources, and default quotas
+    steps.run(tb, "catalog", false, || {
+        let services = tb.osc_json(&["service", "list"])?;
+        ensure(
+            services.as_array().is_some_and(|a| {
+                ["identity", "compute", "image"]
+                    .iter()
+                    .all(|t| a.iter().any(|s| s["Type"] == *t))
+            }),
+            || format!("service list: {services}"),
+        )?;
+        let eps = tb.osc_json(&[
+            "endpoint",
+            "list",
+            "--service",
+            "compute",
+            "--interface",
+            "public",
+        ])?;
+        ensure(
+            eps.as_array()
+                .is_some_and(|a| a.len() == 1 && field(&a[0], "URL").ends_with("/compute/v2.1")),
+            || format!("endpoint list --service compute --interface public: {eps}"),
+        )?;
+        let regions = tb.osc_json(&["region", "list"])?;
+        ensure(
+            regions
+                .as_array()
+                .is_some_and(|a| a.iter().any(|r| r["Region"] == "RegionOne")),
+            || format!("region list: {regions}"),
+        )?;
+        let q = tb.osc_json(&["quota", "show", "--default"])?;
+        ensure(q.to_string().contains("instances"), || {
+            format!("quota show --default: {q}")
+        })
+    });
+
     // --- the host as the admin sees it (os-hypervisors, os-services, AZs)
     steps.run(tb, "hypervisors", false, || {
         let list = tb.osc_json(&["hypervisor", "list", "--long"])?;

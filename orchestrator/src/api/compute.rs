@@ -45,6 +45,10 @@ pub fn router() -> Router<AppState> {
             "/v2.1/os-quota-sets/{project}/detail",
             get(show_quota_detail),
         )
+        .route(
+            "/v2.1/os-quota-sets/{project}/defaults",
+            get(show_quota_defaults),
+        )
         .merge(super::compute_host::router())
         .layer(axum::middleware::map_response(version_headers))
 }
@@ -596,11 +600,16 @@ fn quota_limit(st: &AppState, conn: &Connection, project: &str, resource: &str) 
             |r| r.get(0),
         )
         .optional()?;
-    Ok(set.unwrap_or(match resource {
+    Ok(set.unwrap_or_else(|| default_limit(st, resource)))
+}
+
+/// The daemon's default quota for `resource` (instances, cores or ram).
+fn default_limit(st: &AppState, resource: &str) -> i64 {
+    match resource {
         "instances" => st.cfg.quotas.instances,
         "cores" => st.cfg.quotas.cores,
         _ => st.cfg.quotas.ram,
-    }))
+    }
 }
 
 fn quota_usage(conn: &Connection, project: &str) -> ApiResult<(i64, i64, i64)> {
@@ -936,16 +945,30 @@ async fn server_action(
 
 const QUOTA_KEYS: [&str; 3] = ["instances", "cores", "ram"];
 
-fn quota_set(st: &AppState, conn: &Connection, project: &str, detail: bool) -> ApiResult<Value> {
+/// Which form of a quota set to show.
+#[derive(Clone, Copy, PartialEq)]
+enum QuotaView {
+    /// The project's limits.
+    Limits,
+    /// Limits with usage (`/detail`).
+    Detail,
+    /// The defaults a project without its own limits gets (`/defaults`).
+    Defaults,
+}
+
+fn quota_set(st: &AppState, conn: &Connection, project: &str, view: QuotaView) -> ApiResult<Value> {
     let (n, cores, ram) = quota_usage(conn, project)?;
     let mut v = json!({ "id": project });
+    let shape = |limit: i64, used: i64| match view {
+        QuotaView::Detail => json!({ "limit": limit, "in_use": used, "reserved": 0 }),
+        QuotaView::Limits | QuotaView::Defaults => json!(limit),
+    };
     for (key, used) in QUOTA_KEYS.iter().zip([n, cores, ram]) {
-        let limit = quota_limit(st, conn, project, key)?;
-        v[*key] = if detail {
-            json!({ "limit": limit, "in_use": used, "reserved": 0 })
-        } else {
-            json!(limit)
+        let limit = match view {
+            QuotaView::Defaults => default_limit(st, key),
+            QuotaView::Limits | QuotaView::Detail => quota_limit(st, conn, project, key)?,
         };
+        v[*key] = shape(limit, used);
     }
     for key in [
         "key_pairs",
@@ -956,11 +979,7 @@ fn quota_set(st: &AppState, conn: &Connection, project: &str, detail: bool) -> A
         "injected_file_content_bytes",
         "injected_file_path_bytes",
     ] {
-        v[key] = if detail {
-            json!({ "limit": -1, "in_use": 0, "reserved": 0 })
-        } else {
-            json!(-1)
-        };
+        v[key] = shape(-1, 0);
     }
     Ok(v)
 }
@@ -980,11 +999,7 @@ async fn show_quota(
     ProjectAuth(ctx): ProjectAuth,
     Path(project): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    quota_project(&ctx, &project)?;
-    let conn = st.db.lock();
-    Ok(Json(
-        json!({ "quota_set": quota_set(&st, &conn, &project, false)? }),
-    ))
+    quota_view(&st, &ctx, &project, QuotaView::Limits)
 }
 
 async fn show_quota_detail(
@@ -992,10 +1007,27 @@ async fn show_quota_detail(
     ProjectAuth(ctx): ProjectAuth,
     Path(project): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    quota_project(&ctx, &project)?;
+    quota_view(&st, &ctx, &project, QuotaView::Detail)
+}
+
+async fn show_quota_defaults(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Value>> {
+    quota_view(&st, &ctx, &project, QuotaView::Defaults)
+}
+
+fn quota_view(
+    st: &AppState,
+    ctx: &AuthContext,
+    project: &str,
+    view: QuotaView,
+) -> ApiResult<Json<Value>> {
+    quota_project(ctx, project)?;
     let conn = st.db.lock();
     Ok(Json(
-        json!({ "quota_set": quota_set(&st, &conn, &project, true)? }),
+        json!({ "quota_set": quota_set(st, &conn, project, view)? }),
     ))
 }
 
@@ -1029,7 +1061,7 @@ async fn update_quota(
         )?;
     }
     Ok(Json(
-        json!({ "quota_set": quota_set(&st, &conn, &project, false)? }),
+        json!({ "quota_set": quota_set(&st, &conn, &project, QuotaView::Limits)? }),
     ))
 }
 

@@ -58,9 +58,11 @@ pub fn router() -> Router<AppState> {
             "/v3/projects/{p}/users/{u}/roles/{r}",
             put(grant).head(check_grant).get(check_grant).delete(revoke),
         )
+        .merge(super::identity_catalog::router())
 }
 
-fn require_admin(ctx: &AuthContext) -> ApiResult<()> {
+/// 403 unless the caller has the admin role.
+pub(super) fn require_admin(ctx: &AuthContext) -> ApiResult<()> {
     if ctx.is_admin() {
         Ok(())
     } else {
@@ -70,7 +72,8 @@ fn require_admin(ctx: &AuthContext) -> ApiResult<()> {
     }
 }
 
-fn links(base: &str, path: &str) -> Value {
+/// A collection's `links` (one page: no previous, no next).
+pub(super) fn links(base: &str, path: &str) -> Value {
     json!({ "self": format!("{base}/identity/v3/{path}"), "previous": null, "next": null })
 }
 

@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod error;
 pub mod extract;
 pub mod identity;
+pub mod identity_catalog;
 pub mod image;
 
 use std::sync::Arc;
