@@ -79,6 +79,15 @@ const MIGRATIONS: &[&str] = &[
         project_id TEXT NOT NULL, resource TEXT NOT NULL, hard_limit INTEGER NOT NULL,
         PRIMARY KEY (project_id, resource));
     "#,
+    // 2: instance actions (what was asked of a server and how it ended).
+    r#"
+    CREATE TABLE instance_actions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, server_id TEXT NOT NULL,
+        request_id TEXT NOT NULL, action TEXT NOT NULL, project_id TEXT NOT NULL,
+        user_id TEXT NOT NULL, start_time TEXT NOT NULL, finish_time TEXT,
+        result TEXT, detail TEXT);
+    CREATE INDEX instance_actions_server ON instance_actions(server_id);
+    "#,
 ];
 
 /// A shared handle on the state database. Statements are short; one

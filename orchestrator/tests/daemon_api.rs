@@ -25,6 +25,39 @@ fn basics(c: &Cloud) -> (String, String, String) {
     (t, flavor, image)
 }
 
+/// The server's instance actions once every one has finished (the record is
+/// finished right after the lifecycle task returns).
+fn finished_actions(c: &Cloud, t: &str, id: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.req(
+            "GET",
+            &format!("/compute/v2.1/servers/{id}/os-instance-actions"),
+            Some(t),
+            None,
+        );
+        c.expect("list instance actions", &r, 200);
+        let list = r.json()["instanceActions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let all_done = list.iter().all(|a| {
+            let rid = a["request_id"].as_str().unwrap_or("");
+            let s = c.req(
+                "GET",
+                &format!("/compute/v2.1/servers/{id}/os-instance-actions/{rid}"),
+                Some(t),
+                None,
+            );
+            !s.json()["instanceAction"]["events"][0]["finish_time"].is_null()
+        });
+        if all_done || Instant::now() > deadline {
+            return list;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn ids_of(list: &Value, key: &str) -> Vec<String> {
     list[key]
         .as_array()
@@ -63,6 +96,10 @@ fn server_lifecycle_create_stop_start_reboot_delete() {
     let r = c.create_server_resp(&t, "vm1", &image, &flavor);
     c.expect("create the server", &r, 202);
     let id = r.json()["server"]["id"].as_str().unwrap().to_string();
+    let create_rid = r
+        .header("x-openstack-request-id")
+        .unwrap_or_else(|| panic!("no request id on the create answer"))
+        .to_string();
     let s = c.wait_status(&t, &id, "ACTIVE", &["BUILD"], BUILD_LIMIT);
     assert_eq!(s["OS-EXT-STS:power_state"], 1, "ACTIVE server: {s}");
     assert!(s["OS-EXT-STS:task_state"].is_null(), "ACTIVE server: {s}");
@@ -112,6 +149,29 @@ fn server_lifecycle_create_stop_start_reboot_delete() {
     );
     c.wait_console(&t, &id, READY_LINE, 3);
     assert_eq!(c.vmm_pids(), vec![pid3], "exactly one VMM after reboot");
+
+    // The action log, newest first, each under its request's id.
+    let actions = finished_actions(&c, &t, &id);
+    let names: Vec<&str> = actions
+        .iter()
+        .map(|a| a["action"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["reboot", "start", "stop", "create"], "{actions:?}");
+    assert_eq!(
+        actions.last().map(|a| a["request_id"].clone()),
+        Some(json!(create_rid)),
+        "the create action carries the create request's id"
+    );
+    let r = c.req(
+        "GET",
+        &format!("/compute/v2.1/servers/{id}/os-instance-actions/{create_rid}"),
+        Some(&t),
+        None,
+    );
+    c.expect("show the create action", &r, 200);
+    let ev = &r.json()["instanceAction"]["events"][0];
+    assert_eq!(ev["result"], "Success", "{}", r.text());
+    assert_eq!(ev["event"], "compute__do_build_and_run_instance");
 
     // Delete: 204, then 404, files and process gone.
     c.delete_server(&t, &id);
@@ -192,6 +252,27 @@ fn scheduler_no_valid_host_when_the_flavor_exceeds_the_host() {
         assert!(
             c.vmm_pid(&id).is_none(),
             "no VMM may run for ERROR server {id}"
+        );
+        // The failed create is in the action log with the fault.
+        let actions = finished_actions(&c, &t, &id);
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert_eq!(actions[0]["message"], "Error", "{actions:?}");
+        let rid = actions[0]["request_id"].as_str().unwrap_or("");
+        let r = c.req(
+            "GET",
+            &format!("/compute/v2.1/servers/{id}/os-instance-actions/{rid}"),
+            Some(&t),
+            None,
+        );
+        let ev = &r.json()["instanceAction"]["events"][0];
+        assert_eq!(ev["result"], "Error", "{}", r.text());
+        assert!(
+            ev["traceback"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("No valid host was found"),
+            "{}",
+            r.text()
         );
         // ERROR servers can be deleted.
         c.delete_server(&t, &id);

@@ -1586,6 +1586,31 @@ fn workflow(tb: &mut Testbed) -> Result<(), String> {
     });
 
     // --- isolation between projects
+    // --- the action log of vm1 (os-instance-actions)
+    steps.run(tb, "server-events", false, || {
+        let list = tb.osc_json(&["server", "event", "list", &vm1])?;
+        let rows = list.as_array().cloned().unwrap_or_default();
+        let actions: Vec<&str> = rows.iter().map(|r| field(r, "Action")).collect();
+        ensure(
+            ["create", "stop", "start", "reboot"]
+                .iter()
+                .all(|a| actions.contains(a)),
+            || format!("server event list {vm1}: {list}"),
+        )?;
+        let create = rows
+            .iter()
+            .find(|r| field(r, "Action") == "create")
+            .map(|r| field(r, "Request ID").to_string())
+            .unwrap_or_default();
+        let ev = tb.osc_json(&["server", "event", "show", &vm1, &create])?;
+        ensure(
+            ev.to_string()
+                .contains("compute__do_build_and_run_instance")
+                && ev.to_string().contains("Success"),
+            || format!("server event show {vm1} {create}: {ev}"),
+        )
+    });
+
     steps.run(tb, "isolation", false, || {
         let (u1, u2) = match (&cx.u1, &cx.u2) {
             (Some(a), Some(b)) => (a, b),

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -17,9 +17,9 @@ use serde_json::{json, Value};
 use super::discovery;
 use super::error::{ApiError, ApiResult};
 use super::extract::{BaseUrl, JsonBody, ProjectAuth};
-use super::AppState;
-use crate::compute::lifecycle;
+use super::{instance_actions, AppState, RequestId};
 use crate::compute::model::{status, Flavor, Server, SERVER_COLS};
+use crate::compute::{actions, lifecycle};
 use crate::identity::AuthContext;
 use crate::util::{new_id, now_iso};
 
@@ -50,6 +50,7 @@ pub fn router() -> Router<AppState> {
             get(show_quota_defaults),
         )
         .merge(super::compute_host::router())
+        .merge(super::instance_actions::router())
         .layer(axum::middleware::map_response(version_headers))
 }
 
@@ -327,7 +328,9 @@ async fn delete_flavor(
 // ---------------------------------------------------------------- servers
 
 /// A server the caller may see: its own project's, or any for admin.
-fn visible_server(conn: &Connection, ctx: &AuthContext, id: &str) -> ApiResult<Server> {
+/// The server `id` if the caller may see it, else 404 (never 403: that
+/// would tell that the id exists).
+pub(super) fn visible_server(conn: &Connection, ctx: &AuthContext, id: &str) -> ApiResult<Server> {
     match Server::get(conn, id)? {
         Some(s) if ctx.is_admin() || s.project_id == ctx.project_id => Ok(s),
         _ => Err(ApiError::not_found(format!(
@@ -634,6 +637,7 @@ async fn create_server(
     State(st): State<AppState>,
     ProjectAuth(ctx): ProjectAuth,
     BaseUrl(base): BaseUrl,
+    rid: Option<Extension<RequestId>>,
     headers: HeaderMap,
     JsonBody(req): JsonBody<CreateReq>,
 ) -> ApiResult<Response> {
@@ -694,7 +698,7 @@ async fn create_server(
     };
     let metadata =
         serde_json::to_string(&f.metadata.unwrap_or_default()).map_err(ApiError::internal)?;
-    let ids: Vec<String> = {
+    let ids: Vec<(String, i64)> = {
         let mut conn = st.db.lock();
         let flavor = Flavor::get(&conn, &flavor_id)?.ok_or_else(|| {
             ApiError::bad_request(format!("Flavor {flavor_id} could not be found."))
@@ -762,6 +766,7 @@ async fn create_server(
             count += 1;
         }
         let now = now_iso();
+        let by = instance_actions::requester(&ctx, &rid);
         let mut ids = Vec::new();
         for i in 0..count {
             let id = new_id();
@@ -779,17 +784,25 @@ async fn create_server(
                     flavor.ram, flavor.disk, metadata, now
                 ],
             )?;
-            ids.push(id);
+            // The create action, in the same transaction as the server.
+            let row = actions::record(&tx, &id, "create", &by)?;
+            ids.push((id, row));
         }
         tx.commit()?;
         ids
     };
     let compute = Arc::clone(&st.compute);
-    for id in &ids {
+    for (id, row) in &ids {
         tracing::info!(server = %id, image = %image_id, flavor = %flavor_id, "server accepted");
-        tokio::spawn(lifecycle::build(Arc::clone(&compute), id.clone()));
+        let build = lifecycle::build(Arc::clone(&compute), id.clone());
+        tokio::spawn(actions::track(
+            Arc::clone(&compute),
+            *row,
+            id.clone(),
+            build,
+        ));
     }
-    let first = &ids[0];
+    let first = &ids[0].0;
     let body = if f
         .return_reservation_id
         .as_ref()
@@ -830,7 +843,16 @@ async fn delete_server(
         )?;
     }
     tracing::info!(server = %id, "server delete accepted");
-    tokio::spawn(lifecycle::delete(Arc::clone(&st.compute), id));
+    let compute = Arc::clone(&st.compute);
+    tokio::spawn(async move {
+        lifecycle::delete(Arc::clone(&compute), id.clone()).await;
+        let conn = compute.db.lock();
+        if matches!(Server::get(&conn, &id), Ok(None)) {
+            if let Err(e) = actions::forget(&conn, &id) {
+                tracing::warn!(server = %id, error = %e, "cannot forget the instance actions");
+            }
+        }
+    });
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -849,6 +871,7 @@ async fn server_action(
     State(st): State<AppState>,
     ProjectAuth(ctx): ProjectAuth,
     Path(id): Path<String>,
+    rid: Option<Extension<RequestId>>,
     JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
 ) -> ApiResult<Response> {
     if body.len() != 1 {
@@ -888,27 +911,41 @@ async fn server_action(
     let Some(busy) = compute.try_busy(&id) else {
         return Err(conflict(&action, &s));
     };
-    let now_state = |status: &str, task: &str| -> ApiResult<()> {
-        st.db.lock().execute(
+    let by = instance_actions::requester(&ctx, &rid);
+    // Sets the transition's state and records the action in one go.
+    let now_state = |status: &str, task: &str, action: &str| -> ApiResult<i64> {
+        let conn = st.db.lock();
+        conn.execute(
             "UPDATE servers SET status = ?2, task_state = ?3, updated_at = ?4 WHERE id = ?1",
             params![id, status, task, now_iso()],
         )?;
-        Ok(())
+        Ok(actions::record(&conn, &id, action, &by)?)
     };
+
     match action.as_str() {
         "os-stop" => {
             if s.status != status::ACTIVE {
                 return Err(conflict("stop", &s));
             }
-            now_state(status::ACTIVE, "powering-off")?;
-            tokio::spawn(lifecycle::stop(compute, id, busy));
+            let row = now_state(status::ACTIVE, "powering-off", "stop")?;
+            tokio::spawn(actions::track(
+                Arc::clone(&compute),
+                row,
+                id.clone(),
+                lifecycle::stop(Arc::clone(&compute), id.clone(), busy),
+            ));
         }
         "os-start" => {
             if s.status != status::SHUTOFF {
                 return Err(conflict("start", &s));
             }
-            now_state(status::SHUTOFF, "powering-on")?;
-            tokio::spawn(lifecycle::start(compute, id, busy));
+            let row = now_state(status::SHUTOFF, "powering-on", "start")?;
+            tokio::spawn(actions::track(
+                Arc::clone(&compute),
+                row,
+                id.clone(),
+                lifecycle::start(Arc::clone(&compute), id.clone(), busy),
+            ));
         }
         "reboot" => {
             let kind = arg.get("type").and_then(Value::as_str).unwrap_or("").to_ascii_uppercase();
@@ -925,12 +962,17 @@ async fn server_action(
             if !allowed {
                 return Err(conflict("reboot", &s));
             }
-            if hard {
-                now_state(status::HARD_REBOOT, "reboot_started_hard")?;
+            let row = if hard {
+                now_state(status::HARD_REBOOT, "reboot_started_hard", "reboot")?
             } else {
-                now_state(status::REBOOT, "reboot_started")?;
-            }
-            tokio::spawn(lifecycle::reboot(compute, id, hard, busy));
+                now_state(status::REBOOT, "reboot_started", "reboot")?
+            };
+            tokio::spawn(actions::track(
+                Arc::clone(&compute),
+                row,
+                id.clone(),
+                lifecycle::reboot(Arc::clone(&compute), id.clone(), hard, busy),
+            ));
         }
         other => {
             return Err(ApiError::bad_request(format!(

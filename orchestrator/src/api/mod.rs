@@ -9,6 +9,7 @@ pub mod extract;
 pub mod identity;
 pub mod identity_catalog;
 pub mod image;
+pub mod instance_actions;
 
 use std::sync::Arc;
 
@@ -48,9 +49,15 @@ fn styled(router: Router<AppState>, style: ErrorStyle) -> Router<AppState> {
     }))
 }
 
-/// Gives each request an id (`x-openstack-request-id`) and a tracing span.
-async fn request_span(req: Request, next: Next) -> Response {
+/// The request's id (`x-openstack-request-id`), for handlers that record it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Gives each request an id (`x-openstack-request-id`, also a [`RequestId`]
+/// extension) and a tracing span.
+async fn request_span(mut req: Request, next: Next) -> Response {
     let id = format!("req-{}", uuid::Uuid::new_v4());
+    req.extensions_mut().insert(RequestId(id.clone()));
     let span =
         tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
     let mut resp = next.run(req).instrument(span.clone()).await;

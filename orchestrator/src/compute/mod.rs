@@ -2,6 +2,7 @@
 //! Each server is one `nubo-vmm` process run by the [`Agent`]; the scheduler
 //! claims capacity with overcommit before a server is started.
 
+pub mod actions;
 pub mod lifecycle;
 pub mod model;
 pub mod scheduler;
