@@ -1578,16 +1578,7 @@ fn workflow(tb: &mut Testbed) -> Result<(), String> {
         })?;
         cx.wait_ready(&vm2, 1, 2 * minute)?;
 
-        tb.osc(&["server", "delete", "--wait", &vm1])?;
-        let list = tb.osc_json(&["server", "list"])?;
-        ensure(row(&list, &vm1).is_none(), || {
-            format!("{vm1} still listed after delete: {list}")
-        })
-    });
-
-    // --- isolation between projects
-    // --- the action log of vm1 (os-instance-actions)
-    steps.run(tb, "server-events", false, || {
+        // The action log (os-instance-actions), before vm1 goes.
         let list = tb.osc_json(&["server", "event", "list", &vm1])?;
         let rows = list.as_array().cloned().unwrap_or_default();
         let actions: Vec<&str> = rows.iter().map(|r| field(r, "Action")).collect();
@@ -1608,9 +1599,16 @@ fn workflow(tb: &mut Testbed) -> Result<(), String> {
                 .contains("compute__do_build_and_run_instance")
                 && ev.to_string().contains("Success"),
             || format!("server event show {vm1} {create}: {ev}"),
-        )
+        )?;
+
+        tb.osc(&["server", "delete", "--wait", &vm1])?;
+        let list = tb.osc_json(&["server", "list"])?;
+        ensure(row(&list, &vm1).is_none(), || {
+            format!("{vm1} still listed after delete: {list}")
+        })
     });
 
+    // --- isolation between projects
     steps.run(tb, "isolation", false, || {
         let (u1, u2) = match (&cx.u1, &cx.u2) {
             (Some(a), Some(b)) => (a, b),
