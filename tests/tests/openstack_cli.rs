@@ -588,13 +588,8 @@ impl Testbed {
             }
         }
         let log = std::fs::read_to_string(&console).unwrap_or_default();
-        if log.contains("soft lockup - CPU#") {
-            return Some("L1 reported a soft lockup".into());
-        }
-        if log.contains("Kernel panic - not syncing")
-            && log.contains("Hardware name: QEMU Standard PC (Q35")
-        {
-            return Some("L1's kernel panicked".into());
+        if let Some(trouble) = nubo_tests::l1_kernel_trouble(&log) {
+            return Some(trouble.into());
         }
         if !self.l1_answers() {
             return Some("L1 stopped answering its control endpoint".into());

@@ -301,12 +301,7 @@ fn run_testbed(only: &[String]) -> Outcome {
 fn l1_in_trouble(run: &Run) -> bool {
     !run.done
         || std::fs::read_to_string(&run.log_path)
-            .map(|log| {
-                log.contains("soft lockup - CPU#")
-                    || (log.contains("Kernel panic - not syncing")
-                        && log.contains("Hardware name: QEMU Standard PC (Q35"))
-            })
-            .unwrap_or(false)
+            .is_ok_and(|log| nubo_tests::l1_kernel_trouble(&log).is_some())
 }
 
 /// How many times the testbed may be booted again after L1 itself failed.

@@ -80,12 +80,7 @@ impl GsiRouter {
     /// VM is built, before any device can raise a line.
     pub fn install(&self) -> Result<(), InterruptError> {
         let state = self.lock();
-        let entries = routing_entries(&state.msi);
-        let routing =
-            KvmIrqRouting::from_entries(&entries).map_err(|_| InterruptError::OutOfGsis)?;
-        self.vm
-            .set_gsi_routing(&routing)
-            .map_err(|e| InterruptError::Kvm("set the GSI routing", e))
+        self.apply(&state.msi)
     }
 
     /// Points `gsi` at `msg`, or removes its route.
@@ -95,7 +90,13 @@ impl GsiRouter {
             Some(m) => state.msi.insert(gsi, m),
             None => state.msi.remove(&gsi),
         };
-        let entries = routing_entries(&state.msi);
+        self.apply(&state.msi)
+    }
+
+    /// Hands KVM the whole table: the IOAPIC pins plus `msi`. The caller
+    /// holds the state lock, so tables reach KVM in the order they changed.
+    fn apply(&self, msi: &BTreeMap<u32, MsiMessage>) -> Result<(), InterruptError> {
+        let entries = routing_entries(msi);
         let routing =
             KvmIrqRouting::from_entries(&entries).map_err(|_| InterruptError::OutOfGsis)?;
         self.vm

@@ -843,16 +843,7 @@ async fn delete_server(
         )?;
     }
     tracing::info!(server = %id, "server delete accepted");
-    let compute = Arc::clone(&st.compute);
-    tokio::spawn(async move {
-        lifecycle::delete(Arc::clone(&compute), id.clone()).await;
-        let conn = compute.db.lock();
-        if matches!(Server::get(&conn, &id), Ok(None)) {
-            if let Err(e) = actions::forget(&conn, &id) {
-                tracing::warn!(server = %id, error = %e, "cannot forget the instance actions");
-            }
-        }
-    });
+    tokio::spawn(lifecycle::delete(Arc::clone(&st.compute), id));
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -26,7 +26,8 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Who is asking, for [`actions::record`]; a request without a
-/// [`RequestId`] (only possible outside the full router) gets a fresh one.
+/// [`RequestId`] (only possible outside the full router) is recorded as
+/// `req-unknown`.
 pub fn requester<'a>(ctx: &'a AuthContext, rid: &'a Option<Extension<RequestId>>) -> Requester<'a> {
     Requester {
         request_id: rid

@@ -2,7 +2,7 @@
 //! by whom, under which request id, and how it ended. An action is recorded
 //! when the API accepts it and finished when its lifecycle task returns, from
 //! the state the task left the server in (ERROR, with its fault, is a
-//! failure). The records go when the server is deleted.
+//! failure). The records go with the server row (`lifecycle::delete`).
 
 use std::future::Future;
 use std::sync::Arc;

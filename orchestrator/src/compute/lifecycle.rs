@@ -381,6 +381,7 @@ pub async fn delete(c: Arc<Compute>, id: String) {
         scheduler::release(&conn, &sid).map_err(|e| e.to_string())?;
         conn.execute("DELETE FROM servers WHERE id = ?1", params![sid])
             .map_err(|e| e.to_string())?;
+        super::actions::forget(&conn, &sid).map_err(|e| e.to_string())?;
         Ok(())
     })
     .await
