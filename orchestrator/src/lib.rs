@@ -10,4 +10,5 @@ pub mod db;
 pub mod identity;
 pub mod image_store;
 pub mod serve;
+pub mod state_dir;
 pub mod util;

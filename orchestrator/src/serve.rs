@@ -17,8 +17,9 @@ use crate::image_store::ImageStore;
 
 /// Runs the daemon.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+    crate::state_dir::restrict_umask();
+    crate::state_dir::secure(&cfg.state_dir)
+        .with_context(|| format!("securing state dir {}", cfg.state_dir.display()))?;
     let db = Db::open(&cfg.state_dir.join("nubo.db")).context("opening the state database")?;
     let openrc = cfg.state_dir.join("admin-openrc");
     let password = cfg
@@ -41,10 +42,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let images = ImageStore::new(cfg.state_dir.join("images"), cfg.max_image_size)
         .context("opening the image store")?;
-    reconcile_images(&db, &images);
     let cfg_arc = Arc::new(cfg.clone());
     let agent = Agent::new(cfg.vmm_binary.clone(), cfg.state_dir.join("instances"))
         .context("preparing the instances directory")?;
+    reconcile_images(&db, &images, &agent);
     enable_ksm();
     let images = Arc::new(images);
     let compute = Compute::new(
@@ -114,8 +115,10 @@ fn enable_ksm() {
 
 /// After a restart: uploads that were in flight (`saving`) failed with the
 /// daemon, so they become `killed` (their partial files were removed by the
-/// store); files in the store that no image row owns are removed.
-fn reconcile_images(db: &Db, images: &ImageStore) {
+/// store); files in the store that no active image owns and no server uses
+/// are removed.
+fn reconcile_images(db: &Db, images: &ImageStore, agent: &Agent) {
+    let used = crate::compute::image_use::images_in_use(db, agent, images);
     let conn = db.lock();
     match conn.execute(
         "UPDATE images SET status = 'killed', updated_at = ?1 WHERE status = 'saving'",
@@ -133,7 +136,10 @@ fn reconcile_images(db: &Db, images: &ImageStore) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".part") || !crate::util::is_plain_id(&name) {
+        if name.ends_with(".part")
+            || !crate::util::is_plain_id(&name)
+            || crate::compute::image_use::is_used(&used, &name)
+        {
             continue;
         }
         let known: bool = conn

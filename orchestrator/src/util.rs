@@ -22,6 +22,13 @@ pub fn now_iso_micros() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Whether `s` holds a control character (Unicode category Cc: C0, DEL,
+/// C1), which no name may hold (Nova's and Keystone's name schemas refuse
+/// them too): they would reach terminals and logs raw.
+pub fn has_control_chars(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
 /// Whether `s` looks like an id we generate (hex digits and dashes only), so
 /// it can never be a path or a pattern.
 pub fn is_plain_id(s: &str) -> bool {

@@ -17,14 +17,6 @@ use vmm::tiny_guest::{elf, TinyEnd, TinyEntry, READY_LINE};
 
 const BUILD_LIMIT: Duration = Duration::from_secs(30);
 
-/// The admin token, a 64 MiB one-vCPU flavor and a 1 MiB raw image.
-fn basics(c: &Cloud) -> (String, String, String) {
-    let t = c.admin_token();
-    let flavor = c.flavor(&t, "tiny", 1, 64);
-    let image = c.raw_image(&t, "zeros");
-    (t, flavor, image)
-}
-
 /// The server's instance actions once every one has finished (the record is
 /// finished right after the lifecycle task returns).
 fn finished_actions(c: &Cloud, t: &str, id: &str) -> Vec<Value> {
@@ -196,7 +188,7 @@ fn guest_that_powers_off_becomes_shutoff() {
         end: TinyEnd::AcpiPowerOff,
         ..Opts::default()
     });
-    let (t, flavor, image) = basics(&c);
+    let (t, flavor, image) = c.basics();
     let id = c.create_server(&t, "short-lived", &image, &flavor);
     let s = c.wait_status(&t, &id, "SHUTOFF", &["BUILD", "ACTIVE"], BUILD_LIMIT);
     assert_eq!(s["OS-EXT-STS:power_state"], 4, "SHUTOFF server: {s}");
@@ -304,7 +296,7 @@ fn scheduler_cpu_overcommit_fills_then_refuses_then_frees() {
             .arg("--quota-cores", "100")
             .arg("--quota-ram", "100000"),
     );
-    let (t, flavor, image) = basics(&c);
+    let (t, flavor, image) = c.basics();
     let ids: Vec<String> = (0..slots)
         .map(|i| c.create_server(&t, &format!("oc-{i}"), &image, &flavor))
         .collect();
@@ -453,7 +445,7 @@ fn projects_are_isolated() {
         return;
     }
     let c = Cloud::start(Opts::default());
-    let (t, flavor, _) = basics(&c);
+    let (t, flavor, _) = c.basics();
     let image = c.image_record_with(
         &t,
         json!({ "name": "private", "disk_format": "raw", "container_format": "bare", "visibility": "private" }),
@@ -590,7 +582,7 @@ fn bad_requests_are_rejected_and_the_daemon_stays_healthy() {
         return;
     }
     let c = Cloud::start(Opts::default());
-    let (t, flavor, image) = basics(&c);
+    let (t, flavor, image) = c.basics();
     let id = c.create_server(&t, "target", &image, &flavor);
     c.wait_status(&t, &id, "ACTIVE", &["BUILD"], BUILD_LIMIT);
     let json_headers = [
@@ -704,7 +696,7 @@ fn restarted_daemon_adopts_running_servers() {
         return;
     }
     let mut c = Cloud::start(Opts::default());
-    let (t, flavor, image) = basics(&c);
+    let (t, flavor, image) = c.basics();
     let a = c.create_server(&t, "a", &image, &flavor);
     let b = c.create_server(&t, "b", &image, &flavor);
     for id in [&a, &b] {
@@ -754,7 +746,7 @@ fn restart_in_the_middle_of_builds_leaves_no_server_in_build() {
         return;
     }
     let mut c = Cloud::start(Opts::default());
-    let (t, flavor, image) = basics(&c);
+    let (t, flavor, image) = c.basics();
     let ids: Vec<String> = (0..2)
         .map(|i| c.create_server(&t, &format!("mid-{i}"), &image, &flavor))
         .collect();

@@ -10,6 +10,7 @@
 //! | `vmm.log` | the VMM's stdout and stderr (appended, one marker line per start) |
 //! | `console.log` | the guest's serial console (capped at 16 MiB by the VMM) |
 //! | `api.sock` | the VMM's control API socket |
+//! | `vmm.lock` | `flock`ed by the agent before it forks a VMM and inherited by it: held exactly while the VMM (or its not yet exec'd child) lives |
 //! | `disk.qcow2` | the boot disk, a copy-on-write overlay on the image |
 //!
 //! The VMM runs in its own session, so it survives the daemon being killed or
@@ -51,6 +52,11 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Longest ACPI shutdown timeout the VMM accepts (one day).
 pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(86_400);
 
+/// How long a process holding an instance's lock gets to identify itself
+/// (exec `nubo-vmm` with the pid file written) before it counts as alive
+/// under the pid in its pid file.
+const LOCK_IDENTIFY_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How long one request to a VMM's API may take.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,6 +69,7 @@ const PID_FILE: &str = "vmm.pid";
 const LOG_FILE: &str = "vmm.log";
 const CONSOLE_FILE: &str = "console.log";
 const SOCKET_FILE: &str = "api.sock";
+const LOCK_FILE: &str = "vmm.lock";
 const DISK_FILE: &str = "disk.qcow2";
 
 /// Errors of the compute agent.
@@ -365,13 +372,32 @@ impl Agent {
         )
         .map_err(io_err("cannot write", &log_path))?;
 
-        let child = process::spawn_detached(&self.vmm_binary, &args, &log).map_err(|source| {
-            AgentError::Spawn {
+        // The lock is held from before the fork for as long as the VMM
+        // lives, and the child records its pid in `vmm.pid` itself before it
+        // execs: a daemon killed at any point leaves a findable VMM.
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = match process::InstanceLock::try_acquire(&lock_path)
+            .map_err(io_err("cannot lock", &lock_path))?
+        {
+            process::LockState::Acquired(lock) => lock,
+            process::LockState::Held => {
+                let pid = process::read_pid_file(&dir.join(PID_FILE))
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                return Err(AgentError::AlreadyRunning {
+                    server_id: id.to_owned(),
+                    pid,
+                });
+            }
+        };
+        let pid_path = dir.join(PID_FILE);
+        let child = process::spawn_detached(&self.vmm_binary, &args, &log, &pid_path, &lock)
+            .map_err(|source| AgentError::Spawn {
                 server_id: id.to_owned(),
                 binary: self.vmm_binary.clone(),
                 source,
-            }
-        })?;
+            })?;
         let raw_pid = child.id();
         let child: SharedChild = Arc::new(Mutex::new(child));
         let Ok(pid) = i32::try_from(raw_pid) else {
@@ -384,14 +410,6 @@ impl Agent {
                 source: io::Error::other("pid does not fit in i32"),
             });
         };
-        let pid_path = dir.join(PID_FILE);
-        if let Err(e) = process::write_atomic(&pid_path, format!("{pid}\n").as_bytes()) {
-            // Without a pid file nobody could find this VMM again.
-            let mut c = process::lock(&child);
-            let _ = c.kill();
-            let _ = c.wait();
-            return Err(io_err("cannot write", &pid_path)(e));
-        }
         self.children_lock()
             .insert(id.to_owned(), (pid, Arc::clone(&child)));
         tracing::info!(
@@ -431,10 +449,50 @@ impl Agent {
             }
         }
         let pid_path = dir.join(PID_FILE);
-        let pid = process::read_pid_file(&pid_path).map_err(io_err("cannot read", &pid_path))?;
-        Ok(match pid {
+        let socket = dir.join(SOCKET_FILE);
+        let read_pid =
+            || process::read_pid_file(&pid_path).map_err(io_err("cannot read", &pid_path));
+        let pid = read_pid()?;
+        if let Some(pid) = pid.filter(|p| process::is_our_vmm(*p, &socket)) {
+            return Ok(Liveness::Alive(pid));
+        }
+        // Not identified by its pid file: a process of this instance may
+        // still exist between fork and exec (a daemon killed while spawning)
+        // — then it holds the lock, and identifies itself within moments.
+        let lock_path = dir.join(LOCK_FILE);
+        let held = || {
+            process::InstanceLock::is_held(&lock_path)
+                .map_err(io_err("cannot check the lock", &lock_path))
+        };
+        if held()? {
+            let deadline = Instant::now() + LOCK_IDENTIFY_TIMEOUT;
+            loop {
+                std::thread::sleep(Duration::from_millis(5));
+                let pid = read_pid()?;
+                if let Some(pid) = pid.filter(|p| process::is_our_vmm(*p, &socket)) {
+                    return Ok(Liveness::Alive(pid));
+                }
+                if !held()? {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    // Holds the lock but never became a VMM: the pid file
+                    // (written before exec) names it.
+                    return match pid.filter(|p| process::pid_alive(*p)) {
+                        Some(pid) => Ok(Liveness::Alive(pid)),
+                        None => Err(AgentError::Unresponsive {
+                            server_id: server_id.to_owned(),
+                            pid: 0,
+                            reason: "a process holds the instance lock but cannot be identified"
+                                .into(),
+                        }),
+                    };
+                }
+            }
+        }
+        Ok(match read_pid()? {
             None => Liveness::NoProcess,
-            Some(pid) if process::is_our_vmm(pid, &dir.join(SOCKET_FILE)) => Liveness::Alive(pid),
+            Some(pid) if process::is_our_vmm(pid, &socket) => Liveness::Alive(pid),
             Some(_) => Liveness::Dead(None),
         })
     }
@@ -764,6 +822,7 @@ impl Agent {
     pub fn remove_instance(&self, server_id: &str) -> Result<(), AgentError> {
         let dir = self.instance_dir(server_id)?;
         self.kill(server_id)?;
+        self.kill_untracked(server_id);
         self.children_lock().remove(server_id);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {
@@ -772,6 +831,86 @@ impl Agent {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("cannot remove", &dir)(e)),
+        }
+    }
+
+    /// Every live VMM serving a socket in this agent's instances directory,
+    /// as `(server id, pid)`, found in `/proc` by command line (whatever the
+    /// pid files say).
+    pub fn running_vmms(&self) -> Vec<(String, i32)> {
+        process::vmms_under(&self.instances_dir, SOCKET_FILE)
+    }
+
+    /// Kills every VMM of `server_id` that its pid file does not name (a VMM
+    /// whose pid file was lost or overwritten); returns how many.
+    fn kill_untracked(&self, server_id: &str) -> usize {
+        let tracked = match self.liveness(server_id) {
+            Ok(Liveness::Alive(pid)) => Some(pid),
+            _ => None,
+        };
+        let mut killed = 0;
+        for (id, pid) in self.running_vmms() {
+            if id != server_id || Some(pid) == tracked {
+                continue;
+            }
+            tracing::warn!(server_id, pid, "killing an untracked VMM of this server");
+            match process::sigkill(pid) {
+                Ok(()) => killed += 1,
+                Err(e) => tracing::warn!(server_id, pid, error = %e, "cannot kill untracked VMM"),
+            }
+        }
+        killed
+    }
+
+    /// After a daemon restart, before adopting: makes every running VMM
+    /// either tracked or gone. A VMM of a server not in `known` (deleted, or
+    /// never recorded) is killed; a VMM of a known server that its pid file
+    /// does not name is recorded there if the pid file names no live VMM, and
+    /// killed otherwise (one VMM per server, never two).
+    pub fn settle_running_vmms(&self, known: &std::collections::HashSet<String>) {
+        for (id, pid) in self.running_vmms() {
+            if !known.contains(&id) {
+                tracing::warn!(
+                    server_id = id,
+                    pid,
+                    "a VMM runs for no known server: killing it"
+                );
+                if let Err(e) = process::sigkill(pid) {
+                    tracing::warn!(server_id = id, pid, error = %e, "cannot kill stray VMM");
+                }
+                continue;
+            }
+            match self.liveness(&id) {
+                Ok(Liveness::Alive(p)) if p == pid => {}
+                Ok(Liveness::Alive(p)) => {
+                    tracing::warn!(
+                        server_id = id,
+                        pid,
+                        tracked = p,
+                        "a second VMM runs for this server: killing it"
+                    );
+                    if let Err(e) = process::sigkill(pid) {
+                        tracing::warn!(server_id = id, pid, error = %e, "cannot kill duplicate VMM");
+                    }
+                }
+                Ok(_) => {
+                    let Ok(dir) = self.instance_dir(&id) else {
+                        continue;
+                    };
+                    let pid_path = dir.join(PID_FILE);
+                    tracing::warn!(
+                        server_id = id,
+                        pid,
+                        "a VMM runs without a pid file: recording it"
+                    );
+                    if let Err(e) = process::write_atomic(&pid_path, format!("{pid}\n").as_bytes())
+                    {
+                        tracing::warn!(server_id = id, pid, error = %e, "cannot record the VMM; killing it");
+                        let _ = process::sigkill(pid);
+                    }
+                }
+                Err(e) => tracing::warn!(server_id = id, error = %e, "cannot check the VMM"),
+            }
         }
     }
 

@@ -1,8 +1,10 @@
 //! Processes: spawning a detached `nubo-vmm`, pid files, and liveness checks
 //! that see through zombies and reused pids.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -97,28 +99,145 @@ impl std::fmt::Debug for VmmProcess {
 /// Starts `binary args` in its own session (so it outlives the daemon and
 /// gets none of the daemon's terminal signals), stdin from /dev/null and
 /// stdout and stderr appended to `log`.
+///
+/// The child writes its own pid to `pid_file` (through `pid_file.tmp` and a
+/// rename) *before* it execs `binary`, and keeps `lock` (an exclusive
+/// [`InstanceLock`] the caller holds) open across exec, so the lock is held
+/// for exactly as long as the VMM lives: a VMM is findable from the moment it
+/// exists, whenever the daemon is killed. If either step fails, the child
+/// exits before exec and `spawn` fails.
 pub(crate) fn spawn_detached(
     binary: &Path,
     args: &[std::ffi::OsString],
     log: &File,
+    pid_file: &Path,
+    lock: &InstanceLock,
 ) -> io::Result<Child> {
+    let lock_fd = lock.file.as_raw_fd();
+    let final_path = CString::new(pid_file.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut tmp = pid_file.as_os_str().as_bytes().to_vec();
+    tmp.extend_from_slice(b".tmp");
+    let tmp_path = CString::new(tmp).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut cmd = Command::new(binary);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?);
-    // SAFETY: the closure runs in the forked child before exec and only calls
-    // setsid(2), which is async-signal-safe; it touches no memory of the
-    // parent (no allocation, no locks).
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes async-signal-safe system calls (setsid, fcntl, getpid, open,
+    // write, close, rename) on memory it owns: the two C strings were built
+    // before the fork, the digits go to a stack buffer (no allocation, no
+    // locks). `lock_fd` is the caller's open lock file, inherited by fork.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() == -1 {
                 return Err(io::Error::last_os_error());
             }
-            Ok(())
+            // Keep the lock's descriptor open in the VMM (it was opened
+            // close-on-exec).
+            if libc::fcntl(lock_fd, libc::F_SETFD, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            write_own_pid(&tmp_path, &final_path)
         });
     }
     cmd.spawn()
+}
+
+/// Writes the calling process's pid and a newline to `tmp`, then renames it
+/// to `path`. Async-signal-safe: for a forked child before exec.
+fn write_own_pid(tmp: &CString, path: &CString) -> io::Result<()> {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let mut buf = [0u8; 16];
+    let mut n = buf.len() - 1;
+    buf[n] = b'\n';
+    let mut rest = pid.unsigned_abs();
+    loop {
+        n -= 1;
+        buf[n] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let text = &buf[n..];
+    // SAFETY: `tmp` is a valid NUL-terminated path; the flags and mode are
+    // plain integers.
+    let fd = unsafe {
+        libc::open(
+            tmp.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o600 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened by us; `text` is a valid buffer of that length.
+    let written = unsafe { libc::write(fd, text.as_ptr().cast(), text.len()) };
+    let write_err = io::Error::last_os_error();
+    // SAFETY: closes the descriptor opened above, once.
+    unsafe { libc::close(fd) };
+    if written != text.len() as isize {
+        return Err(write_err);
+    }
+    // SAFETY: both are valid NUL-terminated paths.
+    if unsafe { libc::rename(tmp.as_ptr(), path.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// An exclusive `flock` on an instance's lock file. The agent takes it
+/// before spawning a VMM and the VMM inherits it, so it is held exactly while
+/// a process of this instance exists — also between fork and exec, before
+/// anything else could identify the process.
+#[derive(Debug)]
+pub(crate) struct InstanceLock {
+    file: File,
+}
+
+/// What [`InstanceLock::try_acquire`] found.
+pub(crate) enum LockState {
+    /// Nobody held it; now we do (released when dropped).
+    Acquired(InstanceLock),
+    /// A live process holds it.
+    Held,
+}
+
+impl InstanceLock {
+    /// Opens (creating, mode 0600) `path` and tries to lock it without
+    /// waiting.
+    pub(crate) fn try_acquire(path: &Path) -> io::Result<LockState> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(LockState::Acquired(InstanceLock { file }));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(LockState::Held)
+        } else {
+            Err(err)
+        }
+    }
+
+    /// Whether a live process holds the lock at `path` (false when the file
+    /// does not exist).
+    pub(crate) fn is_held(path: &Path) -> io::Result<bool> {
+        if !path.exists() {
+            return Ok(false);
+        }
+        Ok(matches!(Self::try_acquire(path)?, LockState::Held))
+    }
 }
 
 /// Writes `contents` to `path` through a temporary file and a rename, so a
@@ -208,6 +327,46 @@ pub(crate) fn cmdline_has_socket(pid: i32, socket: &Path) -> bool {
 /// Whether `pid` is alive and is the VMM serving `socket`.
 pub(crate) fn is_our_vmm(pid: i32, socket: &Path) -> bool {
     pid_alive(pid) && cmdline_has_socket(pid, socket)
+}
+
+/// Every live `nubo-vmm` whose API socket is `INSTANCES/<id>/api.sock`
+/// under `instances_dir`, as `(server id, pid)`, found by their command
+/// lines in `/proc` whatever any pid file says: a VMM started by a daemon
+/// that was killed before it recorded anything is found too.
+pub(crate) fn vmms_under(instances_dir: &Path, socket_file: &str) -> Vec<(String, i32)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    let prefix = instances_dir.as_os_str().as_bytes();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let server = cmdline.split(|b| *b == 0).find_map(|arg| {
+            let sock = arg.strip_prefix(b"--api-socket=".as_slice())?;
+            let rest = sock.strip_prefix(prefix)?.strip_prefix(b"/")?;
+            let id = rest
+                .strip_suffix(socket_file.as_bytes())?
+                .strip_suffix(b"/")?;
+            let id = std::str::from_utf8(id).ok()?;
+            super::validate_server_id(id).ok().map(|()| id.to_owned())
+        });
+        if let Some(id) = server {
+            if pid_alive(pid) {
+                found.push((id, pid));
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// Sends SIGKILL to `pid`.

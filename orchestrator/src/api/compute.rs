@@ -117,6 +117,21 @@ fn require_writer(ctx: &AuthContext) -> ApiResult<()> {
 
 // ---------------------------------------------------------------- flavors
 
+/// A query parameter that must be a non-negative integer when present (400
+/// otherwise, as Nova's query schemas answer).
+fn non_negative_param(q: &HashMap<String, String>, key: &str) -> ApiResult<Option<usize>> {
+    q.get(key)
+        .map(|v| {
+            v.parse::<usize>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "Invalid input for query parameters {key}. Value: {v}. \
+                     It must be a non-negative integer."
+                ))
+            })
+        })
+        .transpose()
+}
+
 async fn list_flavors(
     st: &AppState,
     base: &str,
@@ -125,11 +140,11 @@ async fn list_flavors(
 ) -> ApiResult<Json<Value>> {
     let conn = st.db.lock();
     let mut flavors = Flavor::all(&conn)?;
-    if let Some(min) = q.get("minRam").and_then(|v| v.parse::<i64>().ok()) {
-        flavors.retain(|f| f.ram >= min);
+    if let Some(min) = non_negative_param(q, "minRam")? {
+        flavors.retain(|f| f.ram >= min as i64);
     }
-    if let Some(min) = q.get("minDisk").and_then(|v| v.parse::<i64>().ok()) {
-        flavors.retain(|f| f.disk >= min);
+    if let Some(min) = non_negative_param(q, "minDisk")? {
+        flavors.retain(|f| f.disk >= min as i64);
     }
     if let Some(marker) = q.get("marker") {
         let pos = flavors
@@ -138,7 +153,7 @@ async fn list_flavors(
             .ok_or_else(|| ApiError::bad_request(format!("marker [{marker}] not found")))?;
         flavors.drain(..=pos);
     }
-    if let Some(limit) = q.get("limit").and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(limit) = non_negative_param(q, "limit")? {
         flavors.truncate(limit);
     }
     let list: Vec<Value> = flavors
@@ -256,6 +271,11 @@ async fn create_flavor(
             "flavor name must be 1 to 255 characters",
         ));
     }
+    if crate::util::has_control_chars(&name) {
+        return Err(ApiError::bad_request(
+            "flavor name must not contain control characters",
+        ));
+    }
     let flavor = Flavor {
         id: match f.id {
             None | Some(Value::Null) => new_id(),
@@ -309,7 +329,7 @@ async fn create_flavor(
         }
     }
     r?;
-    tracing::info!(flavor = %flavor.id, name = %flavor.name, "flavor created");
+    tracing::info!(flavor = %flavor.id, name = ?flavor.name, "flavor created");
     Ok(Json(json!({ "flavor": flavor.to_json(&base) })).into_response())
 }
 
@@ -350,6 +370,74 @@ async fn show_server(
     Ok(Json(json!({ "server": s.to_json(&base, ctx.is_admin()) })))
 }
 
+/// Nova's server sort keys this store can sort by, with their columns.
+const SERVER_SORT_COLUMNS: &[(&str, &str)] = &[
+    ("created_at", "created_at"),
+    ("updated_at", "updated_at"),
+    ("launched_at", "launched_at"),
+    ("display_name", "name"),
+    ("uuid", "id"),
+    ("project_id", "project_id"),
+    ("user_id", "user_id"),
+    ("image_ref", "image_id"),
+    ("instance_type_id", "flavor_id"),
+    ("vm_state", "status"),
+    ("task_state", "task_state"),
+    ("power_state", "power_state"),
+    ("host", "host"),
+    ("node", "host"),
+];
+
+/// Sort keys Nova accepts that mean nothing here (no such data): accepted,
+/// and the default order is used.
+const SERVER_SORT_IGNORED: &[&str] = &[
+    "access_ip_v4",
+    "access_ip_v6",
+    "auto_disk_config",
+    "availability_zone",
+    "config_drive",
+    "display_description",
+    "hostname",
+    "kernel_id",
+    "key_name",
+    "launch_index",
+    "locked_by",
+    "progress",
+    "ramdisk_id",
+    "root_device_name",
+    "terminated_at",
+];
+
+/// The `ORDER BY` column and direction from `sort_key` and `sort_dir`
+/// (default `created_at desc`); unknown keys or directions are 400, as in
+/// Nova (a key such as `password` must never become SQL).
+fn server_sort(q: &HashMap<String, String>) -> ApiResult<(&'static str, &'static str)> {
+    let dir = match q.get("sort_dir").map(String::as_str) {
+        None | Some("desc") => "DESC",
+        Some("asc") => "ASC",
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for query parameters sort_dir. Value: {other}. \
+                 It must be asc or desc."
+            )))
+        }
+    };
+    let column = match q.get("sort_key").map(String::as_str) {
+        None => "created_at",
+        Some(key) => match SERVER_SORT_COLUMNS.iter().find(|(k, _)| *k == key) {
+            Some((_, col)) => col,
+            None if SERVER_SORT_IGNORED.contains(&key) => "created_at",
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid input for query parameters sort_key. Value: {key}. \
+                     It is not a sort key servers can be sorted by."
+                )))
+            }
+        },
+    };
+    Ok((column, dir))
+}
+
 /// Nova's default and largest page (`max_limit`).
 const MAX_PAGE: usize = 1000;
 
@@ -388,16 +476,9 @@ async fn list_servers(
         args.push(n.replace(['^', '$'], ""));
         sql.push_str(&format!(" AND instr(name, ?{}) > 0", args.len()));
     }
-    sql.push_str(" ORDER BY created_at DESC, id DESC");
-    let limit = match q.get("limit") {
-        Some(l) => l
-            .parse::<usize>()
-            .map_err(|_| {
-                ApiError::bad_request(format!("limit must be a non-negative integer, not {l}"))
-            })?
-            .min(MAX_PAGE),
-        None => MAX_PAGE,
-    };
+    let (column, dir) = server_sort(q)?;
+    sql.push_str(&format!(" ORDER BY {column} {dir}, id {dir}"));
+    let limit = non_negative_param(q, "limit")?.map_or(MAX_PAGE, |l| l.min(MAX_PAGE));
     let mut servers: Vec<Server> = {
         let conn = st.db.lock();
         let mut stmt = conn.prepare_cached(&sql)?;
@@ -650,6 +731,11 @@ async fn create_server(
             "server name must be 1 to 255 characters",
         ));
     }
+    if crate::util::has_control_chars(&name) {
+        return Err(ApiError::bad_request(
+            "server name must not contain control characters",
+        ));
+    }
     match &f.networks {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s == "none" || s == "auto" => {}
@@ -684,7 +770,15 @@ async fn create_server(
         tracing::debug!("security groups are ignored without networking");
     }
     let min_count = count_field("min_count", &f.min_count)?;
-    let max_count = count_field("max_count", &f.max_count)?.max(min_count);
+    let max_count = match &f.max_count {
+        None | Some(Value::Null) => min_count,
+        Some(_) => count_field("max_count", &f.max_count)?,
+    };
+    if min_count > max_count {
+        return Err(ApiError::bad_request(format!(
+            "min_count ({min_count}) must be less than or equal to max_count ({max_count})"
+        )));
+    }
     if max_count > MAX_COUNT {
         return Err(ApiError::bad_request(format!(
             "max_count may be at most {MAX_COUNT}"
@@ -858,6 +952,16 @@ fn conflict(action: &str, s: &Server) -> ApiError {
     ))
 }
 
+/// The console text without the control characters Nova removes from
+/// `os-getConsoleOutput` (`[\x00-\x08\x0B-\x1F]`: everything below a space
+/// but tab and newline, so escape sequences, NUL, BEL and carriage returns),
+/// nor DEL: a guest must not drive its viewers' terminals.
+fn strip_console_controls(text: &str) -> String {
+    text.chars()
+        .filter(|&c| c == '\t' || c == '\n' || !(c < ' ' || c == '\x7f'))
+        .collect()
+}
+
 async fn server_action(
     State(st): State<AppState>,
     ProjectAuth(ctx): ProjectAuth,
@@ -892,6 +996,7 @@ async fn server_action(
             .await
             .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;
+        let out = strip_console_controls(&out);
         return Ok(Json(json!({ "output": out })).into_response());
     }
     require_writer(&ctx)?;
@@ -1114,4 +1219,33 @@ async fn limits(
         "totalServerGroupsUsed": 0, "maxSecurityGroups": -1, "totalSecurityGroupsUsed": 0,
         "maxSecurityGroupRules": -1, "maxTotalFloatingIps": -1, "totalFloatingIpsUsed": 0
     } } })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_output_loses_control_characters_but_tabs_and_newlines() {
+        let raw = "a\x1b[31mred\x1b[0m\x07\x00b\r\n\tc\x7f\x0bd\n";
+        assert_eq!(strip_console_controls(raw), "a[31mred[0mb\n\tcd\n");
+    }
+
+    #[test]
+    fn server_sort_keys_are_checked() {
+        let q = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(server_sort(&q(&[])).ok(), Some(("created_at", "DESC")));
+        assert_eq!(
+            server_sort(&q(&[("sort_key", "display_name"), ("sort_dir", "asc")])).ok(),
+            Some(("name", "ASC"))
+        );
+        assert!(server_sort(&q(&[("sort_dir", "sideways")])).is_err());
+        assert!(server_sort(&q(&[("sort_key", "password")])).is_err());
+        assert!(server_sort(&q(&[("sort_key", "name; DROP TABLE servers")])).is_err());
+    }
 }

@@ -60,7 +60,22 @@ impl ApiError {
 
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> Self {
-        ApiError::internal(format!("state database: {e}"))
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => {
+                tracing::error!(error = %e, "the state database's disk is full");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "The state database cannot grow: no space left on the daemon's disk. \
+                     Nothing was changed; try again once space is freed.",
+                )
+            }
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The state database is busy; try again.",
+            ),
+            _ => ApiError::internal(format!("state database: {e}")),
+        }
     }
 }
 
@@ -114,6 +129,7 @@ fn nova_name(status: StatusCode) -> &'static str {
         413 => "overLimit",
         415 => "badMediaType",
         501 => "notImplemented",
+        507 => "insufficientStorage",
         503 => "serviceUnavailable",
         _ => "computeFault",
     }
@@ -163,4 +179,80 @@ pub fn restyle(style: ErrorStyle, resp: Response) -> Response {
         }
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// Unmounts a tmpfs when dropped.
+    struct Mount(std::path::PathBuf);
+
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    /// A real SQLite file on a full file system: the write fails with
+    /// SQLITE_FULL, which clients get as 507 with a message saying so (not
+    /// 500 "database or disk is full"), and the database is intact after.
+    #[test]
+    fn a_full_disk_under_the_database_is_507() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "nubo-test"])
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "cannot mount a tmpfs and CI=true"
+            );
+            eprintln!("SKIPPING: cannot mount a tmpfs");
+            return;
+        }
+        let _mount = Mount(mnt.clone());
+        let db = crate::db::Db::open(&mnt.join("nubo.db")).expect("open");
+        let filler = mnt.join("filler");
+        // Fill the file system up to the last byte.
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).expect("filler");
+            let chunk = vec![0u8; 64 << 10];
+            while f.write_all(&chunk).is_ok() {}
+            let _ = f.write_all(&[0u8; 512]);
+        }
+        let blob = "x".repeat(256 << 10);
+        let err = (0..16)
+            .find_map(|i| {
+                db.lock()
+                    .execute(
+                        "INSERT INTO quotas (project_id, resource, hard_limit) VALUES (?1, ?2, 1)",
+                        rusqlite::params![format!("p{i}"), blob],
+                    )
+                    .err()
+            })
+            .expect("a write on a full disk must fail");
+        let api = ApiError::from(err);
+        assert_eq!(
+            api.status,
+            StatusCode::INSUFFICIENT_STORAGE,
+            "{}",
+            api.message
+        );
+        assert!(api.message.contains("no space left"), "{}", api.message);
+        // Space again: the database works.
+        std::fs::remove_file(&filler).expect("remove filler");
+        db.lock()
+            .execute(
+                "INSERT INTO quotas (project_id, resource, hard_limit) VALUES ('after', 'cores', 1)",
+                [],
+            )
+            .expect("write after freeing space");
+    }
 }

@@ -543,6 +543,11 @@ fn valid_name(kind: &str, name: &str) -> ApiResult<()> {
             "{kind} name must be 1 to 255 characters"
         )));
     }
+    if crate::util::has_control_chars(name) {
+        return Err(ApiError::bad_request(format!(
+            "{kind} name must not contain control characters"
+        )));
+    }
     Ok(())
 }
 
@@ -582,7 +587,7 @@ async fn create_project(
         params![id, name, domain, p.description.unwrap_or_default(), p.enabled.unwrap_or(true)],
     )
     .map_err(|e| unique_violation(e, format!("a project named {name} already exists in domain {domain}")))?;
-    tracing::info!(project = %id, %name, "project created");
+    tracing::info!(project = %id, ?name, "project created");
     Ok((
         StatusCode::CREATED,
         Json(json!({ "project": one_project(&conn, &base, &id)? })),
@@ -783,7 +788,7 @@ async fn create_user(
         ],
     )
     .map_err(|e| unique_violation(e, format!("a user named {name} already exists in domain {domain}")))?;
-    tracing::info!(user = %id, %name, "user created");
+    tracing::info!(user = %id, ?name, "user created");
     Ok((
         StatusCode::CREATED,
         Json(json!({ "user": one_user(&conn, &base, &id)? })),

@@ -428,6 +428,9 @@ fn set_core(
     match key {
         "name" => match v {
             Value::Null => img.name = None,
+            Value::String(s) if crate::util::has_control_chars(s) => {
+                return Err(bad_value(key, "contains control characters"))
+            }
             Value::String(s) if s.chars().count() <= 255 => img.name = Some(s.clone()),
             Value::String(_) => return Err(bad_value(key, "longer than 255 characters")),
             _ => return Err(bad_value(key, &format!("{v} is not of type 'string'"))),
@@ -627,6 +630,20 @@ async fn delete_image(
             )));
         }
         conn.execute("DELETE FROM images WHERE id = ?1", params![id])?;
+    }
+    // Servers booted from the image (or from its kernel or ramdisk) keep
+    // using its file: it stays until the last of them is deleted.
+    let used = {
+        let (db, compute) = (st.db.clone(), st.compute.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::compute::image_use::images_in_use(&db, &compute.agent, &compute.images)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    };
+    if crate::compute::image_use::is_used(&used, &id) {
+        tracing::info!(image = %id, "image deleted; its file stays while servers use it");
+        return Ok(StatusCode::NO_CONTENT);
     }
     // The row is gone first: an upload still running then fails to activate
     // and removes what it wrote; this removes its partial file meanwhile.

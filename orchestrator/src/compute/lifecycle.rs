@@ -387,7 +387,14 @@ pub async fn delete(c: Arc<Compute>, id: String) {
     .await
     .and_then(|r| r);
     match r {
-        Ok(()) => tracing::info!(server = %id, "server deleted"),
+        Ok(()) => {
+            tracing::info!(server = %id, "server deleted");
+            let c2 = Arc::clone(&c);
+            let _ = blocking(move || {
+                super::image_use::remove_released_files(&c2.db, &c2.agent, &c2.images)
+            })
+            .await;
+        }
         Err(e) => set_error(&c, &id, &format!("delete failed: {e}")),
     }
     drop(busy);
@@ -433,6 +440,13 @@ pub async fn reconcile(c: Arc<Compute>) {
         }
     };
     let known: std::collections::HashSet<String> = servers.iter().map(|s| s.id.clone()).collect();
+    {
+        // Before adopting: every VMM that runs is tracked by its server's pid
+        // file or killed, so no build restarted below can duplicate one.
+        let agent = Arc::clone(&c.agent);
+        let known = known.clone();
+        let _ = blocking(move || agent.settle_running_vmms(&known)).await;
+    }
     for s in servers {
         let agent = Arc::clone(&c.agent);
         let sid = s.id.clone();

@@ -224,10 +224,7 @@ impl Server {
     pub fn view<'a>(&'a self, base: &'a str, admin: bool, host_id: &'a str) -> ServerView<'a> {
         let metadata = serde_json::value::RawValue::from_string(self.metadata.clone())
             .unwrap_or_else(|_| empty_object());
-        let fault = self
-            .fault
-            .as_ref()
-            .and_then(|f| serde_json::value::RawValue::from_string(f.clone()).ok());
+        let fault = self.fault.as_deref().and_then(|f| fault_view(f, admin));
         let bookmark = |kind: &str, id: &str| format!("{base}/compute/{kind}/{id}");
         ServerView {
             id: &self.id,
@@ -294,6 +291,80 @@ impl Server {
         let host_id = Server::host_id(&self.project_id);
         serde_json::to_value(self.view(base, admin, &host_id)).unwrap_or(Value::Null)
     }
+}
+
+/// A stored fault (`{"code", "message", "created"}`) as the viewer may see
+/// it. As in Nova, `details` is for admins only (here: the full message);
+/// others get the message without host details — file system paths of the
+/// host are replaced by `(host path)`.
+fn fault_view(stored: &str, admin: bool) -> Option<Box<serde_json::value::RawValue>> {
+    let mut fault: serde_json::Map<String, Value> = serde_json::from_str(stored).ok()?;
+    let message = fault
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if admin {
+        fault.insert("details".into(), Value::String(message));
+    } else {
+        fault.insert("message".into(), Value::String(redact_host_paths(&message)));
+    }
+    serde_json::value::to_raw_value(&fault).ok()
+}
+
+/// `text` for a non-admin: terminal escape sequences and control
+/// characters but newlines removed, and every absolute path of two or more
+/// components (`/a/b...`, up to the next space, quote, comma, colon or
+/// bracket, not glued to a word before it) replaced by `(host path)`.
+pub fn redact_host_paths(text: &str) -> String {
+    const END: &[char] = &[
+        ' ', '\t', '\n', '"', '\'', ',', ':', ';', '(', ')', '[', ']',
+    ];
+    let text = strip_escapes(text);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find('/') {
+        let starts_word = rest[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '~')));
+        let len = rest[i..].find(END).unwrap_or(rest.len() - i);
+        let word = &rest[i..i + len];
+        out.push_str(&rest[..i]);
+        if starts_word && word[1..].contains('/') {
+            out.push_str("(host path)");
+        } else {
+            out.push_str(word);
+        }
+        rest = &rest[i + len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... final`) and without
+/// control characters other than newlines.
+fn strip_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                // Parameters and intermediates, then one final byte.
+                for p in chars.by_ref() {
+                    if ('\u{40}'..='\u{7e}').contains(&p) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if c == '\n' || !c.is_control() {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn empty_object() -> Box<serde_json::value::RawValue> {
@@ -383,4 +454,31 @@ pub struct ServerView<'a> {
     instance_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fault: Option<Box<serde_json::value::RawValue>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_paths_are_redacted_for_non_admins() {
+        let msg = "Build aborted: cannot open disk /var/lib/nubo/instances/x/disk.qcow2: backing file \"/srv/images/abc\" (path=/a/b) see vmm.log, 1/2 done, /tmp";
+        assert_eq!(
+            redact_host_paths(msg),
+            "Build aborted: cannot open disk (host path): backing file \"(host path)\" (path=(host path)) see vmm.log, 1/2 done, /tmp"
+        );
+        let stored = r#"{"code":500,"message":"open /etc/nubo/x failed","created":"t"}"#;
+        let member: Value =
+            serde_json::from_str(fault_view(stored, false).expect("view").get()).expect("json");
+        assert_eq!(member["message"], "open (host path) failed");
+        assert!(member.get("details").is_none(), "{member}");
+        let admin: Value =
+            serde_json::from_str(fault_view(stored, true).expect("view").get()).expect("json");
+        assert_eq!(admin["message"], "open /etc/nubo/x failed");
+        assert_eq!(admin["details"], "open /etc/nubo/x failed");
+        assert_eq!(
+            redact_host_paths("a \u{1b}[2mpath\u{1b}[0m=\u{1b}[0m/tmp/x/y\u{7} b"),
+            "a path=(host path) b"
+        );
+    }
 }

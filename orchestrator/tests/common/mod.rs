@@ -557,6 +557,55 @@ impl Cloud {
         id
     }
 
+    /// The admin token, a 64 MiB one-vCPU flavor and a 1 MiB raw image.
+    pub fn basics(&self) -> (String, String, String) {
+        let t = self.admin_token();
+        let flavor = self.flavor(&t, "tiny", 1, 64);
+        let image = self.raw_image(&t, "zeros");
+        (t, flavor, image)
+    }
+
+    /// A new project `name` with a user `NAME-user` holding the member role
+    /// there; returns that user's project-scoped token and the project id.
+    pub fn member_of_new_project(&self, admin: &str, name: &str) -> (String, String) {
+        let r = self.req(
+            "POST",
+            "/identity/v3/projects",
+            Some(admin),
+            Some(&json!({ "project": { "name": name, "domain_id": "default" } })),
+        );
+        self.expect("create project", &r, 201);
+        let project = r.json()["project"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let user_name = format!("{name}-user");
+        let r = self.req(
+            "POST",
+            "/identity/v3/users",
+            Some(admin),
+            Some(&json!({ "user": { "name": user_name, "domain_id": "default", "password": "member-pw-1" } })),
+        );
+        self.expect("create user", &r, 201);
+        let user = r.json()["user"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let roles = self.req("GET", "/identity/v3/roles?name=member", Some(admin), None);
+        let role = roles.json()["roles"][0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let r = self.req(
+            "PUT",
+            &format!("/identity/v3/projects/{project}/users/{user}/roles/{role}"),
+            Some(admin),
+            None,
+        );
+        self.expect("grant member", &r, 204);
+        (self.token_for(&user_name, "member-pw-1", name), project)
+    }
+
     /// `POST /servers`.
     pub fn create_server_resp(&self, token: &str, name: &str, image: &str, flavor: &str) -> Resp {
         self.req(
