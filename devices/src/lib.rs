@@ -14,7 +14,5 @@ pub mod trigger;
 pub mod virtio;
 
 pub use bus::{BusError, MmioBus, MmioBusError, MmioDevice, PioBus, PioDevice};
-#[doc(hidden)]
-pub use virtio::block::fuzz_blk_request;
-#[doc(hidden)]
-pub use virtio::net::fuzz_net_tx;
+#[cfg(feature = "fuzzing")]
+pub use virtio::fuzz::{fuzz_blk_request, fuzz_net_tx};

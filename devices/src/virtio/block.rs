@@ -19,12 +19,12 @@ use std::sync::Arc;
 
 use images::BlockBackend;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::{
-    ActivateError, GuestMemory, QueueError, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
-    TYPE_BLOCK, VIRTIO_RING_F_INDIRECT_DESC,
+    ring, ActivateError, GuestMemory, QueueError, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
+    VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Feature: `seg_max` in the config is valid.
@@ -537,11 +537,7 @@ impl VirtioDevice for Block {
         queues: Vec<Queue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        let queue = queues
-            .into_iter()
-            .next()
-            .filter(|q| q.ready())
-            .ok_or(ActivateError::QueueNotEnabled(0))?;
+        let [queue] = ring::ready_queues(queues)?;
         self.active = Some(Active {
             mem,
             queue,
@@ -559,193 +555,19 @@ impl VirtioDevice for Block {
         else {
             return Ok(());
         };
-        if index != 0 || !queue.ready() {
+        if index != 0 {
             return Ok(());
         }
-        let avail = queue
-            .avail_idx(&*mem, Ordering::Acquire)
-            .map_err(|e| QueueError::Ring(e.to_string()))?;
-        let next = queue.next_avail();
-        if avail.0.wrapping_sub(next) > queue.size() {
-            return Err(QueueError::AvailIndex {
-                next,
-                avail: avail.0,
-            });
-        }
-        let mut used = false;
-        let mut result = Ok(());
-        while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
-            let head = chain.head_index();
-            let len = match self.disk.handle_chain(mem, chain) {
-                Ok(len) => len,
-                Err(reason) => {
-                    bump(&self.disk.counters.malformed, 1);
-                    result = Err(QueueError::MalformedChain { head, reason });
-                    0
-                }
-            };
-            match queue.add_used(&*mem, head, len) {
-                Ok(()) => used = true,
-                Err(e) => {
-                    if result.is_ok() {
-                        result = Err(QueueError::Ring(e.to_string()));
-                    }
-                }
-            }
-            if result.is_err() {
-                break;
-            }
-        }
-        if used && queue.needs_notification(&*mem).unwrap_or(true) {
-            if let Err(e) = interrupt.trigger(VirtioInterruptType::Queue(0)) {
-                tracing::warn!(error = %e, "virtio-blk interrupt failed");
-            }
-        }
-        result
+        let disk = &mut self.disk;
+        ring::drain(queue, mem, interrupt.as_ref(), 0, |chain| {
+            disk.handle_chain(mem, chain)
+                .inspect_err(|_| bump(&disk.counters.malformed, 1))
+        })
     }
 
     fn reset(&mut self) {
         self.active = None;
     }
-}
-
-/// An in-memory disk for tests and the fuzzing harness.
-struct MemDisk(Vec<u8>);
-
-impl BlockBackend for MemDisk {
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), images::ImageError> {
-        let src = usize::try_from(offset)
-            .ok()
-            .and_then(|o| self.0.get(o..o.checked_add(buf.len())?))
-            .ok_or(images::ImageError::OutOfRange {
-                offset,
-                len: buf.len() as u64,
-                size: self.0.len() as u64,
-            })?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), images::ImageError> {
-        let size = self.0.len() as u64;
-        let dst = usize::try_from(offset)
-            .ok()
-            .and_then(|o| self.0.get_mut(o..o.checked_add(buf.len())?))
-            .ok_or(images::ImageError::OutOfRange {
-                offset,
-                len: buf.len() as u64,
-                size,
-            })?;
-        dst.copy_from_slice(buf);
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), images::ImageError> {
-        Ok(())
-    }
-    fn discard(&mut self, offset: u64, len: u64) -> Result<(), images::ImageError> {
-        self.write_zeroes(offset, len)
-    }
-    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), images::ImageError> {
-        let size = self.0.len() as u64;
-        let dst = usize::try_from(offset)
-            .ok()
-            .zip(usize::try_from(len).ok())
-            .and_then(|(o, l)| self.0.get_mut(o..o.checked_add(l)?))
-            .ok_or(images::ImageError::OutOfRange { offset, len, size })?;
-        dst.fill(0);
-        Ok(())
-    }
-}
-
-struct NoInterrupt;
-
-impl VirtioInterrupt for NoInterrupt {
-    fn trigger(&self, _kind: VirtioInterruptType) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Fuzzing harness (for `devices/fuzz` and the stable robustness test):
-/// builds a 16-entry split queue in 128 KiB of guest memory from `data`
-/// (descriptor addresses, lengths, flags and `next` links, the available
-/// ring, and the bytes that headers, data and indirect tables are read
-/// from), activates a virtio-blk device over a 64 KiB in-memory disk and
-/// processes the queue. Errors are fine; panics and hangs are bugs.
-#[doc(hidden)]
-pub fn fuzz_blk_request(data: &[u8]) {
-    let _ = fuzz_one(data);
-}
-
-/// [`fuzz_blk_request`], returning the device's counters when it ran.
-fn fuzz_one(data: &[u8]) -> Option<Arc<BlockCounters>> {
-    const MEM: u64 = 0x2_0000;
-    const DATA: u64 = 0x1000;
-    const QSIZE: u16 = 16;
-    let mut input = data.iter().copied();
-    let mut byte = move || input.next().unwrap_or(0);
-    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM as usize)]).ok()?;
-    let mode = byte();
-    let desc_table = 0u64;
-    let avail = 0x200u64;
-    let used = 0x400u64;
-    for i in 0..u64::from(QSIZE) {
-        let sel = byte();
-        let addr = if sel == 0xff {
-            u64::from_le_bytes([
-                byte(),
-                byte(),
-                byte(),
-                byte(),
-                byte(),
-                byte(),
-                byte(),
-                byte(),
-            ])
-        } else {
-            DATA + u64::from(u16::from_le_bytes([byte(), byte()])) * 2
-        };
-        let len = if sel & 0x80 != 0 {
-            u32::from_le_bytes([byte(), byte(), byte(), byte()])
-        } else {
-            u32::from(u16::from_le_bytes([byte(), byte()]) & 0x3fff)
-        };
-        let flags = u16::from(byte() & 0x7);
-        let next = u16::from(byte() % 20);
-        let d = Descriptor::new(addr, len, flags, next);
-        let _ = mem.write_obj(d, GuestAddress(desc_table + i * 16));
-    }
-    let idx = u16::from(byte() % 20);
-    let _ = mem.write_obj(0u16, GuestAddress(avail));
-    let _ = mem.write_obj(idx, GuestAddress(avail + 2));
-    for i in 0..u64::from(QSIZE) {
-        let _ = mem.write_obj(u16::from(byte() % 20), GuestAddress(avail + 4 + 2 * i));
-    }
-    let rest: Vec<u8> = std::iter::from_fn(|| Some(byte())).take(0x4000).collect();
-    let _ = mem.write_slice(&rest, GuestAddress(DATA));
-    // Make the rest of the input appear at a few more places.
-    let _ = mem.write_slice(&rest, GuestAddress(DATA + 0x8000));
-
-    let disk = MemDisk((0..0x1_0000u32).map(|i| i as u8).collect());
-    let mut dev = Block::new(
-        Box::new(disk),
-        BlockOptions {
-            read_only: mode & 1 != 0,
-            id: Some("fuzz-disk".into()),
-        },
-    );
-    let mut q = Queue::new(QUEUE_SIZE).ok()?;
-    q.try_set_size(QSIZE).ok()?;
-    q.try_set_desc_table_address(GuestAddress(desc_table))
-        .ok()?;
-    q.try_set_avail_ring_address(GuestAddress(avail)).ok()?;
-    q.try_set_used_ring_address(GuestAddress(used)).ok()?;
-    q.set_ready(true);
-    dev.activate(mem, 0, vec![q], Arc::new(NoInterrupt)).ok()?;
-    let _ = dev.process_queue(0);
-    let _ = dev.process_queue(0);
-    Some(dev.counters())
 }
 
 #[cfg(test)]
@@ -1248,7 +1070,10 @@ mod tests {
 
     #[test]
     fn activation_needs_queue_zero() {
-        let blk = Block::new(Box::new(MemDisk(vec![0; 4096])), BlockOptions::default());
+        let blk = Block::new(
+            Box::new(super::super::testing::MemDisk(vec![0; 4096])),
+            BlockOptions::default(),
+        );
         let d = Driver::new(Box::new(blk));
         assert_eq!(d.negotiate(d.device_features()), 1 | 2 | 8);
         d.set_status(1 | 2 | 8 | 4);
@@ -1304,7 +1129,7 @@ mod tests {
                 }
                 v
             };
-            fuzz_blk_request(&input);
+            super::super::fuzz::fuzz_blk_request(&input);
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
@@ -1312,7 +1137,7 @@ mod tests {
     #[test]
     fn seed_is_a_valid_request() {
         // The seed itself completes (guards the harness layout).
-        let c = fuzz_one(&seed()).unwrap();
+        let c = super::super::fuzz::blk_counters(&seed()).unwrap();
         assert_eq!(c.read_ops.load(Ordering::Relaxed), 1);
         assert_eq!(c.read_bytes.load(Ordering::Relaxed), 512);
     }

@@ -12,10 +12,15 @@
 //! notify write arrives as a plain MMIO exit).
 
 pub mod block;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod net;
 pub mod pci;
+mod ring;
 #[cfg(test)]
 mod test_driver;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod testing;
 
 use std::io;
 use std::sync::Arc;

@@ -37,7 +37,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend as _};
 
 use super::{
-    ActivateError, GuestMemory, QueueError, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
+    ring, ActivateError, GuestMemory, QueueError, VirtioDevice, VirtioInterrupt,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
 
@@ -195,22 +195,6 @@ impl Segs {
         }
         Ok(pos)
     }
-}
-
-/// Checks that the driver did not move the available index by more than
-/// the queue size.
-fn check_avail(queue: &Queue, mem: &GuestMemory) -> Result<(), QueueError> {
-    let avail = queue
-        .avail_idx(mem, Ordering::Acquire)
-        .map_err(|e| QueueError::Ring(e.to_string()))?;
-    let next = queue.next_avail();
-    if avail.0.wrapping_sub(next) > queue.size() {
-        return Err(QueueError::AvailIndex {
-            next,
-            avail: avail.0,
-        });
-    }
-    Ok(())
 }
 
 /// Adds `elems` (head, length) to the used ring and publishes the used index
@@ -472,7 +456,7 @@ impl Net {
         if !a.rx.ready() {
             return Ok(());
         }
-        check_avail(&a.rx, &a.mem)?;
+        ring::check_avail(&a.rx, &a.mem)?;
         let mut delivered = false;
         let result = loop {
             if *rx_pending == 0 {
@@ -527,10 +511,8 @@ impl Net {
                 }
             }
         };
-        if delivered && a.rx.needs_notification(&a.mem).unwrap_or(true) {
-            if let Err(e) = a.interrupt.trigger(VirtioInterruptType::Queue(RX_QUEUE)) {
-                tracing::warn!(error = %e, "virtio-net RX interrupt failed");
-            }
+        if delivered {
+            ring::notify(&mut a.rx, &a.mem, a.interrupt.as_ref(), RX_QUEUE);
         }
         result
     }
@@ -548,36 +530,11 @@ impl Net {
         let Some(a) = active.as_mut() else {
             return Ok(());
         };
-        if !a.tx.ready() {
-            return Ok(());
-        }
-        check_avail(&a.tx, &a.mem)?;
-        let mut used = false;
-        let mut result = Ok(());
-        while let Some(chain) = a.tx.pop_descriptor_chain(&a.mem) {
-            let head = chain.head_index();
-            if let Err(reason) = send_chain(&a.mem, chain, backend.as_mut(), tx_buf, counters) {
-                bump(&counters.malformed, 1);
-                result = Err(QueueError::MalformedChain { head, reason });
-            }
-            match a.tx.add_used(&a.mem, head, 0) {
-                Ok(()) => used = true,
-                Err(e) => {
-                    if result.is_ok() {
-                        result = Err(QueueError::Ring(e.to_string()));
-                    }
-                }
-            }
-            if result.is_err() {
-                break;
-            }
-        }
-        if used && a.tx.needs_notification(&a.mem).unwrap_or(true) {
-            if let Err(e) = a.interrupt.trigger(VirtioInterruptType::Queue(TX_QUEUE)) {
-                tracing::warn!(error = %e, "virtio-net TX interrupt failed");
-            }
-        }
-        result
+        ring::drain(&mut a.tx, &a.mem, a.interrupt.as_ref(), TX_QUEUE, |chain| {
+            send_chain(&a.mem, chain, backend.as_mut(), tx_buf, counters)
+                .map(|()| 0)
+                .inspect_err(|_| bump(&counters.malformed, 1))
+        })
     }
 }
 
@@ -647,15 +604,7 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        let mut queues = queues.into_iter();
-        let rx = queues
-            .next()
-            .filter(|q| q.ready())
-            .ok_or(ActivateError::QueueNotEnabled(RX_QUEUE))?;
-        let tx = queues
-            .next()
-            .filter(|q| q.ready())
-            .ok_or(ActivateError::QueueNotEnabled(TX_QUEUE))?;
+        let [rx, tx] = ring::ready_queues(queues)?;
         let offloads = Self::offload_flags(acked_features);
         if let Err(e) = self.backend.set_offload(offloads) {
             // Without offloads the frames are complete; still correct.
@@ -689,136 +638,6 @@ impl VirtioDevice for Net {
         self.active = None;
         self.rx_pending = 0;
     }
-}
-
-/// An in-memory backend for the fuzzing harness: frames to receive come
-/// from a list, sent frames are only counted.
-struct MemBackend {
-    rx: std::collections::VecDeque<Vec<u8>>,
-    sent: usize,
-}
-
-impl std::os::fd::AsRawFd for MemBackend {
-    fn as_raw_fd(&self) -> RawFd {
-        // Not a real descriptor; the device never uses it for I/O.
-        -1
-    }
-}
-
-impl NetBackend for MemBackend {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let frame = self
-            .rx
-            .pop_front()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))?;
-        let n = frame.len().min(buf.len());
-        buf[..n].copy_from_slice(&frame[..n]);
-        Ok(n)
-    }
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.sent += 1;
-        Ok(buf.len())
-    }
-    fn set_offload(&mut self, _flags: u32) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-struct NoInterrupt;
-
-impl VirtioInterrupt for NoInterrupt {
-    fn trigger(&self, _kind: VirtioInterruptType) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Fuzzing harness (for `devices/fuzz` and the stable robustness test):
-/// builds a 16-entry TX queue and a 16-entry RX queue in 128 KiB of guest
-/// memory from `data` (descriptor addresses, lengths, flags and `next`
-/// links, available rings, negotiated features, frames waiting in the
-/// backend, and the bytes frames and indirect tables are read from),
-/// activates a virtio-net device over an in-memory backend and processes
-/// both queues. Errors are fine; panics and hangs are bugs.
-#[doc(hidden)]
-pub fn fuzz_net_tx(data: &[u8]) {
-    let _ = fuzz_one(data);
-}
-
-/// [`fuzz_net_tx`], returning the device's counters when it ran.
-fn fuzz_one(data: &[u8]) -> Option<Arc<NetCounters>> {
-    const MEM: u64 = 0x2_0000;
-    const DATA: u64 = 0x2000;
-    const QSIZE: u16 = 16;
-    let mut input = data.iter().copied();
-    let mut byte = move || input.next().unwrap_or(0);
-    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM as usize)]).ok()?;
-    // (descriptor table, available ring, used ring) of TX and RX.
-    let layout = [(0u64, 0x200u64, 0x400u64), (0x800, 0xa00, 0xc00)];
-    for &(desc_table, avail, _) in &layout {
-        for i in 0..u64::from(QSIZE) {
-            let sel = byte();
-            let addr = if sel == 0xff {
-                u64::from_le_bytes(std::array::from_fn(|_| byte()))
-            } else {
-                DATA + u64::from(u16::from_le_bytes([byte(), byte()])) * 2
-            };
-            let len = if sel & 0x80 != 0 {
-                u32::from_le_bytes([byte(), byte(), byte(), byte()])
-            } else {
-                u32::from(u16::from_le_bytes([byte(), byte()]) & 0x3fff)
-            };
-            let flags = u16::from(byte() & 0x7);
-            let next = u16::from(byte() % 20);
-            let d = virtio_queue::desc::split::Descriptor::new(addr, len, flags, next);
-            let _ = mem.write_obj(d, GuestAddress(desc_table + i * 16));
-        }
-        let idx = u16::from(byte() % 20);
-        let _ = mem.write_obj(0u16, GuestAddress(avail));
-        let _ = mem.write_obj(idx, GuestAddress(avail + 2));
-        for i in 0..u64::from(QSIZE) {
-            let _ = mem.write_obj(u16::from(byte() % 20), GuestAddress(avail + 4 + 2 * i));
-        }
-    }
-    let mode = byte();
-    let mut acked = 1u64 << super::VIRTIO_F_VERSION_1;
-    if mode & 1 != 0 {
-        acked |= 1 << VIRTIO_NET_F_MRG_RXBUF;
-    }
-    if mode & 2 != 0 {
-        acked |= 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
-    }
-    let mut rx = std::collections::VecDeque::new();
-    for i in 0..(byte() % 4) {
-        let len = if i == 3 {
-            MAX_FRAME + 1
-        } else {
-            usize::from(u16::from_le_bytes([byte(), byte()]) % 0x2000)
-        };
-        rx.push_back((0..len).map(|j| j as u8).collect());
-    }
-    let rest: Vec<u8> = std::iter::from_fn(|| Some(byte())).take(0x4000).collect();
-    let _ = mem.write_slice(&rest, GuestAddress(DATA));
-    let _ = mem.write_slice(&rest, GuestAddress(DATA + 0x8000));
-
-    let mut dev = Net::new(Box::new(MemBackend { rx, sent: 0 }), [2, 0, 0, 0, 0, 1]);
-    let mut queues = Vec::new();
-    for &(desc_table, avail, used) in &[layout[1], layout[0]] {
-        let mut q = Queue::new(QUEUE_SIZE).ok()?;
-        q.try_set_size(QSIZE).ok()?;
-        q.try_set_desc_table_address(GuestAddress(desc_table))
-            .ok()?;
-        q.try_set_avail_ring_address(GuestAddress(avail)).ok()?;
-        q.try_set_used_ring_address(GuestAddress(used)).ok()?;
-        q.set_ready(true);
-        queues.push(q);
-    }
-    dev.activate(mem, acked, queues, Arc::new(NoInterrupt))
-        .ok()?;
-    let _ = dev.process_queue(TX_QUEUE);
-    let _ = dev.process_queue(RX_QUEUE);
-    let _ = dev.process_queue(TX_QUEUE);
-    let _ = dev.process_queue(RX_QUEUE);
-    Some(dev.counters())
 }
 
 #[cfg(test)]
@@ -1441,7 +1260,7 @@ mod tests {
                 }
                 v
             };
-            fuzz_net_tx(&input);
+            super::super::fuzz::fuzz_net_tx(&input);
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
@@ -1449,7 +1268,7 @@ mod tests {
     #[test]
     fn seed_is_valid_traffic() {
         // The seed itself sends and receives one frame (guards the layout).
-        let c = fuzz_one(&seed()).unwrap();
+        let c = super::super::fuzz::net_counters(&seed()).unwrap();
         assert_eq!(load(&c.tx_packets), 1);
         assert_eq!(load(&c.tx_bytes), 60);
         assert_eq!(load(&c.rx_packets), 1);

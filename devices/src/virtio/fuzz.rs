@@ -1,0 +1,172 @@
+//! Fuzzing harnesses of the virtio devices: guest memory, rings and
+//! descriptors built from arbitrary bytes, then the device's queue
+//! processing. Used by the robustness tests and by a fuzzer (feature
+//! `fuzzing`); never built into the VMM.
+
+use std::sync::Arc;
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::block::{self, Block, BlockCounters, BlockOptions};
+use super::net::{
+    self, Net, NetCounters, MAX_FRAME, RX_QUEUE, TX_QUEUE, VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MRG_RXBUF,
+};
+use super::testing::{MemBackend, MemDisk, NoInterrupt};
+use super::{GuestMemory, VirtioDevice};
+
+/// Entries of every fuzzed queue.
+const QSIZE: u16 = 16;
+
+/// Lays out one split queue from the input: [`QSIZE`] descriptors at
+/// `desc_table` (addresses mostly into `data`, sometimes any 64-bit value;
+/// lengths, flags and `next` links as they come) and the available ring at
+/// `avail` (its index and entries, some out of range on purpose).
+fn write_queue(
+    mem: &GuestMemory,
+    byte: &mut impl FnMut() -> u8,
+    desc_table: u64,
+    avail: u64,
+    data: u64,
+) {
+    for i in 0..u64::from(QSIZE) {
+        let sel = byte();
+        let addr = if sel == 0xff {
+            u64::from_le_bytes(std::array::from_fn(|_| byte()))
+        } else {
+            data + u64::from(u16::from_le_bytes([byte(), byte()])) * 2
+        };
+        let len = if sel & 0x80 != 0 {
+            u32::from_le_bytes([byte(), byte(), byte(), byte()])
+        } else {
+            u32::from(u16::from_le_bytes([byte(), byte()]) & 0x3fff)
+        };
+        let flags = u16::from(byte() & 0x7);
+        let next = u16::from(byte() % 20);
+        let d = Descriptor::new(addr, len, flags, next);
+        let _ = mem.write_obj(d, GuestAddress(desc_table + i * 16));
+    }
+    let idx = u16::from(byte() % 20);
+    let _ = mem.write_obj(0u16, GuestAddress(avail));
+    let _ = mem.write_obj(idx, GuestAddress(avail + 2));
+    for i in 0..u64::from(QSIZE) {
+        let _ = mem.write_obj(u16::from(byte() % 20), GuestAddress(avail + 4 + 2 * i));
+    }
+}
+
+/// Fuzzing harness (for `devices/fuzz` and the stable robustness test):
+/// builds a 16-entry split queue in 128 KiB of guest memory from `data`
+/// (descriptor addresses, lengths, flags and `next` links, the available
+/// ring, and the bytes that headers, data and indirect tables are read
+/// from), activates a virtio-blk device over a 64 KiB in-memory disk and
+/// processes the queue. Errors are fine; panics and hangs are bugs.
+#[doc(hidden)]
+pub fn fuzz_blk_request(data: &[u8]) {
+    let _ = blk_counters(data);
+}
+
+/// [`fuzz_blk_request`], returning the device's counters when it ran.
+pub(crate) fn blk_counters(data: &[u8]) -> Option<Arc<BlockCounters>> {
+    const MEM: u64 = 0x2_0000;
+    const DATA: u64 = 0x1000;
+    let mut input = data.iter().copied();
+    let mut byte = move || input.next().unwrap_or(0);
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM as usize)]).ok()?;
+    let mode = byte();
+    let desc_table = 0u64;
+    let avail = 0x200u64;
+    let used = 0x400u64;
+    write_queue(&mem, &mut byte, desc_table, avail, DATA);
+    let rest: Vec<u8> = std::iter::from_fn(|| Some(byte())).take(0x4000).collect();
+    let _ = mem.write_slice(&rest, GuestAddress(DATA));
+    // Make the rest of the input appear at a few more places.
+    let _ = mem.write_slice(&rest, GuestAddress(DATA + 0x8000));
+
+    let disk = MemDisk((0..0x1_0000u32).map(|i| i as u8).collect());
+    let mut dev = Block::new(
+        Box::new(disk),
+        BlockOptions {
+            read_only: mode & 1 != 0,
+            id: Some("fuzz-disk".into()),
+        },
+    );
+    let mut q = Queue::new(block::QUEUE_SIZE).ok()?;
+    q.try_set_size(QSIZE).ok()?;
+    q.try_set_desc_table_address(GuestAddress(desc_table))
+        .ok()?;
+    q.try_set_avail_ring_address(GuestAddress(avail)).ok()?;
+    q.try_set_used_ring_address(GuestAddress(used)).ok()?;
+    q.set_ready(true);
+    dev.activate(mem, 0, vec![q], Arc::new(NoInterrupt)).ok()?;
+    let _ = dev.process_queue(0);
+    let _ = dev.process_queue(0);
+    Some(dev.counters())
+}
+
+/// Fuzzing harness (for `devices/fuzz` and the stable robustness test):
+/// builds a 16-entry TX queue and a 16-entry RX queue in 128 KiB of guest
+/// memory from `data` (descriptor addresses, lengths, flags and `next`
+/// links, available rings, negotiated features, frames waiting in the
+/// backend, and the bytes frames and indirect tables are read from),
+/// activates a virtio-net device over an in-memory backend and processes
+/// both queues. Errors are fine; panics and hangs are bugs.
+#[doc(hidden)]
+pub fn fuzz_net_tx(data: &[u8]) {
+    let _ = net_counters(data);
+}
+
+/// [`fuzz_net_tx`], returning the device's counters when it ran.
+pub(crate) fn net_counters(data: &[u8]) -> Option<Arc<NetCounters>> {
+    const MEM: u64 = 0x2_0000;
+    const DATA: u64 = 0x2000;
+    let mut input = data.iter().copied();
+    let mut byte = move || input.next().unwrap_or(0);
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM as usize)]).ok()?;
+    // (descriptor table, available ring, used ring) of TX and RX.
+    let layout = [(0u64, 0x200u64, 0x400u64), (0x800, 0xa00, 0xc00)];
+    for &(desc_table, avail, _) in &layout {
+        write_queue(&mem, &mut byte, desc_table, avail, DATA);
+    }
+    let mode = byte();
+    let mut acked = 1u64 << super::VIRTIO_F_VERSION_1;
+    if mode & 1 != 0 {
+        acked |= 1 << VIRTIO_NET_F_MRG_RXBUF;
+    }
+    if mode & 2 != 0 {
+        acked |= 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
+    }
+    let mut rx = std::collections::VecDeque::new();
+    for i in 0..(byte() % 4) {
+        let len = if i == 3 {
+            MAX_FRAME + 1
+        } else {
+            usize::from(u16::from_le_bytes([byte(), byte()]) % 0x2000)
+        };
+        rx.push_back((0..len).map(|j| j as u8).collect());
+    }
+    let rest: Vec<u8> = std::iter::from_fn(|| Some(byte())).take(0x4000).collect();
+    let _ = mem.write_slice(&rest, GuestAddress(DATA));
+    let _ = mem.write_slice(&rest, GuestAddress(DATA + 0x8000));
+
+    let mut dev = Net::new(Box::new(MemBackend { rx, sent: 0 }), [2, 0, 0, 0, 0, 1]);
+    let mut queues = Vec::new();
+    for &(desc_table, avail, used) in &[layout[1], layout[0]] {
+        let mut q = Queue::new(net::QUEUE_SIZE).ok()?;
+        q.try_set_size(QSIZE).ok()?;
+        q.try_set_desc_table_address(GuestAddress(desc_table))
+            .ok()?;
+        q.try_set_avail_ring_address(GuestAddress(avail)).ok()?;
+        q.try_set_used_ring_address(GuestAddress(used)).ok()?;
+        q.set_ready(true);
+        queues.push(q);
+    }
+    dev.activate(mem, acked, queues, Arc::new(NoInterrupt))
+        .ok()?;
+    let _ = dev.process_queue(TX_QUEUE);
+    let _ = dev.process_queue(RX_QUEUE);
+    let _ = dev.process_queue(TX_QUEUE);
+    let _ = dev.process_queue(RX_QUEUE);
+    Some(dev.counters())
+}
