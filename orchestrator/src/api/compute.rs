@@ -568,7 +568,31 @@ fn boot_image_id(f: &CreateFields) -> ApiResult<String> {
     }
 }
 
-/// An image the project may boot: active, raw or qcow2, and visible to it.
+/// 400 unless the images an image names as its `kernel_id` and
+/// `ramdisk_id` are visible to the caller, by the rule of `imageRef` (as
+/// Nova, which fetches them with the request's context when the server is
+/// created). A hidden image is answered as one that does not exist.
+fn check_kernel_images(
+    conn: &Connection,
+    ctx: &AuthContext,
+    props: &serde_json::Map<String, Value>,
+) -> ApiResult<()> {
+    for key in ["kernel_id", "ramdisk_id"] {
+        let Some(id) = props.get(key).and_then(Value::as_str) else {
+            continue;
+        };
+        if super::image::lookup_visible(conn, ctx, id)?.is_none() {
+            tracing::warn!(image = %id, key, project = %ctx.project_id, "kernel or ramdisk image not visible to the project");
+            return Err(ApiError::bad_request(format!(
+                "Image {id} could not be found."
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An image the project may boot: active, raw or qcow2, and visible to it,
+/// as are its kernel and ramdisk images.
 fn bootable_image(
     conn: &Connection,
     ctx: &AuthContext,
@@ -591,6 +615,7 @@ fn bootable_image(
             )))
         }
     }
+    check_kernel_images(conn, ctx, &img.properties)?;
     Ok((img.virtual_size, img.min_disk, img.min_ram))
 }
 
