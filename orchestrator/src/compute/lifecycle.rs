@@ -19,6 +19,10 @@ use crate::agent::{AgentError, DiskSpec, ExitInfo, VmmSpec};
 use crate::identity::AuthContext;
 use crate::util::now_iso;
 
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod tests;
+
 /// How long a new VMM gets to report its guest running.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the power-state sync looks at the VMMs.
