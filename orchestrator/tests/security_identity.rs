@@ -291,9 +291,9 @@ fn token_from_token_keeps_expiry_and_chain_and_dies_with_its_origin() {
     );
 }
 
-/// A new password, a disabled user or project, a removed role assignment or
-/// a deleted role revoke the tokens they stood for, for good: enabling the
-/// user or project again does not bring them back.
+/// A new password, a disabled user or project, a removed role assignment, a
+/// deleted role, project or user revoke the tokens they stood for, for good:
+/// enabling the user or project again does not bring them back.
 #[test]
 fn identity_changes_revoke_tokens() {
     let c = Cloud::start(Opts::default());
@@ -385,6 +385,25 @@ fn identity_changes_revoke_tokens() {
         "deleting a role revokes its holders' tokens"
     );
     assert!(accepted(&c, &t3), "a token on another project lives on");
+
+    // Deleting the project, then the user (these held before: a token's
+    // project and user must exist; now they are revoked as well).
+    let t = c.token_for("p2-user", &password, "p2");
+    let r = c.req(
+        "DELETE",
+        &format!("/identity/v3/projects/{p3}"),
+        Some(&admin),
+        None,
+    );
+    c.expect("delete p3", &r, 204);
+    assert!(
+        !accepted(&c, &t3),
+        "deleting a project revokes tokens on it"
+    );
+    assert!(accepted(&c, &t), "a token on another project lives on");
+    let r = c.req("DELETE", &user_url, Some(&admin), None);
+    c.expect("delete u2", &r, 204);
+    assert!(!accepted(&c, &t), "deleting a user revokes its tokens");
     assert!(accepted(&c, &admin), "the admin's token lives on");
 }
 
