@@ -88,6 +88,21 @@ const MIGRATIONS: &[&str] = &[
         result TEXT, detail TEXT);
     CREATE INDEX instance_actions_server ON instance_actions(server_id);
     "#,
+    // 3: token chains (a token got from a token keeps its origin's expiry and
+    // audit chain, and is revoked with it) and the authentication methods a
+    // token was issued for; flavor access (the projects that may use a
+    // private flavor).
+    r#"
+    ALTER TABLE tokens ADD COLUMN audit_chain_id TEXT;
+    ALTER TABLE tokens ADD COLUMN methods TEXT NOT NULL DEFAULT '["password"]';
+    CREATE INDEX tokens_audit_chain ON tokens(audit_chain_id);
+    CREATE INDEX tokens_user ON tokens(user_id);
+    CREATE TABLE flavor_projects (
+        flavor_id TEXT NOT NULL REFERENCES flavors(id) ON DELETE CASCADE,
+        project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        PRIMARY KEY (flavor_id, project_id));
+    CREATE INDEX flavor_projects_project ON flavor_projects(project_id);
+    "#,
 ];
 
 /// A shared handle on the state database. Statements are short; one

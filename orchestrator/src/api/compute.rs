@@ -19,7 +19,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{BaseUrl, JsonBody, ProjectAuth};
 use super::{instance_actions, AppState, RequestId};
 use crate::compute::model::{status, Flavor, Server, SERVER_COLS};
-use crate::compute::{actions, lifecycle};
+use crate::compute::{actions, flavor_access, lifecycle};
 use crate::identity::AuthContext;
 use crate::util::{new_id, now_iso};
 
@@ -50,6 +50,7 @@ pub fn router() -> Router<AppState> {
             get(show_quota_defaults),
         )
         .merge(super::compute_host::router())
+        .merge(super::flavor_access::router())
         .merge(super::instance_actions::router())
         .layer(axum::middleware::map_response(version_headers))
 }
@@ -132,14 +133,57 @@ fn non_negative_param(q: &HashMap<String, String>, key: &str) -> ApiResult<Optio
         .transpose()
 }
 
+/// Which flavors a list shows (Nova's `is_public` filter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PublicFilter {
+    /// Public flavors and the private ones the caller's project may use.
+    Public,
+    /// Private flavors only.
+    Private,
+    /// Every flavor.
+    All,
+}
+
+/// The `is_public` filter of a flavor list. Only admins choose (Nova
+/// ignores the parameter for others): `true`, `false` or `none` (all). An
+/// admin's list without the parameter shows every flavor; Nova's shows the
+/// public ones, but clients (openstacksdk, so the `openstack` CLI) always
+/// send the parameter.
+fn public_filter(ctx: &AuthContext, q: &HashMap<String, String>) -> ApiResult<PublicFilter> {
+    if !ctx.is_admin() {
+        return Ok(PublicFilter::Public);
+    }
+    let Some(v) = q.get("is_public") else {
+        return Ok(PublicFilter::All);
+    };
+    match v.to_ascii_lowercase().as_str() {
+        "none" => Ok(PublicFilter::All),
+        "1" | "t" | "true" | "on" | "y" | "yes" => Ok(PublicFilter::Public),
+        "0" | "f" | "false" | "off" | "n" | "no" => Ok(PublicFilter::Private),
+        _ => Err(ApiError::bad_request(format!(
+            "Invalid is_public filter [{v}]"
+        ))),
+    }
+}
+
 async fn list_flavors(
     st: &AppState,
+    ctx: &AuthContext,
     base: &str,
     q: &HashMap<String, String>,
     detail: bool,
 ) -> ApiResult<Json<Value>> {
+    let filter = public_filter(ctx, q)?;
     let conn = st.db.lock();
     let mut flavors = Flavor::all(&conn)?;
+    match filter {
+        PublicFilter::All => {}
+        PublicFilter::Private => flavors.retain(|f| !f.is_public),
+        PublicFilter::Public => {
+            let granted = flavor_access::flavors_of(&conn, &ctx.project_id)?;
+            flavors.retain(|f| f.is_public || granted.contains(&f.id));
+        }
+    }
     if let Some(min) = non_negative_param(q, "minRam")? {
         flavors.retain(|f| f.ram >= min as i64);
     }
@@ -171,45 +215,64 @@ async fn list_flavors(
 
 async fn list_flavors_brief(
     State(st): State<AppState>,
-    ProjectAuth(_): ProjectAuth,
+    ProjectAuth(ctx): ProjectAuth,
     BaseUrl(base): BaseUrl,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    list_flavors(&st, &base, &q, false).await
+    list_flavors(&st, &ctx, &base, &q, false).await
 }
 
 async fn list_flavors_detail(
     State(st): State<AppState>,
-    ProjectAuth(_): ProjectAuth,
+    ProjectAuth(ctx): ProjectAuth,
     BaseUrl(base): BaseUrl,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    list_flavors(&st, &base, &q, true).await
+    list_flavors(&st, &ctx, &base, &q, true).await
 }
 
-fn get_flavor(conn: &Connection, id: &str) -> ApiResult<Flavor> {
-    Flavor::get(conn, id)?
-        .ok_or_else(|| ApiError::not_found(format!("Flavor {id} could not be found.")))
+/// The flavor `id`, whoever may use it; 404 if there is none.
+pub(super) fn get_flavor(conn: &Connection, id: &str) -> ApiResult<Flavor> {
+    Flavor::get(conn, id)?.ok_or_else(|| flavor_not_found(id))
+}
+
+fn flavor_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("Flavor {id} could not be found."))
+}
+
+/// The flavor `id` if the caller may use it (public, admin, or on its access
+/// list); `None` otherwise, also when it exists (never tell a private
+/// flavor's id to a project without access).
+fn usable_flavor(conn: &Connection, ctx: &AuthContext, id: &str) -> ApiResult<Option<Flavor>> {
+    match Flavor::get(conn, id)? {
+        Some(f) if flavor_access::may_use(conn, ctx, &f)? => Ok(Some(f)),
+        _ => Ok(None),
+    }
+}
+
+/// [`usable_flavor`], 404 when `None`.
+fn visible_flavor(conn: &Connection, ctx: &AuthContext, id: &str) -> ApiResult<Flavor> {
+    usable_flavor(conn, ctx, id)?.ok_or_else(|| flavor_not_found(id))
 }
 
 async fn show_flavor(
     State(st): State<AppState>,
-    ProjectAuth(_): ProjectAuth,
+    ProjectAuth(ctx): ProjectAuth,
     BaseUrl(base): BaseUrl,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let conn = st.db.lock();
     Ok(Json(
-        json!({ "flavor": get_flavor(&conn, &id)?.to_json(&base) }),
+        json!({ "flavor": visible_flavor(&conn, &ctx, &id)?.to_json(&base) }),
     ))
 }
 
 async fn flavor_extra_specs(
     State(st): State<AppState>,
-    ProjectAuth(_): ProjectAuth,
+    ProjectAuth(ctx): ProjectAuth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    get_flavor(&st.db.lock(), &id)?;
+    visible_flavor(&st.db.lock(), &ctx, &id)?;
     Ok(Json(json!({ "extra_specs": {} })))
 }
 
@@ -649,7 +712,31 @@ fn boot_image_id(f: &CreateFields) -> ApiResult<String> {
     }
 }
 
-/// An image the project may boot: active, raw or qcow2, and visible to it.
+/// 400 unless the images an image names as its `kernel_id` and
+/// `ramdisk_id` are visible to the caller, by the rule of `imageRef` (as
+/// Nova, which fetches them with the request's context when the server is
+/// created). A hidden image is answered as one that does not exist.
+fn check_kernel_images(
+    conn: &Connection,
+    ctx: &AuthContext,
+    props: &serde_json::Map<String, Value>,
+) -> ApiResult<()> {
+    for key in ["kernel_id", "ramdisk_id"] {
+        let Some(id) = props.get(key).and_then(Value::as_str) else {
+            continue;
+        };
+        if super::image::lookup_visible(conn, ctx, id)?.is_none() {
+            tracing::warn!(image = %id, key, project = %ctx.project_id, "kernel or ramdisk image not visible to the project");
+            return Err(ApiError::bad_request(format!(
+                "Image {id} could not be found."
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An image the project may boot: active, raw or qcow2, and visible to it,
+/// as are its kernel and ramdisk images.
 fn bootable_image(
     conn: &Connection,
     ctx: &AuthContext,
@@ -672,6 +759,7 @@ fn bootable_image(
             )))
         }
     }
+    check_kernel_images(conn, ctx, &img.properties)?;
     Ok((img.virtual_size, img.min_disk, img.min_ram))
 }
 
@@ -794,7 +882,7 @@ async fn create_server(
         serde_json::to_string(&f.metadata.unwrap_or_default()).map_err(ApiError::internal)?;
     let ids: Vec<(String, i64)> = {
         let mut conn = st.db.lock();
-        let flavor = Flavor::get(&conn, &flavor_id)?.ok_or_else(|| {
+        let flavor = usable_flavor(&conn, &ctx, &flavor_id)?.ok_or_else(|| {
             ApiError::bad_request(format!("Flavor {flavor_id} could not be found."))
         })?;
         let (vsize, min_disk, min_ram) = bootable_image(&conn, &ctx, &image_id)?;

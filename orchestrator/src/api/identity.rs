@@ -211,12 +211,7 @@ fn scope_project(conn: &Connection, scope: &Option<Value>, user_id: &str) -> Api
 }
 
 /// The `token` body keystoneauth expects (it indexes several keys directly).
-fn token_body(
-    conn: &Connection,
-    rec: &token::TokenRecord,
-    methods: &[String],
-    base: &str,
-) -> ApiResult<Value> {
+fn token_body(conn: &Connection, rec: &token::TokenRecord, base: &str) -> ApiResult<Value> {
     let (user_name, user_domain): (String, String) = conn.query_row(
         "SELECT name, domain_id FROM users WHERE id = ?1",
         params![rec.user_id],
@@ -226,13 +221,13 @@ fn token_body(
         Ok(find_domain(conn, id)?.map(|d| d.name).unwrap_or_default())
     };
     let mut tok = json!({
-        "methods": methods,
+        "methods": rec.methods,
         "user": {
             "id": rec.user_id, "name": user_name,
             "domain": { "id": user_domain, "name": dom_name(&user_domain)? },
             "password_expires_at": null
         },
-        "audit_ids": [rec.audit_id],
+        "audit_ids": rec.audit_ids(),
         "issued_at": rec.issued_at,
         "expires_at": rec.expires_at,
     });
@@ -271,7 +266,8 @@ async fn issue_token(
 ) -> ApiResult<Response> {
     let id = req.auth.identity;
     let conn = st.db.lock();
-    let (user_id, methods) = if id.methods.iter().any(|m| m == "password") {
+    // The token a `token` method presents: the new one joins its chain.
+    let (user_id, parent) = if id.methods.iter().any(|m| m == "password") {
         let Some(pw) = id.password else {
             return Err(ApiError::bad_request(
                 "the password method needs a password object",
@@ -304,25 +300,28 @@ async fn issue_token(
         if !enabled || !password::verify(&u.password, &hash) {
             return Err(denied());
         }
-        (uid, vec!["password".to_string()])
+        (uid, None)
     } else if id.methods.iter().any(|m| m == "token") {
         let Some(t) = id.token else {
             return Err(ApiError::bad_request(
                 "the token method needs a token object",
             ));
         };
-        let (ctx, _) = token::validate(&conn, &t.id)?
+        let (ctx, rec) = token::validate(&conn, &t.id)?
             .ok_or_else(|| ApiError::unauthorized("the token is invalid, expired or revoked"))?;
-        (ctx.user_id, vec!["token".to_string()])
+        (ctx.user_id, Some(rec))
     } else {
         return Err(ApiError::unauthorized(
             "only the password and token authentication methods are supported",
         ));
     };
     let project = scope_project(&conn, &req.auth.scope, &user_id)?;
-    let (secret, rec) = token::issue(&conn, &user_id, &project, st.cfg.token_ttl)?;
-    tracing::info!(user = %user_id, project = %project, "token issued");
-    let body = token_body(&conn, &rec, &methods, &base)?;
+    let (secret, rec) = match &parent {
+        None => token::issue(&conn, &user_id, &project, st.cfg.token_ttl)?,
+        Some(parent) => token::rescope(&conn, parent, &project)?,
+    };
+    tracing::info!(user = %user_id, project = %project, audit_ids = ?rec.audit_ids(), "token issued");
+    let body = token_body(&conn, &rec, &base)?;
     with_subject(StatusCode::CREATED, &secret, body)
 }
 
@@ -347,7 +346,7 @@ async fn check_token(
     if sctx.user_id != ctx.user_id && !ctx.is_admin() {
         return Err(ApiError::forbidden("you may only validate your own tokens"));
     }
-    let body = token_body(&conn, &rec, &["password".to_string()], &base)?;
+    let body = token_body(&conn, &rec, &base)?;
     with_subject(StatusCode::OK, &subj, body)
 }
 
@@ -637,6 +636,9 @@ async fn update_project(
             "UPDATE projects SET enabled = ?1 WHERE id = ?2",
             params![en, id],
         )?;
+        if !en {
+            token::revoke_project(&conn, &id)?;
+        }
     }
     Ok(Json(json!({ "project": one_project(&conn, &base, &id)? })))
 }
@@ -665,6 +667,7 @@ async fn delete_project(
             "project {id} still has {servers} server(s); delete them first"
         )));
     }
+    token::revoke_project(&conn, &id)?;
     conn.execute("DELETE FROM projects WHERE id = ?1", params![id])?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -836,6 +839,7 @@ async fn update_user(
             "UPDATE users SET password_hash = ?1 WHERE id = ?2",
             params![h, id],
         )?;
+        token::revoke_user(&conn, &id)?;
     }
     if let Some(v) = &u.default_project_id {
         conn.execute(
@@ -857,6 +861,9 @@ async fn update_user(
             "UPDATE users SET enabled = ?1 WHERE id = ?2",
             params![v, id],
         )?;
+        if !v {
+            token::revoke_user(&conn, &id)?;
+        }
     }
     Ok(Json(json!({ "user": one_user(&conn, &base, &id)? })))
 }
@@ -994,6 +1001,7 @@ async fn delete_role(
             "the built-in role {name} cannot be deleted"
         )));
     }
+    token::revoke_role(&conn, &id)?;
     conn.execute("DELETE FROM roles WHERE id = ?1", params![id])?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1062,6 +1070,8 @@ async fn revoke(
     if n == 0 {
         return Err(ApiError::not_found("no such role assignment"));
     }
+    token::revoke_user_on_project(&conn, &u, &p)?;
+    tracing::info!(user = %u, project = %p, role = %r, "role assignment removed");
     Ok(StatusCode::NO_CONTENT)
 }
 

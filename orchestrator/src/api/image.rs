@@ -242,10 +242,7 @@ fn save_meta(conn: &Connection, img: &Image) -> ApiResult<bool> {
 }
 
 fn visible(ctx: &AuthContext, img: &Image) -> bool {
-    ctx.is_admin()
-        || img.owner == ctx.project_id
-        || img.visibility == "public"
-        || img.visibility == "community"
+    ctx.may_see_image(&img.owner, &img.visibility)
 }
 
 fn not_found(id: &str) -> ApiError {

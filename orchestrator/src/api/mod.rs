@@ -6,6 +6,7 @@ pub mod compute_host;
 pub mod discovery;
 pub mod error;
 pub mod extract;
+pub mod flavor_access;
 pub mod identity;
 pub mod identity_catalog;
 pub mod image;

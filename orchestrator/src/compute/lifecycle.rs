@@ -16,7 +16,12 @@ use super::model::{power, status, Server};
 use super::scheduler::{self, ClaimError, Request};
 use super::Compute;
 use crate::agent::{AgentError, DiskSpec, ExitInfo, VmmSpec};
+use crate::identity::AuthContext;
 use crate::util::now_iso;
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod tests;
 
 /// How long a new VMM gets to report its guest running.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -82,39 +87,86 @@ fn image_file(c: &Compute, image_id: &str) -> Result<PathBuf, String> {
     c.images.path(image_id).map_err(|e| e.to_string())
 }
 
-/// An active image's disk format and properties.
-fn image_info(
-    c: &Compute,
-    image_id: &str,
-) -> Result<(String, serde_json::Map<String, serde_json::Value>), String> {
-    let row: Option<(String, Option<String>, String)> =
-        c.db.lock()
-            .query_row(
-                "SELECT status, disk_format, properties FROM images WHERE id = ?1",
-                params![image_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(|e| format!("state database: {e}"))?;
-    let (st, fmt, props) = row.ok_or_else(|| format!("image {image_id} does not exist"))?;
-    if st != "active" {
-        return Err(format!("image {image_id} is {st}, not active"));
+/// What the lifecycle needs of an image row.
+struct ImageInfo {
+    /// Glance status.
+    status: String,
+    /// Disk format (`raw` when unset).
+    disk_format: String,
+    /// Owning project.
+    owner: String,
+    /// Glance visibility.
+    visibility: String,
+    /// Extra properties (`kernel_id`, `ramdisk_id`, `os_command_line`).
+    properties: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An image's row.
+fn image_row(c: &Compute, image_id: &str) -> Result<ImageInfo, String> {
+    let row: Option<(String, Option<String>, String, String, String)> = c
+        .db
+        .lock()
+        .query_row(
+            "SELECT status, disk_format, owner, visibility, properties FROM images WHERE id = ?1",
+            params![image_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()
+        .map_err(|e| format!("state database: {e}"))?;
+    let (st, fmt, owner, visibility, props) =
+        row.ok_or_else(|| format!("image {image_id} does not exist"))?;
+    Ok(ImageInfo {
+        status: st,
+        disk_format: fmt.unwrap_or_else(|| "raw".into()),
+        owner,
+        visibility,
+        properties: serde_json::from_str(&props).unwrap_or_default(),
+    })
+}
+
+/// An image's row, if the image is active.
+fn active(image_id: &str, info: ImageInfo) -> Result<ImageInfo, String> {
+    if info.status != "active" {
+        return Err(format!("image {image_id} is {}, not active", info.status));
     }
-    let props = serde_json::from_str(&props).unwrap_or_default();
-    Ok((fmt.unwrap_or_else(|| "raw".into()), props))
+    Ok(info)
+}
+
+/// An active image's row.
+fn image_info(c: &Compute, image_id: &str) -> Result<ImageInfo, String> {
+    active(image_id, image_row(c, image_id)?)
+}
+
+/// Who the server's build acts as, for what images it may use.
+fn server_context(c: &Compute, s: &Server) -> Result<AuthContext, String> {
+    AuthContext::of_user_on_project(&c.db.lock(), &s.user_id, &s.project_id)
+        .map_err(|e| format!("state database: {e}"))?
+        .ok_or_else(|| format!("the server's user {} no longer exists", s.user_id))
 }
 
 /// The VMM spec of a server: its boot disk, and the kernel, initramfs and
 /// command line from the image's `kernel_id`/`ramdisk_id`/`os_command_line`
-/// properties or the daemon's defaults.
+/// properties or the daemon's defaults. A kernel or ramdisk image must be
+/// visible to the server's project, as the boot image is (the API checked
+/// that when the server was created; the image's properties may have
+/// changed since).
 fn spec_for(c: &Compute, s: &Server, disk: PathBuf) -> Result<VmmSpec, String> {
-    let (_, props) = image_info(c, &s.image_id)?;
+    let props = image_info(c, &s.image_id)?.properties;
     let prop = |k: &str| props.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let side_image = |key: &str, want: &str| -> Result<Option<PathBuf>, String> {
         let Some(id) = prop(key) else { return Ok(None) };
-        let (fmt, _) = image_info(c, &id).map_err(|e| format!("{key}: {e}"))?;
-        if fmt != want {
-            return Err(format!("{key} {id} has disk_format {fmt}, expected {want}"));
+        let info = image_row(c, &id).map_err(|e| format!("{key}: {e}"))?;
+        if !server_context(c, s)?.may_see_image(&info.owner, &info.visibility) {
+            tracing::warn!(server = %s.id, image = %id, key, "kernel or ramdisk image not visible to the server's project");
+            // The same words as for an image that does not exist.
+            return Err(format!("{key}: image {id} does not exist"));
+        }
+        let info = active(&id, info).map_err(|e| format!("{key}: {e}"))?;
+        if info.disk_format != want {
+            return Err(format!(
+                "{key} {id} has disk_format {}, expected {want}",
+                info.disk_format
+            ));
         }
         image_file(c, &id).map(Some)
     };
@@ -260,7 +312,7 @@ pub async fn build(c: Arc<Compute>, id: String) {
         None,
     );
     let result = async {
-        let (fmt, _) = image_info(&c, &s.image_id)?;
+        let fmt = image_info(&c, &s.image_id)?.disk_format;
         let format = match fmt.as_str() {
             "raw" => images::ImageFormat::Raw,
             "qcow2" => images::ImageFormat::Qcow2,

@@ -37,6 +37,48 @@ impl AuthContext {
     pub fn can_write(&self) -> bool {
         self.roles.iter().any(|r| r == "admin" || r == "member")
     }
+    /// Whether the caller may see (and boot, or boot with) an image owned by
+    /// `owner` with this `visibility`: its own project's images, public and
+    /// community ones, and every image for an admin. `shared` images only by
+    /// their owner: there are no image members.
+    pub fn may_see_image(&self, owner: &str, visibility: &str) -> bool {
+        self.is_admin()
+            || owner == self.project_id
+            || visibility == "public"
+            || visibility == "community"
+    }
+
+    /// The context a server's background work acts in: its creator on its
+    /// project with the roles the creator holds there now (as Nova's
+    /// compute acts with the request's context). `None` if the user is gone.
+    pub fn of_user_on_project(
+        conn: &Connection,
+        user_id: &str,
+        project_id: &str,
+    ) -> rusqlite::Result<Option<AuthContext>> {
+        let names: Option<(String, String)> = conn
+            .query_row(
+                "SELECT u.name, coalesce((SELECT name FROM projects WHERE id = ?2), '') \
+                 FROM users u WHERE u.id = ?1",
+                params![user_id, project_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((user_name, project_name)) = names else {
+            return Ok(None);
+        };
+        let roles = roles_on(conn, user_id, project_id)?
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        Ok(Some(AuthContext {
+            user_id: user_id.to_string(),
+            user_name,
+            project_id: project_id.to_string(),
+            project_name,
+            roles,
+        }))
+    }
 }
 
 /// A domain row.

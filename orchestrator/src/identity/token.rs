@@ -1,11 +1,21 @@
 //! Bearer tokens: random 256-bit secrets; only their SHA-256 is stored, with
-//! the user, the project scope and the expiry.
+//! the user, the project scope, the expiry and the audit chain.
+//!
+//! As in Keystone, a token got by presenting another token (rescoping) keeps
+//! the expiry of the token it came from and joins its audit chain: its
+//! `audit_ids` are `[its own id, the chain's id]`, where the chain's id is the
+//! audit id of the first token, the one got with a password. Revoking a token
+//! revokes every token that came from it. Tokens are also revoked when what
+//! they stood for changes: a new password, a disabled or deleted user or
+//! project, a removed role assignment ([`revoke_user`], [`revoke_project`],
+//! [`revoke_user_on_project`], [`revoke_role`]). Revocation is for good:
+//! re-enabling a user does not bring its old tokens back.
 
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use rand::RngCore;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use sha2::{Digest, Sha256};
 
 use super::{roles_on, AuthContext};
@@ -19,58 +29,163 @@ pub struct TokenRecord {
     pub project_id: String,
     /// Keystone's audit id (identifies the token in logs without revealing it).
     pub audit_id: String,
+    /// The audit id of the first token of the chain this one was got from
+    /// (`None` for a token got with a password).
+    pub audit_chain_id: Option<String>,
+    /// The authentication methods behind the token (`password`, `token`).
+    pub methods: Vec<String>,
     /// Issue time, `…T…​.ffffffZ`.
     pub issued_at: String,
     /// Expiry time, `…T….ffffffZ`.
     pub expires_at: String,
+    /// Expiry time, Unix seconds.
+    pub expires_unix: i64,
+}
+
+impl TokenRecord {
+    /// Keystone's `audit_ids`: the token's own id, then its chain's id when
+    /// it was got from another token.
+    pub fn audit_ids(&self) -> Vec<&str> {
+        std::iter::once(self.audit_id.as_str())
+            .chain(self.audit_chain_id.as_deref())
+            .collect()
+    }
+}
+
+/// What a new token is got with.
+#[derive(Debug, Clone, Copy)]
+enum Grant<'a> {
+    /// A password: a new chain, valid for this long.
+    Password(Duration),
+    /// Another (valid) token: same chain and expiry as that one.
+    Token(&'a TokenRecord),
 }
 
 fn digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+fn random_hex<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn iso(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The record of a new token for `user_id` scoped to `project_id`, got with
+/// `grant`.
+fn new_record(user_id: &str, project_id: &str, grant: Grant<'_>) -> TokenRecord {
+    let now = Utc::now();
+    let (audit_chain_id, methods, expires_at, expires_unix) = match grant {
+        Grant::Password(ttl) => {
+            let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1));
+            let expires = now + ttl;
+            (
+                None,
+                vec!["password".to_string()],
+                iso(expires),
+                expires.timestamp(),
+            )
+        }
+        Grant::Token(parent) => {
+            let chain = parent
+                .audit_chain_id
+                .clone()
+                .unwrap_or_else(|| parent.audit_id.clone());
+            let mut methods = vec!["token".to_string()];
+            methods.extend(parent.methods.iter().filter(|m| *m != "token").cloned());
+            (
+                Some(chain),
+                methods,
+                parent.expires_at.clone(),
+                parent.expires_unix,
+            )
+        }
+    };
+    TokenRecord {
+        user_id: user_id.to_string(),
+        project_id: project_id.to_string(),
+        audit_id: random_hex::<16>(),
+        audit_chain_id,
+        methods,
+        issued_at: iso(now),
+        expires_at,
+        expires_unix,
+    }
+}
+
 /// Issues a token for `user_id` scoped to `project_id` ("" = unscoped),
-/// valid for `ttl`. Returns the secret and its record.
+/// got with a password: a new audit chain, valid for `ttl`. Returns the
+/// secret and its record.
 pub fn issue(
     conn: &Connection,
     user_id: &str,
     project_id: &str,
     ttl: Duration,
 ) -> rusqlite::Result<(String, TokenRecord)> {
-    let mut secret = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut secret);
-    let token = format!("nubo{}", hex::encode(secret));
-    let mut audit = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut audit);
-    let now = Utc::now();
-    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1));
-    let expires = now + ttl;
-    let rec = TokenRecord {
-        user_id: user_id.to_string(),
-        project_id: project_id.to_string(),
-        audit_id: hex::encode(audit),
-        issued_at: now.to_rfc3339_opts(SecondsFormat::Micros, true),
-        expires_at: expires.to_rfc3339_opts(SecondsFormat::Micros, true),
-    };
+    store(conn, new_record(user_id, project_id, Grant::Password(ttl)))
+}
+
+/// Issues a token for the user of `parent` scoped to `project_id` ("" =
+/// unscoped), got with the (valid) token `parent`: it expires when `parent`
+/// does and joins its audit chain. Returns the secret and its record.
+pub fn rescope(
+    conn: &Connection,
+    parent: &TokenRecord,
+    project_id: &str,
+) -> rusqlite::Result<(String, TokenRecord)> {
+    store(
+        conn,
+        new_record(&parent.user_id, project_id, Grant::Token(parent)),
+    )
+}
+
+/// Stores a new token's record under a new secret.
+fn store(conn: &Connection, rec: TokenRecord) -> rusqlite::Result<(String, TokenRecord)> {
+    let token = format!("nubo{}", random_hex::<32>());
     // Forget long-expired tokens while we are here (cheap with few rows).
     conn.execute(
         "DELETE FROM tokens WHERE expires_unix < ?1",
-        params![now.timestamp() - 86_400],
+        params![Utc::now().timestamp() - 86_400],
     )?;
+    let methods = serde_json::to_string(&rec.methods)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     conn.execute(
-        "INSERT INTO tokens (hash, user_id, project_id, audit_id, issued_at, expires_at, expires_unix) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO tokens (hash, user_id, project_id, audit_id, audit_chain_id, methods, \
+         issued_at, expires_at, expires_unix) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             digest(&token),
             rec.user_id,
             rec.project_id,
             rec.audit_id,
+            rec.audit_chain_id,
+            methods,
             rec.issued_at,
             rec.expires_at,
-            expires.timestamp()
+            rec.expires_unix
         ],
     )?;
     Ok((token, rec))
+}
+
+fn record_row(r: &Row<'_>) -> rusqlite::Result<(TokenRecord, String)> {
+    let methods: String = r.get(5)?;
+    Ok((
+        TokenRecord {
+            user_id: r.get(0)?,
+            project_id: r.get(1)?,
+            audit_id: r.get(2)?,
+            audit_chain_id: r.get(3)?,
+            methods: serde_json::from_str(&methods).unwrap_or_else(|_| vec!["password".into()]),
+            issued_at: r.get(6)?,
+            expires_at: r.get(7)?,
+            expires_unix: r.get(8)?,
+        },
+        r.get(4)?,
+    ))
 }
 
 /// The caller behind `token`, if it is known, unexpired, unrevoked, and its
@@ -81,22 +196,12 @@ pub fn validate(
 ) -> rusqlite::Result<Option<(AuthContext, TokenRecord)>> {
     let row = conn
         .query_row(
-            "SELECT t.user_id, t.project_id, t.audit_id, t.issued_at, t.expires_at, u.name \
+            "SELECT t.user_id, t.project_id, t.audit_id, t.audit_chain_id, u.name, t.methods, \
+             t.issued_at, t.expires_at, t.expires_unix \
              FROM tokens t JOIN users u ON u.id = t.user_id \
              WHERE t.hash = ?1 AND t.revoked = 0 AND t.expires_unix > ?2 AND u.enabled = 1",
             params![digest(token), Utc::now().timestamp()],
-            |r| {
-                Ok((
-                    TokenRecord {
-                        user_id: r.get(0)?,
-                        project_id: r.get(1)?,
-                        audit_id: r.get(2)?,
-                        issued_at: r.get(3)?,
-                        expires_at: r.get(4)?,
-                    },
-                    r.get::<_, String>(5)?,
-                ))
-            },
+            record_row,
         )
         .optional()?;
     let Some((rec, user_name)) = row else {
@@ -134,12 +239,84 @@ pub fn validate(
     )))
 }
 
-/// Revokes `token`. Returns whether it was a live token.
+/// Revokes the live tokens that match `condition` (SQL over `tokens`).
+/// Returns how many there were.
+fn revoke_where(
+    conn: &Connection,
+    condition: &str,
+    args: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        &format!("UPDATE tokens SET revoked = 1 WHERE revoked = 0 AND ({condition})"),
+        args,
+    )
+}
+
+/// Revokes `token` and every token got from it (its audit chain, when it
+/// is the first of one). Returns whether it was a live token.
 pub fn revoke(conn: &Connection, token: &str) -> rusqlite::Result<bool> {
-    Ok(conn.execute(
-        "UPDATE tokens SET revoked = 1 WHERE hash = ?1 AND revoked = 0",
-        params![digest(token)],
-    )? > 0)
+    let audit_id: Option<String> = conn
+        .query_row(
+            "SELECT audit_id FROM tokens WHERE hash = ?1 AND revoked = 0",
+            params![digest(token)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(audit_id) = audit_id else {
+        return Ok(false);
+    };
+    let n = revoke_where(
+        conn,
+        "audit_id = ?1 OR audit_chain_id = ?1",
+        params![audit_id],
+    )?;
+    tracing::info!(audit_id = %audit_id, tokens = n, "token revoked with its chain");
+    Ok(true)
+}
+
+/// Revokes every token of `user_id` (a new password, the user disabled or
+/// deleted). Returns how many were live.
+pub fn revoke_user(conn: &Connection, user_id: &str) -> rusqlite::Result<usize> {
+    let n = revoke_where(conn, "user_id = ?1", params![user_id])?;
+    tracing::info!(user = %user_id, tokens = n, "tokens of the user revoked");
+    Ok(n)
+}
+
+/// Revokes every token scoped to `project_id` (the project disabled or
+/// deleted). Returns how many were live.
+pub fn revoke_project(conn: &Connection, project_id: &str) -> rusqlite::Result<usize> {
+    let n = revoke_where(conn, "project_id = ?1", params![project_id])?;
+    tracing::info!(project = %project_id, tokens = n, "tokens scoped to the project revoked");
+    Ok(n)
+}
+
+/// Revokes the tokens of `user_id` scoped to `project_id` (a role
+/// assignment removed). Returns how many were live.
+pub fn revoke_user_on_project(
+    conn: &Connection,
+    user_id: &str,
+    project_id: &str,
+) -> rusqlite::Result<usize> {
+    let n = revoke_where(
+        conn,
+        "user_id = ?1 AND project_id = ?2",
+        params![user_id, project_id],
+    )?;
+    tracing::info!(user = %user_id, project = %project_id, tokens = n, "tokens of the user on the project revoked");
+    Ok(n)
+}
+
+/// Revokes the tokens of every user on every project where they hold
+/// `role_id` (the role is about to be deleted). Returns how many were live.
+pub fn revoke_role(conn: &Connection, role_id: &str) -> rusqlite::Result<usize> {
+    let n = revoke_where(
+        conn,
+        "EXISTS (SELECT 1 FROM role_assignments a WHERE a.role_id = ?1 \
+         AND a.user_id = tokens.user_id AND a.project_id = tokens.project_id)",
+        params![role_id],
+    )?;
+    tracing::info!(role = %role_id, tokens = n, "tokens of the role's holders revoked");
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -147,19 +324,25 @@ mod tests {
     use super::*;
     use crate::db::Db;
 
+    /// A seeded database, the admin's id and the admin project's id.
+    fn seeded() -> (Db, String, String) {
+        let db = Db::open_in_memory().expect("db");
+        let (admin, project) = {
+            let conn = db.lock();
+            crate::identity::bootstrap::seed(&conn, "pw").expect("seed");
+            let one = |sql: &str| -> String { conn.query_row(sql, [], |r| r.get(0)).expect(sql) };
+            (
+                one("SELECT id FROM users WHERE name='admin'"),
+                one("SELECT id FROM projects WHERE name='admin'"),
+            )
+        };
+        (db, admin, project)
+    }
+
     #[test]
     fn issue_validate_revoke_expire() {
-        let db = Db::open_in_memory().expect("db");
+        let (db, admin, project) = seeded();
         let conn = db.lock();
-        crate::identity::bootstrap::seed(&conn, "pw").expect("seed");
-        let admin: String = conn
-            .query_row("SELECT id FROM users WHERE name='admin'", [], |r| r.get(0))
-            .expect("admin");
-        let project: String = conn
-            .query_row("SELECT id FROM projects WHERE name='admin'", [], |r| {
-                r.get(0)
-            })
-            .expect("project");
         let (tok, _) = issue(&conn, &admin, &project, Duration::from_secs(60)).expect("issue");
         let (ctx, _) = validate(&conn, &tok).expect("query").expect("valid");
         assert!(ctx.is_admin());
@@ -169,5 +352,61 @@ mod tests {
         assert!(validate(&conn, &tok).expect("query").is_none());
         let (short, _) = issue(&conn, &admin, &project, Duration::from_secs(0)).expect("issue");
         assert!(validate(&conn, &short).expect("query").is_none(), "expired");
+    }
+
+    #[test]
+    fn a_rescoped_token_keeps_expiry_and_chain_and_dies_with_its_origin() {
+        let (db, admin, _) = seeded();
+        let conn = db.lock();
+        let (t0, r0) = issue(&conn, &admin, "", Duration::from_secs(60)).expect("issue");
+        assert_eq!(r0.audit_ids(), vec![r0.audit_id.as_str()]);
+        let (t1, r1) = rescope(&conn, &r0, "").expect("rescope");
+        let (t2, r2) = rescope(&conn, &r1, "").expect("rescope");
+        for r in [&r1, &r2] {
+            assert_eq!(r.expires_at, r0.expires_at);
+            assert_eq!(r.expires_unix, r0.expires_unix);
+            assert_eq!(
+                r.audit_ids(),
+                vec![r.audit_id.as_str(), r0.audit_id.as_str()]
+            );
+            assert_eq!(r.methods, vec!["token", "password"]);
+        }
+        let (_, v2) = validate(&conn, &t2).expect("query").expect("valid");
+        assert_eq!(v2.audit_chain_id.as_deref(), Some(r0.audit_id.as_str()));
+        assert_eq!(v2.methods, vec!["token", "password"]);
+        // A child's revocation leaves its origin; the origin's takes all.
+        assert!(revoke(&conn, &t2).expect("revoke"));
+        assert!(validate(&conn, &t0).expect("query").is_some());
+        assert!(validate(&conn, &t1).expect("query").is_some());
+        assert!(revoke(&conn, &t0).expect("revoke"));
+        assert!(validate(&conn, &t1).expect("query").is_none());
+        assert!(!revoke(&conn, &t1).expect("revoke"), "already revoked");
+    }
+
+    #[test]
+    fn revocation_by_user_project_and_role() {
+        let (db, admin, project) = seeded();
+        let conn = db.lock();
+        let role: String = conn
+            .query_row("SELECT id FROM roles WHERE name='admin'", [], |r| r.get(0))
+            .expect("role");
+        let ttl = Duration::from_secs(60);
+        let live = |t: &str| validate(&conn, t).expect("query").is_some();
+        let (t, _) = issue(&conn, &admin, &project, ttl).expect("issue");
+        let (u, _) = issue(&conn, &admin, "", ttl).expect("issue");
+        assert_eq!(
+            revoke_user_on_project(&conn, &admin, &project).expect("revoke"),
+            1
+        );
+        assert!(!live(&t) && live(&u), "only the token on the project");
+        let (t, _) = issue(&conn, &admin, &project, ttl).expect("issue");
+        assert_eq!(revoke_project(&conn, &project).expect("revoke"), 1);
+        assert!(!live(&t) && live(&u));
+        let (t, _) = issue(&conn, &admin, &project, ttl).expect("issue");
+        assert_eq!(revoke_role(&conn, &role).expect("revoke"), 1);
+        assert!(!live(&t) && live(&u), "unscoped tokens hold no role");
+        let (t, _) = issue(&conn, &admin, &project, ttl).expect("issue");
+        assert_eq!(revoke_user(&conn, &admin).expect("revoke"), 2);
+        assert!(!live(&t) && !live(&u));
     }
 }
