@@ -10,7 +10,9 @@
 //! | `PUT /vm/stop` | stop now; the VMM exits |
 //! | `GET /metrics` | counters in the Prometheus text format |
 
+use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,6 +31,9 @@ pub enum ApiError {
     /// Something else than a stale socket is at the path.
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    /// A live process (another VMM?) accepts connections on the socket.
+    #[error("API socket {0} is in use by a live process; refusing to take it over")]
+    InUse(PathBuf),
     /// Binding or preparing the socket failed.
     #[error("cannot listen on {path}: {source}")]
     Listen {
@@ -149,26 +154,83 @@ pub fn router(controller: VmController) -> Router {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(controller)
 }
+
+/// Turns an error answer that is not JSON (axum's extractors write plain
+/// text, e.g. 413 "length limit exceeded") into `{"error": "..."}`, keeping
+/// its status and text: every error of the API has the same shape.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let text = match axum::body::to_bytes(response.into_body(), MAX_ERROR_TEXT).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    error(status, message)
+}
+
+/// Longest plain-text error kept when it is wrapped in JSON.
+const MAX_ERROR_TEXT: usize = 4096;
 
 /// Largest request body accepted; larger ones get 413.
 const MAX_BODY: usize = 64 << 10;
 
-/// Binds `path` with mode 0600, replacing a stale socket left by a dead VMM.
-fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ApiError> {
+/// Binds `path` with mode 0600. A socket already there is replaced only
+/// when it is stale (nobody accepts connections on it): one that a live
+/// process serves is refused, so a second VMM never silently takes over the
+/// API of a running one.
+fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     let listen_err = |source| ApiError::Listen {
         path: path.to_path_buf(),
         source,
     };
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(listen_err)?
+    // Bind first and look only when the path is taken: between a check and
+    // the bind, another VMM could bind the path.
+    let listener = match UnixListener::bind(path) {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if !meta.file_type().is_socket() => {
+                    return Err(ApiError::NotASocket(path.to_path_buf()))
+                }
+                _ => {}
+            }
+            match UnixStream::connect(path) {
+                Ok(_) => return Err(ApiError::InUse(path.to_path_buf())),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                    ) => {}
+                // Cannot tell whether someone serves it: leave it alone.
+                Err(e) => return Err(listen_err(e)),
+            }
+            match std::fs::remove_file(path) {
+                Ok(()) => tracing::info!(socket = %path.display(), "replaced a stale API socket"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(listen_err(e)),
+            }
+            UnixListener::bind(path).map_err(listen_err)?
         }
-        Ok(_) => return Err(ApiError::NotASocket(path.to_path_buf())),
-        Err(_) => {}
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(listen_err)?;
+        Err(e) => return Err(listen_err(e)),
+    };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
     listener.set_nonblocking(true).map_err(listen_err)?;
     Ok(listener)

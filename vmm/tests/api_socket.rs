@@ -181,8 +181,10 @@ fn bad_requests_get_4xx_and_the_guest_keeps_running() {
         };
         let shown = body.map(|b| &b[..b.len().min(40)]);
         assert_eq!(status, want, "{method} {path} {shown:?}: {text}");
-        if status >= 400 && status != 413 {
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if status >= 400 {
+            // Every error is JSON, 413 from the body limit included.
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path} {status}: not JSON ({e}): {text:?}"));
             assert!(v["error"].is_string(), "{text}");
         }
     }
@@ -328,4 +330,54 @@ fn runs_unprivileged_after_setup() {
     );
     assert_eq!(vm.call("PUT", "/vm/stop", None).0, 204);
     assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+/// A second VMM given the API socket of a live one refuses to start (the
+/// first keeps its API); a stale socket nobody serves is replaced.
+#[test]
+fn a_live_api_socket_is_refused_and_a_stale_one_replaced() {
+    if !kvm_available() {
+        return;
+    }
+    let first = Vmm::start("live", TinyEnd::Dots, &[]);
+    let kernel = first.dir.join("tiny.elf");
+    let mut second = Command::new(env!("CARGO_BIN_EXE_nubo-vmm"))
+        .args(["run", "--memory", "32M", "--serial", "off", "--kernel"])
+        .arg(&kernel)
+        .arg("--api-socket")
+        .arg(&first.socket)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let code = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("the second VMM took over the live API socket and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "API socket {} is in use by a live process",
+            first.socket.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(first.state(), "running", "the first VMM keeps its API");
+
+    // A socket left by a dead process: bound, never served.
+    let dir = std::env::temp_dir().join(format!("nubo-api-{}-stale", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(dir.join("api.sock")).unwrap());
+    let stale = Vmm::start("stale", TinyEnd::Dots, &[]);
+    assert_eq!(stale.state(), "running");
 }

@@ -182,7 +182,11 @@ fn binary_rejects_bad_input_with_one_line() {
         ),
         (
             vec!["run", "--kernel", k, "--memory", "0"],
-            "at least 1 MiB",
+            "at least 16 MiB",
+        ),
+        (
+            vec!["run", "--kernel", k, "--memory", "1"],
+            "guest memory must be at least 16 MiB (--memory 16M), got 1 MiB",
         ),
         (
             vec!["run", "--kernel", k, "--memory", "100000G"],
@@ -320,4 +324,25 @@ fn restart_on_reboot_boots_again_until_stopped() {
     assert_eq!(runner.join().unwrap().unwrap(), ExitReason::Stopped);
     let out = std::fs::read_to_string(&console).unwrap();
     assert!(out.matches(READY_LINE).count() >= 3, "{out}");
+}
+
+/// Log lines written to a file or pipe carry no ANSI colour codes (vmm.log
+/// is read by people and by the orchestrator's error messages).
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    if !kvm_available() {
+        return;
+    }
+    let scratch = Scratch::new("ansi");
+    let kernel = scratch.file("tiny.elf", &elf(TinyEntry::Long64, TinyEnd::AcpiPowerOff));
+    let out = Command::new(env!("CARGO_BIN_EXE_nubo-vmm"))
+        .args(["run", "--memory", "32M", "--serial", "off", "--kernel"])
+        .arg(&kernel)
+        .env("NUBO_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("guest exited"), "{err}");
+    assert!(!err.contains('\x1b'), "ANSI escape in {err:?}");
 }

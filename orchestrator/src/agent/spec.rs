@@ -80,8 +80,12 @@ impl VmmSpec {
                 self.vcpus
             )));
         }
-        if self.memory_mib == 0 {
-            return Err(bad("memory_mib must not be 0".into()));
+        let min_mib = vmm::config::MIN_MEMORY_BYTES >> 20;
+        if self.memory_mib < min_mib {
+            return Err(bad(format!(
+                "memory_mib must be at least {min_mib}, not {}",
+                self.memory_mib
+            )));
         }
         for disk in &self.disks {
             // `--disk path=...,format=...` is split on commas by the VMM.
