@@ -256,11 +256,36 @@ impl ApiServer {
     }
 }
 
+/// The API socket, bound (clients can connect and wait) but not served yet.
+pub struct ApiListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ApiListener {
+    /// Binds the API socket at `path` (mode 0600), refusing one that a live
+    /// process serves and replacing a stale one.
+    pub fn bind(path: &Path) -> Result<Self, ApiError> {
+        Ok(Self {
+            listener: bind(path)?,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
 /// Serves the API for `controller` on a Unix socket at `path`, in a thread
 /// of its own. The socket is ready when this returns.
 pub fn spawn(path: &Path, controller: VmController) -> Result<ApiServer, ApiError> {
-    let std_listener = bind(path)?;
-    let path = path.to_path_buf();
+    serve(ApiListener::bind(path)?, controller)
+}
+
+/// Serves the API for `controller` on `listener` in a thread of its own
+/// (started after the VMM is jailed, so that it runs jailed too).
+pub fn serve(listener: ApiListener, controller: VmController) -> Result<ApiServer, ApiError> {
+    let ApiListener {
+        listener: std_listener,
+        path,
+    } = listener;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("api".into())

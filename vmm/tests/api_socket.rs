@@ -45,10 +45,12 @@ impl Vmm {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !socket.exists() && Instant::now() < deadline {
+        // Served, not only there: a stale socket may be there before.
+        let served = || std::os::unix::net::UnixStream::connect(&socket).is_ok();
+        while !served() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
-        assert!(socket.exists(), "the API socket appears");
+        assert!(served(), "the API socket is served");
         let vm = Self { child, dir, socket };
         // The socket answers while the guest is still being built.
         while vm.state() == "starting" && Instant::now() < deadline {

@@ -95,8 +95,9 @@ impl std::fmt::Debug for VmmProcess {
 }
 
 /// Starts `binary args` in its own session (so it outlives the daemon and
-/// gets none of the daemon's terminal signals), stdin from /dev/null and
-/// stdout and stderr appended to `log`.
+/// gets none of the daemon's terminal signals), with an empty environment
+/// (the daemon's holds secrets such as `NUBO_ADMIN_PASSWORD`), stdin from
+/// /dev/null and stdout and stderr appended to `log`.
 pub(crate) fn spawn_detached(
     binary: &Path,
     args: &[std::ffi::OsString],
@@ -104,6 +105,7 @@ pub(crate) fn spawn_detached(
 ) -> io::Result<Child> {
     let mut cmd = Command::new(binary);
     cmd.args(args)
+        .env_clear()
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?);
