@@ -213,7 +213,7 @@ fn pivot_into(dir: &CString) -> io::Result<()> {
 /// without privileges has nothing to lose there) and the ambient set.
 fn drop_bounding_set() -> Result<(), JailError> {
     // SAFETY: prctl with integer arguments only.
-    check("clear the ambient capabilities", unsafe {
+    let rc = unsafe {
         libc::prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL,
@@ -221,7 +221,11 @@ fn drop_bounding_set() -> Result<(), JailError> {
             0,
             0,
         )
-    })?;
+    };
+    // EINVAL: a kernel without ambient capabilities (before 4.3) has none.
+    if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+        check("clear the ambient capabilities", rc)?;
+    }
     for cap in 0..64 {
         // SAFETY: prctl with integer arguments only; EINVAL past the last
         // capability this kernel knows.

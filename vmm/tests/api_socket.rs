@@ -311,27 +311,46 @@ fn runs_unprivileged_after_setup() {
         eprintln!("skipped: needs root to drop privileges");
         return;
     }
+    let jail = std::env::temp_dir().join(format!("nubo-jail-{}", std::process::id()));
+    std::fs::create_dir_all(&jail).unwrap();
+    let jail_arg = jail.to_str().unwrap();
     let mut vm = Vmm::start(
         "unprivileged",
         TinyEnd::Dots,
-        &["--user", "nobody", "--group", "nogroup"],
+        &["--user", "nobody", "--group", "nogroup", "--jail", jail_arg],
     );
     assert_eq!(vm.state(), "running");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", vm.child.id())).unwrap();
+    let pid = vm.child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(
         !uid_line.split_whitespace().skip(1).any(|u| u == "0"),
         "{uid_line}"
     );
+    for key in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
+    // Its root is the jail directory, in a mount namespace of its own.
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).unwrap();
+    if ns(&pid.to_string()) != ns("self") {
+        std::fs::write(jail.join("marker"), "").unwrap();
+        let seen: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(seen, ["marker"]);
+    }
     assert_eq!(vm.call("PUT", "/vm/pause", None).0, 204);
     assert_eq!(vm.call("PUT", "/vm/resume", None).0, 204);
     assert_eq!(
         vm.call("PUT", "/vm/reboot", None).0,
         204,
-        "restarts reuse the open /dev/kvm"
+        "restarts reuse the open /dev/kvm and kernel"
     );
     assert_eq!(vm.call("PUT", "/vm/stop", None).0, 204);
     assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
+    let _ = std::fs::remove_dir_all(&jail);
 }
 
 /// A second VMM given the API socket of a live one refuses to start (the
