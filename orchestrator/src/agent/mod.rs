@@ -20,8 +20,8 @@
 //! and group id of its own (from [`DEFAULT_VMM_UID_BASE`] on, recorded in
 //! `spec.json` as [`VmmSpec::vmm_uid`]), without capabilities, with
 //! no_new_privs and seccomp, and with `jail/` as its root in a mount
-//! namespace of its own. The VMM opens everything it needs (all files here
-//! stay root's, mode 0600) before it jails itself.
+//! namespace of its own. The VMM opens everything it needs before it jails
+//! itself, so every file here stays root's.
 //!
 //! The API is blocking (std threads, no tokio). From async code call it
 //! through `tokio::task::spawn_blocking`.
