@@ -310,7 +310,15 @@ fn restart_on_reboot_boots_again_until_stopped() {
     let ctl = vmm.controller();
     let runner = std::thread::spawn(move || vmm.run());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ctl.info().boot_count < 3 && Instant::now() < deadline {
+    // Wait for the third boot's line, not only its start: a stop right
+    // after boot_count turns 3 may come before the guest printed.
+    let printed = || {
+        std::fs::read_to_string(&console)
+            .unwrap_or_default()
+            .matches(READY_LINE)
+            .count()
+    };
+    while printed() < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(
