@@ -10,9 +10,7 @@
 //! | `PUT /vm/stop` | stop now; the VMM exits |
 //! | `GET /metrics` | counters in the Prometheus text format |
 
-use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,24 +22,14 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 
 use crate::control::{ControlError, VmController};
+use crate::socket::SocketError;
 
 /// Errors of starting the API server.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Something else than a stale socket is at the path.
-    #[error("{0} exists and is not a socket; refusing to replace it")]
-    NotASocket(PathBuf),
-    /// A live process (another VMM?) accepts connections on the socket.
-    #[error("API socket {0} is in use by a live process; refusing to take it over")]
-    InUse(PathBuf),
-    /// Binding or preparing the socket failed.
-    #[error("cannot listen on {path}: {source}")]
-    Listen {
-        /// The socket path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// The socket could not be bound (a live one is refused).
+    #[error(transparent)]
+    Socket(#[from] SocketError),
     /// The server thread could not start.
     #[error("cannot start the API thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -192,47 +180,15 @@ const MAX_ERROR_TEXT: usize = 4096;
 /// Largest request body accepted; larger ones get 413.
 const MAX_BODY: usize = 64 << 10;
 
-/// Binds `path` with mode 0600. A socket already there is replaced only
-/// when it is stale (nobody accepts connections on it): one that a live
-/// process serves is refused, so a second VMM never silently takes over the
-/// API of a running one.
+/// Binds the API socket at `path` (see [`crate::socket::bind`]), for tokio.
 fn bind(path: &Path) -> Result<UnixListener, ApiError> {
-    let listen_err = |source| ApiError::Listen {
-        path: path.to_path_buf(),
-        source,
-    };
-    // Bind first and look only when the path is taken: between a check and
-    // the bind, another VMM could bind the path.
-    let listener = match UnixListener::bind(path) {
-        Ok(listener) => listener,
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            match std::fs::symlink_metadata(path) {
-                Ok(meta) if !meta.file_type().is_socket() => {
-                    return Err(ApiError::NotASocket(path.to_path_buf()))
-                }
-                _ => {}
-            }
-            match UnixStream::connect(path) {
-                Ok(_) => return Err(ApiError::InUse(path.to_path_buf())),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
-                    ) => {}
-                // Cannot tell whether someone serves it: leave it alone.
-                Err(e) => return Err(listen_err(e)),
-            }
-            match std::fs::remove_file(path) {
-                Ok(()) => tracing::info!(socket = %path.display(), "replaced a stale API socket"),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(listen_err(e)),
-            }
-            UnixListener::bind(path).map_err(listen_err)?
-        }
-        Err(e) => return Err(listen_err(e)),
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
-    listener.set_nonblocking(true).map_err(listen_err)?;
+    let listener = crate::socket::bind(path, "API socket")?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| SocketError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(listener)
 }
 

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -117,15 +117,12 @@ impl ConsoleHub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Binds the console socket at `path` (mode 0600). Clients are accepted
+    /// Binds the console socket at `path` (mode 0600; a live one is
+    /// refused, a stale one replaced). Clients are accepted
     /// once [`ConsoleHub::start`] runs, so that the thread that accepts them
     /// starts after the VMM is jailed.
-    pub fn listen(path: &Path) -> std::io::Result<Self> {
-        if std::fs::symlink_metadata(path).is_ok() {
-            std::fs::remove_file(path)?;
-        }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    pub fn listen(path: &Path) -> Result<Self, crate::socket::SocketError> {
+        let listener = crate::socket::bind(path, "console socket")?;
         let hub = Self::default();
         hub.lock().listener = Some((listener, path.to_path_buf()));
         Ok(hub)

@@ -158,9 +158,7 @@ impl ControlShared {
             .map(SharedDisk::open)
             .collect::<Result<Vec<_>, _>>()?;
         let console = match &config.serial {
-            SerialConfig::Socket(path) => {
-                Some(ConsoleHub::listen(path).map_err(|e| VmError::SerialFile(path.clone(), e))?)
-            }
+            SerialConfig::Socket(path) => Some(ConsoleHub::listen(path)?),
             _ => None,
         };
         let console_log = match &config.serial {

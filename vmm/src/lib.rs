@@ -36,6 +36,7 @@ pub mod memory;
 pub mod pci_devices;
 pub mod privileges;
 pub mod seccomp;
+pub mod socket;
 pub mod supervisor;
 pub mod tiny_guest;
 pub mod vcpu;

@@ -250,7 +250,11 @@ fn reboot_request_and_on_reboot_restart() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(vm.console().matches("NUBO-TINY-READY").count(), 2);
-    let (_, info) = vm.call("GET", "/vm", None);
+    // The vCPU may print before the control thread counts the boot.
+    let mut info = String::new();
+    while !info.contains("\"boot_count\":2") && Instant::now() < deadline {
+        info = vm.call("GET", "/vm", None).1;
+    }
     assert!(info.contains("\"boot_count\":2"), "{info}");
     assert_eq!(vm.call("PUT", "/vm/stop", None).0, 204);
     assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
@@ -353,20 +357,12 @@ fn runs_unprivileged_after_setup() {
     let _ = std::fs::remove_dir_all(&jail);
 }
 
-/// A second VMM given the API socket of a live one refuses to start (the
-/// first keeps its API); a stale socket nobody serves is replaced.
-#[test]
-fn a_live_api_socket_is_refused_and_a_stale_one_replaced() {
-    if !kvm_available() {
-        return;
-    }
-    let first = Vmm::start("live", TinyEnd::Dots, &[]);
-    let kernel = first.dir.join("tiny.elf");
+/// Runs a second `nubo-vmm run ARGS` that must fail within 5 s; returns
+/// its stderr.
+fn second_vmm_fails(args: &[&std::ffi::OsStr]) -> String {
     let mut second = Command::new(env!("CARGO_BIN_EXE_nubo-vmm"))
-        .args(["run", "--memory", "32M", "--serial", "off", "--kernel"])
-        .arg(&kernel)
-        .arg("--api-socket")
-        .arg(&first.socket)
+        .args(["run", "--memory", "32M"])
+        .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -379,13 +375,33 @@ fn a_live_api_socket_is_refused_and_a_stale_one_replaced() {
         if Instant::now() > deadline {
             let _ = second.kill();
             let _ = second.wait();
-            panic!("the second VMM took over the live API socket and kept running");
+            panic!("the second VMM took over a live socket and kept running");
         }
         std::thread::sleep(Duration::from_millis(5));
     };
     let mut err = String::new();
     std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(code, Some(1), "{err}");
+    err
+}
+
+/// A second VMM given the API socket of a live one refuses to start (the
+/// first keeps its API); a stale socket nobody serves is replaced.
+#[test]
+fn a_live_api_socket_is_refused_and_a_stale_one_replaced() {
+    if !kvm_available() {
+        return;
+    }
+    let first = Vmm::start("live", TinyEnd::Dots, &[]);
+    let kernel = first.dir.join("tiny.elf");
+    let err = second_vmm_fails(&[
+        "--serial".as_ref(),
+        "off".as_ref(),
+        "--kernel".as_ref(),
+        kernel.as_os_str(),
+        "--api-socket".as_ref(),
+        first.socket.as_os_str(),
+    ]);
     assert!(
         err.contains(&format!(
             "API socket {} is in use by a live process",
@@ -401,4 +417,40 @@ fn a_live_api_socket_is_refused_and_a_stale_one_replaced() {
     drop(std::os::unix::net::UnixListener::bind(dir.join("api.sock")).unwrap());
     let stale = Vmm::start("stale", TinyEnd::Dots, &[]);
     assert_eq!(stale.state(), "running");
+}
+
+/// The same for the console socket: a second VMM does not take over the
+/// console of a live one.
+#[test]
+fn a_live_console_socket_is_refused() {
+    use std::io::Read;
+    if !kvm_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("nubo-console-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let console = dir.join("console.sock");
+    let serial = format!("socket={}", console.display());
+    let first = Vmm::start("console-live", TinyEnd::Dots, &["--serial", &serial]);
+    let kernel = first.dir.join("tiny.elf");
+    let err = second_vmm_fails(&[
+        "--serial".as_ref(),
+        serial.as_ref(),
+        "--kernel".as_ref(),
+        kernel.as_os_str(),
+    ]);
+    assert!(
+        err.contains(&format!(
+            "console socket {} is in use by a live process",
+            console.display()
+        )),
+        "{err}"
+    );
+    // The first VMM's console still answers.
+    let mut s = std::os::unix::net::UnixStream::connect(&console).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(s.read(&mut buf).unwrap() > 0);
+    assert_eq!(first.state(), "running");
+    let _ = std::fs::remove_dir_all(&dir);
 }
