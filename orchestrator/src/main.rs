@@ -79,6 +79,11 @@ struct ServeArgs {
     /// Default per-project quota: RAM in MiB.
     #[arg(long, default_value_t = 51_200)]
     quota_ram: i64,
+    /// First user and group id of the VMMs, one per server (default
+    /// 2000000000 when the daemon runs as root; otherwise the VMMs run as
+    /// the daemon's user).
+    #[arg(long)]
+    vmm_uid_base: Option<u32>,
 }
 
 fn default_vmm() -> PathBuf {
@@ -137,6 +142,7 @@ fn main() -> anyhow::Result<()> {
                 admin_password: std::env::var("NUBO_ADMIN_PASSWORD")
                     .ok()
                     .filter(|p| !p.is_empty()),
+                vmm_uid_base: a.vmm_uid_base,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

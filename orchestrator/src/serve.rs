@@ -43,8 +43,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let images = ImageStore::new(cfg.state_dir.join("images"), cfg.max_image_size)
         .context("opening the image store")?;
     let cfg_arc = Arc::new(cfg.clone());
-    let agent = Agent::new(cfg.vmm_binary.clone(), cfg.state_dir.join("instances"))
+    let mut agent = Agent::new(cfg.vmm_binary.clone(), cfg.state_dir.join("instances"))
         .context("preparing the instances directory")?;
+    if let Some(base) = cfg.vmm_uid_base {
+        anyhow::ensure!(
+            base.checked_add(crate::agent::VMM_UID_COUNT).is_some(),
+            "--vmm-uid-base {base} leaves no room for {} ids",
+            crate::agent::VMM_UID_COUNT
+        );
+        agent = agent.with_vmm_uid_base(Some(base));
+    }
     reconcile_images(&db, &images, &agent);
     enable_ksm();
     let images = Arc::new(images);

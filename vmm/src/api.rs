@@ -10,7 +10,7 @@
 //! | `PUT /vm/stop` | stop now; the VMM exits |
 //! | `GET /metrics` | counters in the Prometheus text format |
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,21 +22,14 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 
 use crate::control::{ControlError, VmController};
+use crate::socket::SocketError;
 
 /// Errors of starting the API server.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Something else than a stale socket is at the path.
-    #[error("{0} exists and is not a socket; refusing to replace it")]
-    NotASocket(PathBuf),
-    /// Binding or preparing the socket failed.
-    #[error("cannot listen on {path}: {source}")]
-    Listen {
-        /// The socket path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// The socket could not be bound (a live one is refused).
+    #[error(transparent)]
+    Socket(#[from] SocketError),
     /// The server thread could not start.
     #[error("cannot start the API thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -149,28 +142,53 @@ pub fn router(controller: VmController) -> Router {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(controller)
 }
+
+/// Turns an error answer that is not JSON (axum's extractors write plain
+/// text, e.g. 413 "length limit exceeded") into `{"error": "..."}`, keeping
+/// its status and text: every error of the API has the same shape.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let text = match axum::body::to_bytes(response.into_body(), MAX_ERROR_TEXT).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    error(status, message)
+}
+
+/// Longest plain-text error kept when it is wrapped in JSON.
+const MAX_ERROR_TEXT: usize = 4096;
 
 /// Largest request body accepted; larger ones get 413.
 const MAX_BODY: usize = 64 << 10;
 
-/// Binds `path` with mode 0600, replacing a stale socket left by a dead VMM.
-fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ApiError> {
-    let listen_err = |source| ApiError::Listen {
-        path: path.to_path_buf(),
-        source,
-    };
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(listen_err)?
-        }
-        Ok(_) => return Err(ApiError::NotASocket(path.to_path_buf())),
-        Err(_) => {}
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(listen_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
-    listener.set_nonblocking(true).map_err(listen_err)?;
+/// Binds the API socket at `path` (see [`crate::socket::bind`]), for tokio.
+fn bind(path: &Path) -> Result<UnixListener, ApiError> {
+    let listener = crate::socket::bind(path, "API socket")?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| SocketError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(listener)
 }
 
@@ -194,11 +212,36 @@ impl ApiServer {
     }
 }
 
+/// The API socket, bound (clients can connect and wait) but not served yet.
+pub struct ApiListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ApiListener {
+    /// Binds the API socket at `path` (mode 0600), refusing one that a live
+    /// process serves and replacing a stale one.
+    pub fn bind(path: &Path) -> Result<Self, ApiError> {
+        Ok(Self {
+            listener: bind(path)?,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
 /// Serves the API for `controller` on a Unix socket at `path`, in a thread
 /// of its own. The socket is ready when this returns.
 pub fn spawn(path: &Path, controller: VmController) -> Result<ApiServer, ApiError> {
-    let std_listener = bind(path)?;
-    let path = path.to_path_buf();
+    serve(ApiListener::bind(path)?, controller)
+}
+
+/// Serves the API for `controller` on `listener` in a thread of its own
+/// (started after the VMM is jailed, so that it runs jailed too).
+pub fn serve(listener: ApiListener, controller: VmController) -> Result<ApiServer, ApiError> {
+    let ApiListener {
+        listener: std_listener,
+        path,
+    } = listener;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("api".into())

@@ -113,12 +113,42 @@ pub fn detect_format(file: &mut File, path: &Path) -> Result<KernelFormat, BootE
     }
 }
 
+/// The kernel and initramfs files, opened once, before the VMM gives up
+/// its privileges and its view of the host's files, and read again from the
+/// start on every boot (`--on-reboot restart`, `PUT /vm/reboot`).
+#[derive(Debug)]
+pub struct BootFiles {
+    /// The kernel image.
+    pub kernel: File,
+    /// The initramfs.
+    pub initrd: Option<File>,
+}
+
+impl BootFiles {
+    /// Opens the kernel and initramfs for reading.
+    pub fn open(kernel: &Path, initrd: Option<&Path>) -> Result<Self, BootError> {
+        let open = |what, path: &Path| {
+            File::open(path).map_err(|source| BootError::Io {
+                what,
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        Ok(Self {
+            kernel: open("kernel", kernel)?,
+            initrd: initrd.map(|p| open("initrd", p)).transpose()?,
+        })
+    }
+}
+
 /// Where the guest's kernel, initramfs and command line come from.
 pub struct BootSource<'a> {
-    /// Kernel image path.
+    /// Kernel image path (for messages).
     pub kernel: &'a Path,
-    /// Initramfs path.
+    /// Initramfs path (for messages).
     pub initrd: Option<&'a Path>,
+    /// The open kernel and initramfs.
+    pub files: &'a BootFiles,
     /// Kernel command line.
     pub cmdline: &'a str,
     /// Guest RAM size (for the memory map).
@@ -130,11 +160,16 @@ pub struct BootSource<'a> {
 /// Loads kernel, initramfs and command line, and writes the boot structures.
 pub fn load(mem: &GuestMemoryMmap, src: &BootSource<'_>) -> Result<LoadedKernel, BootError> {
     let kernel_path = src.kernel;
-    let mut kernel = File::open(kernel_path).map_err(|source| BootError::Io {
-        what: "kernel",
-        path: kernel_path.to_path_buf(),
-        source,
-    })?;
+    // A duplicate shares the file position, which every reader here sets.
+    let mut kernel = src
+        .files
+        .kernel
+        .try_clone()
+        .map_err(|source| BootError::Io {
+            what: "kernel",
+            path: kernel_path.to_path_buf(),
+            source,
+        })?;
     let format = detect_format(&mut kernel, kernel_path)?;
     let load_err = |source| BootError::Load {
         path: kernel_path.to_path_buf(),
@@ -155,9 +190,15 @@ pub fn load(mem: &GuestMemoryMmap, src: &BootSource<'_>) -> Result<LoadedKernel,
         .len();
 
     let initrd_limit = initrd_limit(&loaded, src.memory_bytes);
-    let initrd = match src.initrd {
-        Some(path) => Some(load_initrd(mem, path, initrd_limit, loaded.kernel_end)?),
-        None => None,
+    let initrd = match (src.initrd, &src.files.initrd) {
+        (Some(path), Some(file)) => Some(load_initrd(
+            mem,
+            path,
+            file,
+            initrd_limit,
+            loaded.kernel_end,
+        )?),
+        _ => None,
     };
     let e820 = e820_map(src.memory_bytes);
     write_reset_vector(mem)?;
@@ -268,6 +309,7 @@ struct InitrdPlacement {
 fn load_initrd(
     mem: &GuestMemoryMmap,
     path: &Path,
+    file: &File,
     limit: u64,
     kernel_end: u64,
 ) -> Result<InitrdPlacement, BootError> {
@@ -276,7 +318,8 @@ fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(io)?;
+    let mut file = file.try_clone().map_err(io)?;
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
     let too_large = BootError::InitrdTooLarge {
         size,
@@ -488,21 +531,27 @@ mod tests {
     #[test]
     fn initrd_goes_to_top_of_low_ram() {
         let m = mem();
-        let (p, _) = temp_file(&[7u8; 5000]);
-        let placed = load_initrd(&m, &p, 64 << 20, 0x20_0000).unwrap();
+        let (p, f) = temp_file(&[7u8; 5000]);
+        let placed = load_initrd(&m, &p, &f, 64 << 20, 0x20_0000).unwrap();
         assert_eq!(placed.addr % 4096, 0);
         assert!(placed.addr + placed.size <= 64 << 20);
         let b: u8 = m.read_obj(GuestAddress(placed.addr + 4999)).unwrap();
         assert_eq!(b, 7);
         // Too large to fit above the kernel.
         assert!(matches!(
-            load_initrd(&m, &p, 0x20_1000, 0x20_0000),
+            load_initrd(&m, &p, &f, 0x20_1000, 0x20_0000),
             Err(BootError::InitrdTooLarge { .. })
         ));
+        // Read again from the start on the next boot.
+        let again = load_initrd(&m, &p, &f, 64 << 20, 0x20_0000).unwrap();
+        assert_eq!(again.size, 5000);
         let _ = std::fs::remove_file(&p);
         assert!(matches!(
-            load_initrd(&m, Path::new("/nonexistent/initrd"), 64 << 20, 0),
-            Err(BootError::Io { .. })
+            BootFiles::open(
+                Path::new("/dev/null"),
+                Some(Path::new("/nonexistent/initrd"))
+            ),
+            Err(BootError::Io { what: "initrd", .. })
         ));
     }
 

@@ -3,6 +3,11 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+/// Least guest RAM accepted: the kernel is loaded at 1 MiB, and below this
+/// even a small kernel with its initramfs has no room to boot (the
+/// orchestrator gives no server less either).
+pub const MIN_MEMORY_BYTES: u64 = 16 << 20;
+
 /// Most vCPUs a guest may have (one MADT entry and APIC id each, below the IOAPIC's id).
 pub const MAX_VCPUS: u8 = 254;
 
@@ -195,7 +200,12 @@ pub enum ConfigError {
     #[error("invalid memory size '{0}': use a number with K, M, G or T (e.g. 512M)")]
     MemorySize(String),
     /// The memory size is below what a guest can boot with.
-    #[error("guest memory must be at least 1 MiB, got {0} bytes")]
+    #[error(
+        "guest memory must be at least {} MiB (--memory {}M), got {}",
+        MIN_MEMORY_BYTES >> 20,
+        MIN_MEMORY_BYTES >> 20,
+        bytes_text(*.0)
+    )]
     MemoryTooSmall(u64),
     /// The memory size is not a whole number of 4 KiB pages.
     #[error("guest memory must be a multiple of 4 KiB, got {0} bytes")]
@@ -212,6 +222,15 @@ pub enum ConfigError {
     /// The serial option could not be parsed.
     #[error("invalid serial option '{0}': use stdio, off, file=PATH or socket=PATH")]
     Serial(String),
+}
+
+/// `n` bytes as "N MiB" when a whole number of MiB, else "N bytes".
+fn bytes_text(n: u64) -> String {
+    if n > 0 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{n} bytes")
+    }
 }
 
 /// Everything needed to boot one guest.
@@ -315,7 +334,7 @@ impl VmConfigBuilder {
             .filter(|n| (1..=MAX_VCPUS).contains(n))
             .ok_or(ConfigError::VcpuCount(self.vcpus))?;
         let mem = self.config.memory_bytes;
-        if mem < (1 << 20) {
+        if mem < MIN_MEMORY_BYTES {
             return Err(ConfigError::MemoryTooSmall(mem));
         }
         if !mem.is_multiple_of(4096) {
@@ -417,8 +436,16 @@ mod tests {
             Err(ConfigError::MemoryTooSmall(0))
         );
         assert_eq!(
-            VmConfig::builder("k").memory_bytes((1 << 20) + 1).build(),
-            Err(ConfigError::MemoryUnaligned((1 << 20) + 1))
+            VmConfig::builder("k").memory_bytes(1 << 20).build(),
+            Err(ConfigError::MemoryTooSmall(1 << 20))
+        );
+        assert_eq!(
+            ConfigError::MemoryTooSmall(1 << 20).to_string(),
+            "guest memory must be at least 16 MiB (--memory 16M), got 1 MiB"
+        );
+        assert_eq!(
+            VmConfig::builder("k").memory_bytes((16 << 20) + 1).build(),
+            Err(ConfigError::MemoryUnaligned((16 << 20) + 1))
         );
         assert_eq!(
             VmConfig::builder("k").vcpus(0).build(),

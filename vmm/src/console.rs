@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -98,6 +98,8 @@ impl Write for SharedLog {
 
 #[derive(Default)]
 struct HubState {
+    /// The bound socket until [`ConsoleHub::start`] accepts on it.
+    listener: Option<(UnixListener, PathBuf)>,
     client: Option<UnixStream>,
     history: VecDeque<u8>,
     serial: Option<Arc<Mutex<SerialDevice>>>,
@@ -115,16 +117,23 @@ impl ConsoleHub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Listens on `path` (mode 0600) in a thread of its own.
-    pub fn listen(path: &Path) -> std::io::Result<Self> {
-        if std::fs::symlink_metadata(path).is_ok() {
-            std::fs::remove_file(path)?;
-        }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    /// Binds the console socket at `path` (mode 0600; a live one is
+    /// refused, a stale one replaced). Clients are accepted
+    /// once [`ConsoleHub::start`] runs, so that the thread that accepts them
+    /// starts after the VMM is jailed.
+    pub fn listen(path: &Path) -> Result<Self, crate::socket::SocketError> {
+        let listener = crate::socket::bind(path, "console socket")?;
         let hub = Self::default();
-        let accept_hub = hub.clone();
-        let path: PathBuf = path.to_path_buf();
+        hub.lock().listener = Some((listener, path.to_path_buf()));
+        Ok(hub)
+    }
+
+    /// Accepts clients in a thread of its own (once; later calls do nothing).
+    pub fn start(&self) -> std::io::Result<()> {
+        let Some((listener, path)) = self.lock().listener.take() else {
+            return Ok(());
+        };
+        let accept_hub = self.clone();
         std::thread::Builder::new()
             .name("console".into())
             .spawn(move || {
@@ -139,7 +148,7 @@ impl ConsoleHub {
                     }
                 }
             })?;
-        Ok(hub)
+        Ok(())
     }
 
     /// Makes `stream` the attached client (replacing any other) and starts

@@ -15,10 +15,12 @@ use std::os::fd::FromRawFd;
 
 use crate::config::{NetConfig, SerialConfig, VmConfig};
 use crate::console::{ConsoleHub, SharedLog, DEFAULT_LOG_CAP};
+use crate::disk::SharedDisk;
 use crate::error::VmError;
 use crate::pci_devices::DiskStats;
 use devices::virtio::block::BlockCounters;
 use devices::virtio::net::NetCounters;
+use images::BlockBackend;
 
 /// The lifecycle state of a guest, as the API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -122,6 +124,11 @@ pub(crate) struct ControlShared {
     pub console_log: Option<SharedLog>,
     /// /dev/kvm, opened once so that restarts work after privileges are dropped.
     pub kvm: kvm_ioctls::Kvm,
+    /// The kernel and initramfs, opened once for the same reason.
+    pub boot_files: crate::boot::BootFiles,
+    /// The disk images (with their backing chains), opened once; each boot's
+    /// virtio-blk devices share them.
+    pub images: Vec<SharedDisk>,
     /// The NICs' TAPs, opened once (before privileges are dropped); each
     /// boot gets a duplicate of each.
     pub taps: Vec<netstack::Tap>,
@@ -139,11 +146,19 @@ pub(crate) struct Status {
 }
 
 impl ControlShared {
+    /// Opens everything the guest needs from the host (files, sockets,
+    /// TAPs, /dev/kvm), so that nothing has to be opened by path later, when
+    /// the VMM may be jailed.
     pub fn new(config: &VmConfig) -> Result<Arc<Self>, VmError> {
+        crate::memory::check_fits_host(config.memory_bytes)?;
+        let boot_files = crate::boot::BootFiles::open(&config.kernel, config.initrd.as_deref())?;
+        let images = config
+            .disks
+            .iter()
+            .map(SharedDisk::open)
+            .collect::<Result<Vec<_>, _>>()?;
         let console = match &config.serial {
-            SerialConfig::Socket(path) => {
-                Some(ConsoleHub::listen(path).map_err(|e| VmError::SerialFile(path.clone(), e))?)
-            }
+            SerialConfig::Socket(path) => Some(ConsoleHub::listen(path)?),
             _ => None,
         };
         let console_log = match &config.serial {
@@ -161,6 +176,8 @@ impl ControlShared {
             .map_err(|e| VmError::OpenKvm(std::io::Error::from_raw_os_error(e.errno())))?;
         Ok(Arc::new(Self {
             kvm,
+            boot_files,
+            images,
             console,
             console_log,
             disks: Mutex::new(Vec::new()),
@@ -197,6 +214,16 @@ impl ControlShared {
     /// Records the current boot's NICs for metrics.
     pub fn set_nets(&self, nets: Vec<(String, Arc<NetCounters>)>) {
         *self.nets.lock().unwrap_or_else(|e| e.into_inner()) = nets;
+    }
+
+    /// Writes back what the disk images cache (qcow2 metadata) and syncs
+    /// them: done at the end of every boot, as the images outlive it.
+    pub fn flush_images(&self) {
+        for (image, disk) in self.images.iter().zip(&self.config.disks) {
+            if let Err(e) = image.clone().flush() {
+                tracing::error!(path = %disk.path.display(), error = %e, "cannot flush a disk");
+            }
+        }
     }
 
     /// Takes the next pending request.

@@ -54,6 +54,9 @@ pub enum VmError {
     /// PCI devices could not be set up.
     #[error("cannot set up PCI devices: {0}")]
     Devices(String),
+    /// The console socket could not be bound.
+    #[error(transparent)]
+    ConsoleSocket(#[from] crate::socket::SocketError),
     /// The serial log file could not be opened.
     #[error("cannot open the serial log {0}: {1}")]
     SerialFile(PathBuf, #[source] std::io::Error),

@@ -95,13 +95,18 @@ struct RunArgs {
     /// What a guest reboot does: exit the VMM, or boot the guest again.
     #[arg(long, value_enum, default_value = "exit")]
     on_reboot: OnReboot,
-    /// Run as this user (name or uid) once /dev/kvm is open and the sockets
-    /// are bound; the kernel, initrd and console file must be readable by it.
+    /// Run as this user (name or uid) once everything the guest needs is
+    /// open (/dev/kvm, TAPs, kernel, initrd, disks, console, sockets).
     #[arg(long)]
     user: Option<String>,
     /// Run as this group (name or gid), like --user.
     #[arg(long)]
     group: Option<String>,
+    /// Once everything is open, make this (best empty) directory the VMM's
+    /// root, in a mount namespace of its own (chroot where the host refuses
+    /// namespaces).
+    #[arg(long)]
+    jail: Option<PathBuf>,
     /// Per-thread seccomp filters (off is for debugging only).
     #[arg(long, value_enum, default_value = "on")]
     seccomp: Switch,
@@ -132,11 +137,14 @@ fn run(args: RunArgs) -> anyhow::Result<vmm::ExitReason> {
     let config = builder.build()?;
     let config_serial = config.serial.clone();
     vmm::seccomp::set_enabled(args.seccomp == Switch::On);
+    // Everything that needs privileges or the host's file system is opened
+    // here, before the jail; no thread runs yet.
     let vmm = Vmm::new(config, args.on_reboot)?;
-    let api = match &args.api_socket {
-        Some(socket) => Some(vmm::api::spawn(socket, vmm.controller())?),
-        None => None,
-    };
+    let api_listener = args
+        .api_socket
+        .as_deref()
+        .map(vmm::api::ApiListener::bind)
+        .transpose()?;
     let uid = args
         .user
         .as_deref()
@@ -157,8 +165,19 @@ fn run(args: RunArgs) -> anyhow::Result<vmm::ExitReason> {
             std::os::unix::fs::chown(socket, uid, gid)
                 .with_context(|| format!("cannot hand {} to the new user", socket.display()))?;
         }
-        vmm::privileges::drop_to(uid, gid)?;
     }
+    vmm::jail::enter(&vmm::jail::Jail {
+        root: args.jail.clone(),
+        uid,
+        gid,
+    })
+    .context("cannot enter the jail")?;
+    // Threads start jailed, and before this thread's filter (which they
+    // would inherit) is installed.
+    let api = api_listener
+        .map(|listener| vmm::api::serve(listener, vmm.controller()))
+        .transpose()?;
+    vmm.start_console()?;
     vmm::seccomp::apply(vmm::seccomp::ThreadKind::Control)?;
     let reason = vmm.run().context("cannot start the guest");
     if let Some(api) = api {
@@ -221,6 +240,8 @@ fn main() -> ExitCode {
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: vmm.log and other files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NUBO_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

@@ -98,25 +98,34 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
     map
 }
 
-/// Total RAM of this host in bytes, from /proc/meminfo.
+/// Total RAM of this host in bytes, from /proc/meminfo, read once: a jailed
+/// VMM no longer sees /proc when it boots its guest again.
 fn host_memory_bytes() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    static HOST: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *HOST.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    })
+}
+
+/// Fails when a guest of `size` bytes would get more RAM than the host has
+/// (passes when the host's size cannot be read).
+pub fn check_fits_host(size: u64) -> Result<(), MemoryError> {
+    match host_memory_bytes() {
+        Some(host) if size > host => Err(MemoryError::MoreThanHost {
+            requested: size >> 20,
+            host: host >> 20,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Maps `size` bytes of guest RAM (anonymous, private, not reserved: pages
 /// are only allocated when the guest touches them).
 pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    if let Some(host) = host_memory_bytes() {
-        if size > host {
-            return Err(MemoryError::MoreThanHost {
-                requested: size >> 20,
-                host: host >> 20,
-            });
-        }
-    }
+    check_fits_host(size)?;
     let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
         .into_iter()
         .map(|(a, l)| usize::try_from(l).map(|l| (a, l)))

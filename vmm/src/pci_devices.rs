@@ -22,7 +22,8 @@ use std::os::fd::AsFd;
 
 use devices::virtio::net::{Net, NetCounters};
 
-use crate::config::{DiskFormat, VmConfig};
+use crate::config::VmConfig;
+use crate::disk::SharedDisk;
 use crate::error::VmError;
 use crate::interrupts::{DeviceMsi, GsiRouter};
 use crate::layout::{MMIO_32BIT_START, PCI_MMCONFIG_SIZE, PCI_MMCONFIG_START};
@@ -139,6 +140,14 @@ fn place(
     Ok((slot, device))
 }
 
+/// The host side of the devices, opened once before the VMM was jailed.
+pub struct HostBackends<'a> {
+    /// The disk images, in the order of the configuration's disks.
+    pub images: &'a [SharedDisk],
+    /// The TAPs, in the order of the configuration's NICs.
+    pub taps: &'a [netstack::Tap],
+}
+
 /// Builds the PCI bus with one virtio-blk device per disk, and puts the
 /// configuration mechanisms and the BAR window on the buses.
 pub fn build(
@@ -148,8 +157,9 @@ pub fn build(
     pio: &mut PioBus,
     mmio: &MmioBus,
     config: &VmConfig,
-    taps: &[netstack::Tap],
+    host: HostBackends<'_>,
 ) -> Result<PciPlatform, VmError> {
+    let HostBackends { images, taps } = host;
     let (disks, nets) = (&config.disks, &config.nets);
     let pci = Arc::new(Mutex::new(PciBus::new()));
     pio.insert(
@@ -173,18 +183,9 @@ pub fn build(
         disks: Vec::new(),
     };
     let mut by_slot: Vec<(u8, Arc<Mutex<VirtioPciDevice>>)> = Vec::new();
-    for (index, disk) in disks.iter().enumerate() {
-        let format = match disk.format {
-            DiskFormat::Raw => images::ImageFormat::Raw,
-            DiskFormat::Qcow2 => images::ImageFormat::Qcow2,
-        };
-        let backend =
-            images::open(&disk.path, format, disk.read_only).map_err(|e| VmError::Disk {
-                path: disk.path.clone(),
-                reason: e.to_string(),
-            })?;
+    for (index, (disk, image)) in disks.iter().zip(images).enumerate() {
         let block = Block::new(
-            backend,
+            Box::new(image.clone()),
             BlockOptions {
                 read_only: disk.read_only,
                 id: disk.id.clone(),

@@ -38,6 +38,17 @@ impl Vmm {
         })
     }
 
+    /// Starts accepting clients on the console socket, if the console is
+    /// one (else does nothing). Call it after jailing the process and before
+    /// filtering the calling thread: threads inherit its seccomp filter.
+    /// [`Vmm::run`] starts it otherwise.
+    pub fn start_console(&self) -> Result<(), VmError> {
+        match &self.control.console {
+            Some(hub) => hub.start().map_err(VmError::Thread),
+            None => Ok(()),
+        }
+    }
+
     /// A controller for the guest, valid for the whole life of this `Vmm`.
     pub fn controller(&self) -> VmController {
         VmController {

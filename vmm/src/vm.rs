@@ -105,6 +105,9 @@ impl VmHandle {
     ) -> Result<Self, VmError> {
         let started = Instant::now();
         control.set_state(VmState::Starting);
+        if let Some(hub) = &control.console {
+            hub.start().map_err(VmError::Thread)?;
+        }
         let kvm = &control.kvm;
         for (cap, name) in [
             (Cap::Irqchip, "in-kernel irqchip"),
@@ -154,7 +157,10 @@ impl VmHandle {
             &mut bus,
             &mmio,
             config,
-            &control.taps,
+            pci_devices::HostBackends {
+                images: &control.images,
+                taps: &control.taps,
+            },
         )?;
         control.set_disks(&pci.disks);
         control.set_nets(pci.nets);
@@ -170,6 +176,7 @@ impl VmHandle {
             &BootSource {
                 kernel: &config.kernel,
                 initrd: config.initrd.as_deref(),
+                files: &control.boot_files,
                 cmdline: &config.cmdline,
                 memory_bytes: config.memory_bytes,
                 rsdp,
@@ -260,6 +267,9 @@ impl VmHandle {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.unpark();
         join_vcpus(std::mem::take(&mut self.vcpu_threads));
+        // The images outlive this boot: write back what they cache now, as
+        // dropping them used to.
+        self.control.flush_images();
         if !matches!(result, Ok(ExitReason::Restart | ExitReason::Reboot)) {
             self.control.set_state(VmState::Stopped);
         }

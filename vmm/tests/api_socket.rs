@@ -45,10 +45,12 @@ impl Vmm {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !socket.exists() && Instant::now() < deadline {
+        // Served, not only there: a stale socket may be there before.
+        let served = || std::os::unix::net::UnixStream::connect(&socket).is_ok();
+        while !served() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
-        assert!(socket.exists(), "the API socket appears");
+        assert!(served(), "the API socket is served");
         let vm = Self { child, dir, socket };
         // The socket answers while the guest is still being built.
         while vm.state() == "starting" && Instant::now() < deadline {
@@ -181,8 +183,10 @@ fn bad_requests_get_4xx_and_the_guest_keeps_running() {
         };
         let shown = body.map(|b| &b[..b.len().min(40)]);
         assert_eq!(status, want, "{method} {path} {shown:?}: {text}");
-        if status >= 400 && status != 413 {
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if status >= 400 {
+            // Every error is JSON, 413 from the body limit included.
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path} {status}: not JSON ({e}): {text:?}"));
             assert!(v["error"].is_string(), "{text}");
         }
     }
@@ -246,7 +250,11 @@ fn reboot_request_and_on_reboot_restart() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(vm.console().matches("NUBO-TINY-READY").count(), 2);
-    let (_, info) = vm.call("GET", "/vm", None);
+    // The vCPU may print before the control thread counts the boot.
+    let mut info = String::new();
+    while !info.contains("\"boot_count\":2") && Instant::now() < deadline {
+        info = vm.call("GET", "/vm", None).1;
+    }
     assert!(info.contains("\"boot_count\":2"), "{info}");
     assert_eq!(vm.call("PUT", "/vm/stop", None).0, 204);
     assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
@@ -307,25 +315,142 @@ fn runs_unprivileged_after_setup() {
         eprintln!("skipped: needs root to drop privileges");
         return;
     }
+    let jail = std::env::temp_dir().join(format!("nubo-jail-{}", std::process::id()));
+    std::fs::create_dir_all(&jail).unwrap();
+    let jail_arg = jail.to_str().unwrap();
     let mut vm = Vmm::start(
         "unprivileged",
         TinyEnd::Dots,
-        &["--user", "nobody", "--group", "nogroup"],
+        &["--user", "nobody", "--group", "nogroup", "--jail", jail_arg],
     );
     assert_eq!(vm.state(), "running");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", vm.child.id())).unwrap();
+    let pid = vm.child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(
         !uid_line.split_whitespace().skip(1).any(|u| u == "0"),
         "{uid_line}"
     );
+    for key in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
+    // Its root is the jail directory, in a mount namespace of its own.
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).unwrap();
+    if ns(&pid.to_string()) != ns("self") {
+        std::fs::write(jail.join("marker"), "").unwrap();
+        let seen: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(seen, ["marker"]);
+    }
     assert_eq!(vm.call("PUT", "/vm/pause", None).0, 204);
     assert_eq!(vm.call("PUT", "/vm/resume", None).0, 204);
     assert_eq!(
         vm.call("PUT", "/vm/reboot", None).0,
         204,
-        "restarts reuse the open /dev/kvm"
+        "restarts reuse the open /dev/kvm and kernel"
     );
     assert_eq!(vm.call("PUT", "/vm/stop", None).0, 204);
     assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
+    let _ = std::fs::remove_dir_all(&jail);
+}
+
+/// Runs a second `nubo-vmm run ARGS` that must fail within 5 s; returns
+/// its stderr.
+fn second_vmm_fails(args: &[&std::ffi::OsStr]) -> String {
+    let mut second = Command::new(env!("CARGO_BIN_EXE_nubo-vmm"))
+        .args(["run", "--memory", "32M"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let code = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("the second VMM took over a live socket and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    err
+}
+
+/// A second VMM given the API socket of a live one refuses to start (the
+/// first keeps its API); a stale socket nobody serves is replaced.
+#[test]
+fn a_live_api_socket_is_refused_and_a_stale_one_replaced() {
+    if !kvm_available() {
+        return;
+    }
+    let first = Vmm::start("live", TinyEnd::Dots, &[]);
+    let kernel = first.dir.join("tiny.elf");
+    let err = second_vmm_fails(&[
+        "--serial".as_ref(),
+        "off".as_ref(),
+        "--kernel".as_ref(),
+        kernel.as_os_str(),
+        "--api-socket".as_ref(),
+        first.socket.as_os_str(),
+    ]);
+    assert!(
+        err.contains(&format!(
+            "API socket {} is in use by a live process",
+            first.socket.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(first.state(), "running", "the first VMM keeps its API");
+
+    // A socket left by a dead process: bound, never served.
+    let dir = std::env::temp_dir().join(format!("nubo-api-{}-stale", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(dir.join("api.sock")).unwrap());
+    let stale = Vmm::start("stale", TinyEnd::Dots, &[]);
+    assert_eq!(stale.state(), "running");
+}
+
+/// The same for the console socket: a second VMM does not take over the
+/// console of a live one.
+#[test]
+fn a_live_console_socket_is_refused() {
+    use std::io::Read;
+    if !kvm_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("nubo-console-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let console = dir.join("console.sock");
+    let serial = format!("socket={}", console.display());
+    let first = Vmm::start("console-live", TinyEnd::Dots, &["--serial", &serial]);
+    let kernel = first.dir.join("tiny.elf");
+    let err = second_vmm_fails(&[
+        "--serial".as_ref(),
+        serial.as_ref(),
+        "--kernel".as_ref(),
+        kernel.as_os_str(),
+    ]);
+    assert!(
+        err.contains(&format!(
+            "console socket {} is in use by a live process",
+            console.display()
+        )),
+        "{err}"
+    );
+    // The first VMM's console still answers.
+    let mut s = std::os::unix::net::UnixStream::connect(&console).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(s.read(&mut buf).unwrap() > 0);
+    assert_eq!(first.state(), "running");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -182,7 +182,11 @@ fn binary_rejects_bad_input_with_one_line() {
         ),
         (
             vec!["run", "--kernel", k, "--memory", "0"],
-            "at least 1 MiB",
+            "at least 16 MiB",
+        ),
+        (
+            vec!["run", "--kernel", k, "--memory", "1"],
+            "guest memory must be at least 16 MiB (--memory 16M), got 1 MiB",
         ),
         (
             vec!["run", "--kernel", k, "--memory", "100000G"],
@@ -306,7 +310,15 @@ fn restart_on_reboot_boots_again_until_stopped() {
     let ctl = vmm.controller();
     let runner = std::thread::spawn(move || vmm.run());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ctl.info().boot_count < 3 && Instant::now() < deadline {
+    // Wait for the third boot's line, not only its start: a stop right
+    // after boot_count turns 3 may come before the guest printed.
+    let printed = || {
+        std::fs::read_to_string(&console)
+            .unwrap_or_default()
+            .matches(READY_LINE)
+            .count()
+    };
+    while printed() < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(
@@ -320,4 +332,25 @@ fn restart_on_reboot_boots_again_until_stopped() {
     assert_eq!(runner.join().unwrap().unwrap(), ExitReason::Stopped);
     let out = std::fs::read_to_string(&console).unwrap();
     assert!(out.matches(READY_LINE).count() >= 3, "{out}");
+}
+
+/// Log lines written to a file or pipe carry no ANSI colour codes (vmm.log
+/// is read by people and by the orchestrator's error messages).
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    if !kvm_available() {
+        return;
+    }
+    let scratch = Scratch::new("ansi");
+    let kernel = scratch.file("tiny.elf", &elf(TinyEntry::Long64, TinyEnd::AcpiPowerOff));
+    let out = Command::new(env!("CARGO_BIN_EXE_nubo-vmm"))
+        .args(["run", "--memory", "32M", "--serial", "off", "--kernel"])
+        .arg(&kernel)
+        .env("NUBO_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("guest exited"), "{err}");
+    assert!(!err.contains('\x1b'), "ANSI escape in {err:?}");
 }

@@ -12,9 +12,17 @@
 //! | `api.sock` | the VMM's control API socket |
 //! | `vmm.lock` | `flock`ed by the agent before it forks a VMM and inherited by it: held exactly while the VMM (or its not yet exec'd child) lives |
 //! | `disk.qcow2` | the boot disk, a copy-on-write overlay on the image |
+//! | `jail/` | empty: the VMM's root directory once it is jailed |
 //!
 //! The VMM runs in its own session, so it survives the daemon being killed or
 //! restarted; a new daemon finds it again with [`Agent::adopt`].
+//!
+//! A root daemon runs each VMM jailed: with an empty environment, as a user
+//! and group id of its own (from [`DEFAULT_VMM_UID_BASE`] on, recorded in
+//! `spec.json` as [`VmmSpec::vmm_uid`]), without capabilities, with
+//! no_new_privs and seccomp, and with `jail/` as its root in a mount
+//! namespace of its own. The VMM opens everything it needs before it jails
+//! itself, so every file here stays root's.
 //!
 //! The API is blocking (std threads, no tokio). From async code call it
 //! through `tokio::task::spawn_blocking`.
@@ -57,6 +65,14 @@ pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(86_400);
 /// under the pid in its pid file.
 const LOCK_IDENTIFY_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The first user and group id of the VMMs of a root daemon: above the
+/// ranges `/etc/subuid`, systemd's dynamic users and systemd-nspawn hand out,
+/// below 2^31.
+pub const DEFAULT_VMM_UID_BASE: u32 = 2_000_000_000;
+
+/// How many ids, from the base on, the VMMs may use (one per server).
+pub const VMM_UID_COUNT: u32 = 65_536;
+
 /// How long one request to a VMM's API may take.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -71,6 +87,7 @@ const CONSOLE_FILE: &str = "console.log";
 const SOCKET_FILE: &str = "api.sock";
 const LOCK_FILE: &str = "vmm.lock";
 const DISK_FILE: &str = "disk.qcow2";
+const JAIL_DIR: &str = "jail";
 
 /// Errors of the compute agent.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +183,16 @@ pub enum AgentError {
         /// The last API error.
         reason: String,
     },
+    /// Every VMM id of the range is taken.
+    #[error(
+        "no free VMM user id for server {server_id}: all {VMM_UID_COUNT} ids from {base} are taken"
+    )]
+    NoFreeVmmId {
+        /// The server.
+        server_id: String,
+        /// The first id of the range.
+        base: u32,
+    },
     /// Something did not happen in time.
     #[error("server {server_id}: timed out after {timeout:?} waiting for {what}")]
     Timeout {
@@ -220,6 +247,11 @@ enum Liveness {
 pub struct Agent {
     vmm_binary: PathBuf,
     instances_dir: PathBuf,
+    /// First id of the VMMs' users and groups; `None`: VMMs run as the
+    /// daemon's user (a daemon that is not root cannot switch).
+    vmm_uid_base: Option<u32>,
+    /// Held while a spawn picks its VMM id and records it in `spec.json`.
+    vmm_ids: Mutex<()>,
     /// The VMMs this agent spawned, by server id, with their pid; kept so
     /// they are reaped (no zombies) whoever checks on them first.
     children: Mutex<HashMap<String, (i32, SharedChild)>>,
@@ -230,6 +262,7 @@ impl std::fmt::Debug for Agent {
         f.debug_struct("Agent")
             .field("vmm_binary", &self.vmm_binary)
             .field("instances_dir", &self.instances_dir)
+            .field("vmm_uid_base", &self.vmm_uid_base)
             .finish()
     }
 }
@@ -260,11 +293,52 @@ impl Agent {
         if !vmm_binary.is_file() {
             tracing::warn!(binary = %vmm_binary.display(), "the VMM binary does not exist");
         }
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
         Ok(Agent {
             vmm_binary,
             instances_dir,
+            vmm_uid_base: root.then_some(DEFAULT_VMM_UID_BASE),
+            vmm_ids: Mutex::new(()),
             children: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Runs the VMMs as ids from `base` on (one per server), or as the
+    /// daemon's user with `None`. The default is [`DEFAULT_VMM_UID_BASE`]
+    /// for a root daemon and `None` otherwise.
+    pub fn with_vmm_uid_base(mut self, base: Option<u32>) -> Self {
+        self.vmm_uid_base = base;
+        self
+    }
+
+    /// The user and group id the server's VMM runs as: the one its
+    /// `spec.json` recorded, else the lowest one no other instance has.
+    fn vmm_uid_for(&self, server_id: &str) -> Result<Option<u32>, AgentError> {
+        let Some(base) = self.vmm_uid_base else {
+            return Ok(None);
+        };
+        let ids = base..base.saturating_add(VMM_UID_COUNT);
+        if let Ok(Some(old)) = self.load_spec(server_id) {
+            if let Some(id) = old.vmm_uid.filter(|id| ids.contains(id)) {
+                return Ok(Some(id));
+            }
+        }
+        let mut taken = std::collections::HashSet::new();
+        for other in self.list_instances()? {
+            if other != server_id {
+                if let Ok(Some(spec)) = self.load_spec(&other) {
+                    taken.extend(spec.vmm_uid);
+                }
+            }
+        }
+        ids.into_iter()
+            .find(|id| !taken.contains(id))
+            .map(Some)
+            .ok_or_else(|| AgentError::NoFreeVmmId {
+                server_id: server_id.to_owned(),
+                base,
+            })
     }
 
     /// The VMM binary this agent starts.
@@ -349,13 +423,25 @@ impl Agent {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("cannot remove stale socket", &socket)(e)),
         }
+        let jail = dir.join(JAIL_DIR);
+        let ids = self.vmm_ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spec = spec.clone();
+        spec.vmm_uid = self.vmm_uid_for(id)?;
+        if spec.vmm_uid.is_some() {
+            match std::fs::DirBuilder::new().mode(0o555).create(&jail) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && jail.is_dir() => {}
+                Err(e) => return Err(io_err("cannot create the jail directory", &jail)(e)),
+            }
+        }
         let spec_path = dir.join(SPEC_FILE);
-        let spec_json = serde_json::to_vec_pretty(spec).map_err(|e| AgentError::InvalidSpec {
+        let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| AgentError::InvalidSpec {
             server_id: id.to_owned(),
             reason: e.to_string(),
         })?;
         process::write_atomic(&spec_path, &spec_json)
             .map_err(io_err("cannot write", &spec_path))?;
+        drop(ids);
 
         let log_path = dir.join(LOG_FILE);
         let mut log = OpenOptions::new()
@@ -364,7 +450,7 @@ impl Agent {
             .mode(0o600)
             .open(&log_path)
             .map_err(io_err("cannot open", &log_path))?;
-        let args = spec.vmm_args(&dir.join(CONSOLE_FILE), &socket);
+        let args = spec.vmm_args(&dir.join(CONSOLE_FILE), &socket, &jail);
         writeln!(
             log,
             "{LOG_MARKER} for server {id} at {} ===",
@@ -415,6 +501,7 @@ impl Agent {
         tracing::info!(
             server_id = id,
             pid,
+            vmm_uid = ?spec.vmm_uid,
             vcpus = spec.vcpus,
             memory_mib = spec.memory_mib,
             "nubo-vmm started"

@@ -97,8 +97,9 @@ impl std::fmt::Debug for VmmProcess {
 }
 
 /// Starts `binary args` in its own session (so it outlives the daemon and
-/// gets none of the daemon's terminal signals), stdin from /dev/null and
-/// stdout and stderr appended to `log`.
+/// gets none of the daemon's terminal signals), with an empty environment
+/// (the daemon's holds secrets such as `NUBO_ADMIN_PASSWORD`), stdin from
+/// /dev/null and stdout and stderr appended to `log`.
 ///
 /// The child writes its own pid to `pid_file` (through `pid_file.tmp` and a
 /// rename) *before* it execs `binary`, and keeps `lock` (an exclusive
@@ -121,6 +122,7 @@ pub(crate) fn spawn_detached(
     let tmp_path = CString::new(tmp).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut cmd = Command::new(binary);
     cmd.args(args)
+        .env_clear()
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?);

@@ -64,6 +64,12 @@ pub struct VmmSpec {
     /// Disks, in guest order.
     #[serde(default)]
     pub disks: Vec<DiskSpec>,
+    /// The unprivileged user and group id the VMM runs as; the agent picks
+    /// it when it starts the VMM (callers leave it `None`) and keeps it for
+    /// the server's later starts. `None` in a stored spec: the VMM ran as
+    /// the daemon's user.
+    #[serde(default)]
+    pub vmm_uid: Option<u32>,
 }
 
 impl VmmSpec {
@@ -80,8 +86,12 @@ impl VmmSpec {
                 self.vcpus
             )));
         }
-        if self.memory_mib == 0 {
-            return Err(bad("memory_mib must not be 0".into()));
+        let min_mib = vmm::config::MIN_MEMORY_BYTES >> 20;
+        if self.memory_mib < min_mib {
+            return Err(bad(format!(
+                "memory_mib must be at least {min_mib}, not {}",
+                self.memory_mib
+            )));
         }
         for disk in &self.disks {
             // `--disk path=...,format=...` is split on commas by the VMM.
@@ -99,8 +109,14 @@ impl VmmSpec {
     }
 
     /// The arguments of `nubo-vmm` (after the binary) for this spec, with the
-    /// console log and API socket at the given paths.
-    pub(crate) fn vmm_args(&self, console_log: &Path, api_socket: &Path) -> Vec<OsString> {
+    /// console log and API socket at the given paths; with a [`VmmSpec::vmm_uid`],
+    /// the VMM runs as that user and group, jailed in `jail_root`.
+    pub(crate) fn vmm_args(
+        &self,
+        console_log: &Path,
+        api_socket: &Path,
+        jail_root: &Path,
+    ) -> Vec<OsString> {
         // `--opt=value` everywhere, so a value starting with '-' is never
         // taken for an option.
         let opt = |name: &str, value: &Path| {
@@ -130,6 +146,11 @@ impl VmmSpec {
         }
         args.push("--on-reboot=restart".into());
         args.push("--seccomp=on".into());
+        if let Some(id) = self.vmm_uid {
+            args.push(format!("--user={id}").into());
+            args.push(format!("--group={id}").into());
+            args.push(opt("jail", jail_root));
+        }
         args
     }
 }

@@ -54,6 +54,7 @@ impl Harness {
             vcpus: 1,
             memory_mib: 32,
             disks: vec![],
+            vmm_uid: None,
         }
     }
 
@@ -153,15 +154,22 @@ fn spec_is_stored_as_json_and_becomes_vmm_arguments() {
                 readonly: true,
             },
         ],
+        vmm_uid: None,
     };
     let json = serde_json::to_string(&spec).unwrap();
     assert!(json.contains("\"format\":\"qcow2\""), "{json}");
     assert_eq!(serde_json::from_str::<VmmSpec>(&json).unwrap(), spec);
-    let args: Vec<String> = spec
-        .vmm_args(Path::new("/d/console.log"), Path::new("/d/api.sock"))
+    let args_of = |spec: &VmmSpec| -> Vec<String> {
+        spec.vmm_args(
+            Path::new("/d/console.log"),
+            Path::new("/d/api.sock"),
+            Path::new("/d/jail"),
+        )
         .into_iter()
         .map(|a| a.into_string().unwrap())
-        .collect();
+        .collect()
+    };
+    let args = args_of(&spec);
     assert_eq!(
         args,
         [
@@ -179,6 +187,17 @@ fn spec_is_stored_as_json_and_becomes_vmm_arguments() {
             "--seccomp=on",
         ]
     );
+    // With an id of its own, the VMM runs as it, jailed.
+    let jailed = VmmSpec {
+        vmm_uid: Some(2_000_000_007),
+        ..spec.clone()
+    };
+    assert_eq!(
+        args_of(&jailed)[args.len()..],
+        ["--user=2000000007", "--group=2000000007", "--jail=/d/jail"]
+    );
+    let json = serde_json::to_string(&jailed).unwrap();
+    assert_eq!(serde_json::from_str::<VmmSpec>(&json).unwrap(), jailed);
     let mut bad = spec.clone();
     bad.disks[0].path = "/a,b".into();
     assert!(matches!(
@@ -249,7 +268,14 @@ fn spawn_run_console_and_stop() {
         std::fs::read_to_string(dir.join("vmm.pid")).unwrap().trim(),
         p.pid.to_string()
     );
-    assert_eq!(a.load_spec(ID).unwrap().unwrap(), h.spec(ID, TinyEnd::Halt));
+    let stored = a.load_spec(ID).unwrap().unwrap();
+    assert_eq!(
+        VmmSpec {
+            vmm_uid: None,
+            ..stored
+        },
+        h.spec(ID, TinyEnd::Halt)
+    );
     // Its own session: not in the test's process group.
     // SAFETY: getsid has no memory effects.
     assert_eq!(unsafe { libc::getsid(p.pid) }, p.pid);
@@ -266,7 +292,12 @@ fn spawn_run_console_and_stop() {
     assert!(!a.is_alive(&p));
     let exit = a.wait_exit(&mut p, Duration::from_secs(1)).unwrap();
     assert_eq!(exit.and_then(|e| e.code), Some(0));
-    assert!(!dir.join("api.sock").exists(), "the VMM removed its socket");
+    // A jailed VMM cannot remove its socket from the root-owned instance
+    // directory: it is gone, or stale (the next start replaces it).
+    assert!(
+        std::os::unix::net::UnixStream::connect(dir.join("api.sock")).is_err(),
+        "nobody serves the socket any more"
+    );
     // Stopping again is fine.
     a.stop(ID).unwrap();
     a.shutdown(ID, Duration::from_secs(1)).unwrap();
@@ -450,6 +481,7 @@ fn helper_daemon_that_gets_killed() {
             vcpus: 1,
             memory_mib: 32,
             disks: vec![],
+            vmm_uid: None,
         })
         .unwrap();
     agent.wait_running(ID, Duration::from_secs(10)).unwrap();
@@ -497,4 +529,188 @@ fn the_vmm_outlives_a_killed_daemon() {
     });
     a.stop(ID).unwrap();
     assert!(!a.is_alive(&p));
+}
+
+/// Whether this test process may start jailed VMMs (root) on KVM.
+fn can_jail() -> bool {
+    if !kvm_available() {
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: only a root daemon jails its VMMs");
+    }
+    root
+}
+
+/// Asserts that `pid` runs jailed (see the module doc of `agent`), and
+/// returns its `/proc/PID/status` lines that say so.
+fn assert_jailed(pid: i32, instance_dir: &Path) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {key} in {status}"))
+    };
+    for key in ["Uid:", "Gid:"] {
+        let ids: Vec<&str> = field(key).split_whitespace().collect();
+        assert_eq!(ids.len(), 4, "{key} {ids:?}");
+        assert!(
+            ids.iter().all(|id| *id == ids[0] && *id != "0"),
+            "{key} {ids:?}"
+        );
+    }
+    assert_eq!(field("Groups:"), "", "no supplementary groups");
+    for key in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(key), "0000000000000000", "{key}");
+    }
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(environ.is_empty(), "{}", String::from_utf8_lossy(&environ));
+    // Its own mount namespace whose root is the empty jail directory, unless
+    // the host refused it (then the VMM said so in its log).
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).unwrap();
+    if ns(&pid.to_string()) == ns("self") {
+        let log = std::fs::read_to_string(instance_dir.join(LOG_FILE)).unwrap();
+        assert!(log.contains("refuses a mount namespace"), "{log}");
+    } else {
+        let seen: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(seen.is_empty(), "the VMM sees {seen:?} at /");
+    }
+    status
+        .lines()
+        .filter(|l| {
+            ["Uid", "Gid", "Groups", "Cap", "NoNewPrivs", "Seccomp:"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A VMM started by a root agent runs jailed, with its boot disk (a qcow2
+/// overlay on a raw image), and boots again from the descriptors it opened
+/// before the jail.
+#[test]
+fn a_vmm_runs_jailed_and_restarts_in_its_jail() {
+    if !can_jail() {
+        return;
+    }
+    let h = Harness::new();
+    let a = h.agent();
+    let image = h.dir.path().join("image.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let disk = a.create_boot_disk(ID, &image, ImageFormat::Raw).unwrap();
+    let mut spec = h.spec(ID, TinyEnd::Dots);
+    spec.disks.push(DiskSpec {
+        path: disk,
+        format: ImageFormat::Qcow2,
+        readonly: false,
+    });
+    let mut p = a.spawn(&spec).unwrap();
+    a.wait_running(ID, Duration::from_secs(10)).unwrap();
+    let lines = assert_jailed(p.pid, &h.instances().join(ID));
+    eprintln!("jailed VMM {}:\n{lines}", p.pid);
+    wait_for("the first boot", Duration::from_secs(5), || {
+        a.console_output(ID, None).unwrap().contains(READY_LINE)
+    });
+    let (status, body) = a.api(ID, "PUT", "/vm/reboot", None).unwrap();
+    assert_eq!(status, 204, "{body}");
+    wait_for("a second boot in the jail", Duration::from_secs(10), || {
+        a.console_output(ID, None)
+            .unwrap()
+            .matches(READY_LINE)
+            .count()
+            >= 2
+    });
+    a.stop(ID).unwrap();
+    let exit = a.wait_exit(&mut p, Duration::from_secs(1)).unwrap();
+    assert_eq!(exit.and_then(|e| e.code), Some(0));
+}
+
+/// Each server's VMM gets an id of its own, recorded in spec.json and kept
+/// across its restarts and a daemon restart.
+#[test]
+fn vmm_ids_are_per_server_and_kept() {
+    if !can_jail() {
+        return;
+    }
+    const ID2: &str = "0f0e1d2c-3b4a-4958-8776-a5b4c3d2e1f1";
+    let mut h = Harness::new();
+    let id_of = |h: &Harness, id: &str| h.agent().load_spec(id).unwrap().unwrap().vmm_uid;
+    let uid_line = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let p1 = h.agent().spawn(&h.spec(ID, TinyEnd::Dots)).unwrap();
+    let p2 = h.agent().spawn(&h.spec(ID2, TinyEnd::Dots)).unwrap();
+    h.agent().wait_running(ID, Duration::from_secs(10)).unwrap();
+    h.agent()
+        .wait_running(ID2, Duration::from_secs(10))
+        .unwrap();
+    let (u1, u2) = (id_of(&h, ID).unwrap(), id_of(&h, ID2).unwrap());
+    assert_ne!(u1, u2);
+    assert!(u1 >= DEFAULT_VMM_UID_BASE && u2 >= DEFAULT_VMM_UID_BASE);
+    assert_eq!(uid_line(p1.pid), u1);
+    assert_eq!(uid_line(p2.pid), u2);
+    h.agent().stop(ID).unwrap();
+    let p1 = h.agent().spawn(&h.spec(ID, TinyEnd::Dots)).unwrap();
+    h.agent().wait_running(ID, Duration::from_secs(10)).unwrap();
+    assert_eq!(id_of(&h, ID), Some(u1), "a restart keeps the id");
+    assert_eq!(uid_line(p1.pid), u1);
+    // A new daemon adopts the unprivileged VMM.
+    drop(h.agent.take());
+    let agent = Agent::new(vmm_binary(), h.dir.path().join("instances")).unwrap();
+    let adopted = agent.adopt(ID).unwrap().expect("the jailed VMM is adopted");
+    assert_eq!(adopted.pid, p1.pid);
+    agent.stop(ID).unwrap();
+    agent.stop(ID2).unwrap();
+    h.agent = Some(agent);
+}
+
+/// The agent takes ids from its configured range, skipping those other
+/// instances recorded, and reports a full range.
+#[test]
+fn vmm_ids_come_from_the_configured_range() {
+    let h = Harness::new();
+    let a = Agent::new(vmm_binary(), h.dir.path().join("instances"))
+        .unwrap()
+        .with_vmm_uid_base(Some(4_000_000_000));
+    let record = |id: &str, uid: Option<u32>| {
+        let dir = h.instances().join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = VmmSpec {
+            vmm_uid: uid,
+            ..h.spec(id, TinyEnd::Halt)
+        };
+        std::fs::write(dir.join(SPEC_FILE), serde_json::to_vec(&spec).unwrap()).unwrap();
+    };
+    record("aaaa", Some(4_000_000_000));
+    record("bbbb", Some(4_000_000_002));
+    record("cccc", None);
+    assert_eq!(a.vmm_uid_for("dddd").unwrap(), Some(4_000_000_001));
+    assert_eq!(a.vmm_uid_for("bbbb").unwrap(), Some(4_000_000_002));
+    assert_eq!(a.vmm_uid_for("cccc").unwrap(), Some(4_000_000_001));
+    let a = a.with_vmm_uid_base(None);
+    assert_eq!(a.vmm_uid_for("dddd").unwrap(), None);
+    let full = Agent::new(vmm_binary(), h.dir.path().join("instances"))
+        .unwrap()
+        .with_vmm_uid_base(Some(u32::MAX - 1));
+    record("eeee", Some(u32::MAX - 1));
+    assert!(matches!(
+        full.vmm_uid_for("ffff"),
+        Err(AgentError::NoFreeVmmId { .. })
+    ));
 }

@@ -194,6 +194,7 @@ fn spec_for(c: &Compute, s: &Server, disk: PathBuf) -> Result<VmmSpec, String> {
             format: images::ImageFormat::Qcow2,
             readonly: false,
         }],
+        vmm_uid: None,
     })
 }
 

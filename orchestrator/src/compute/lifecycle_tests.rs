@@ -37,6 +37,7 @@ fn compute(dir: &std::path::Path, db: Db) -> Arc<Compute> {
         overcommit: Default::default(),
         quotas: Default::default(),
         admin_password: None,
+        vmm_uid_base: None,
     });
     let images = Arc::new(ImageStore::new(dir.join("images"), 1 << 20).expect("store"));
     let agent = crate::agent::Agent::new(dir.join("no-vmm"), dir.join("instances")).expect("agent");

@@ -136,6 +136,7 @@ async fn start(max_image_size: u64) -> Server {
         overcommit: Default::default(),
         quotas: Default::default(),
         admin_password: None,
+        vmm_uid_base: None,
     });
     let images = Arc::new(ImageStore::new(dir.path().join("images"), max_image_size).unwrap());
     let agent =

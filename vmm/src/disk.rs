@@ -1,0 +1,61 @@
+//! Disk images opened once for the life of the VMM and lent to the
+//! virtio-blk device of each boot: the image and its whole backing chain are
+//! opened before the VMM drops its privileges and its view of the host's
+//! files, so a restart needs no path, and the image's caches outlive it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use images::{BlockBackend, ImageError};
+
+use crate::config::{DiskConfig, DiskFormat};
+use crate::error::VmError;
+
+/// One open disk image, shared by the boots of one VMM.
+#[derive(Clone)]
+pub struct SharedDisk(Arc<Mutex<Box<dyn BlockBackend>>>);
+
+impl SharedDisk {
+    /// Opens the image of `disk` (for a qcow2 image, with its backing chain).
+    pub fn open(disk: &DiskConfig) -> Result<Self, VmError> {
+        let format = match disk.format {
+            DiskFormat::Raw => images::ImageFormat::Raw,
+            DiskFormat::Qcow2 => images::ImageFormat::Qcow2,
+        };
+        let backend =
+            images::open(&disk.path, format, disk.read_only).map_err(|e| VmError::Disk {
+                path: disk.path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self(Arc::new(Mutex::new(backend))))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Box<dyn BlockBackend>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl BlockBackend for SharedDisk {
+    fn size(&self) -> u64 {
+        self.lock().size()
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
+        self.lock().read_at(buf, offset)
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), ImageError> {
+        self.lock().write_at(buf, offset)
+    }
+
+    fn flush(&mut self) -> Result<(), ImageError> {
+        self.lock().flush()
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
+        self.lock().discard(offset, len)
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
+        self.lock().write_zeroes(offset, len)
+    }
+}
