@@ -7,6 +7,7 @@ pub mod api;
 pub mod compute;
 pub mod config;
 pub mod db;
+pub mod http;
 pub mod identity;
 pub mod image_store;
 pub mod serve;

@@ -8,10 +8,10 @@ use axum::ServiceExt;
 use tower_layer::Layer;
 
 use crate::agent::Agent;
-use crate::api::{self, AppState};
 use crate::compute::{lifecycle, Compute};
 use crate::config::Config;
 use crate::db::Db;
+use crate::http::{self, AppState};
 use crate::identity::bootstrap;
 use crate::image_store::ImageStore;
 
@@ -62,8 +62,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         images,
         compute,
     };
-    let app = api::router(state);
-    let app = axum::middleware::map_request(|r| async { api::strip_trailing_slash(r) }).layer(app);
+    let app = http::router::router(state);
+    let app = axum::middleware::map_request(|r| async { http::strip_trailing_slash(r) }).layer(app);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;

@@ -14,20 +14,22 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::discovery;
-use super::error::{ApiError, ApiResult};
-use super::extract::{BaseUrl, JsonBody, ProjectAuth};
-use super::{instance_actions, AppState, RequestId};
+use super::instance_actions;
 use crate::compute::model::{status, Flavor, Server, SERVER_COLS};
 use crate::compute::{actions, flavor_access, lifecycle};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{BaseUrl, JsonBody, ProjectAuth};
+use crate::http::policy::{self, require_admin_for as require_admin};
+use crate::http::versions;
+use crate::http::{AppState, RequestId};
 use crate::identity::AuthContext;
 use crate::util::{new_id, now_iso};
 
 /// The compute routes, relative to `/compute`.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(discovery::compute_versions))
-        .route("/v2.1", get(discovery::compute_v21))
+        .route("/", get(versions::compute_versions))
+        .route("/v2.1", get(versions::compute_v21))
         .route("/v2.1/flavors", get(list_flavors_brief).post(create_flavor))
         .route("/v2.1/flavors/detail", get(list_flavors_detail))
         .route("/v2.1/flavors/{id}", get(show_flavor).delete(delete_flavor))
@@ -95,25 +97,8 @@ fn check_microversion(headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
-/// 403 in Nova's words unless the caller is an admin.
-pub(super) fn require_admin(ctx: &AuthContext, what: &str) -> ApiResult<()> {
-    if ctx.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!(
-            "Policy doesn't allow {what} to be performed."
-        )))
-    }
-}
-
 fn require_writer(ctx: &AuthContext) -> ApiResult<()> {
-    if ctx.can_write() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "Policy doesn't allow a reader to change servers.",
-        ))
-    }
+    policy::require_member(ctx, "Policy doesn't allow a reader to change servers.")
 }
 
 // ---------------------------------------------------------------- flavors
@@ -1211,12 +1196,10 @@ fn quota_set(st: &AppState, conn: &Connection, project: &str, view: QuotaView) -
 }
 
 fn quota_project(ctx: &AuthContext, project: &str) -> ApiResult<()> {
-    if ctx.is_admin() || ctx.project_id == project {
+    if policy::owns_or_admin(ctx, project) {
         Ok(())
     } else {
-        Err(ApiError::forbidden(
-            "Policy doesn't allow os_compute_api:os-quota-sets:show to be performed.",
-        ))
+        Err(policy::denied("os_compute_api:os-quota-sets:show"))
     }
 }
 

@@ -11,11 +11,11 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::compute::require_admin;
-use super::error::{ApiError, ApiResult};
-use super::extract::ProjectAuth;
-use super::AppState;
 use crate::compute::{host_name, scheduler};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::ProjectAuth;
+use crate::http::policy::require_admin_for as require_admin;
+use crate::http::AppState;
 use crate::util::now_iso;
 
 /// The hypervisor's (and the compute service's) id.

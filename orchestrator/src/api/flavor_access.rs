@@ -11,12 +11,13 @@ use axum::{Json, Router};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
 
-use super::compute::{get_flavor, require_admin};
-use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, ProjectAuth};
-use super::AppState;
+use super::compute::get_flavor;
 use crate::compute::flavor_access;
 use crate::compute::model::Flavor;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{JsonBody, ProjectAuth};
+use crate::http::policy::require_admin_for as require_admin;
+use crate::http::AppState;
 
 /// The flavor access routes, relative to `/compute` (merged into the
 /// compute router).

@@ -11,18 +11,20 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-use super::discovery;
-use super::error::{ApiError, ApiResult};
-use super::extract::{Auth, BaseUrl, JsonBody};
-use super::AppState;
-use crate::identity::{find_domain, password, roles_on, token, AuthContext, DEFAULT_DOMAIN_ID};
+use crate::http::catalog;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{Auth, BaseUrl, JsonBody};
+use crate::http::policy::{is_self_or_admin, owns_or_admin, require_admin};
+use crate::http::versions;
+use crate::http::AppState;
+use crate::identity::{find_domain, password, roles_on, token, DEFAULT_DOMAIN_ID};
 use crate::util::new_hex_id;
 
 /// The identity routes, relative to `/identity`.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(discovery::identity_versions))
-        .route("/v3", get(discovery::identity_v3))
+        .route("/", get(versions::identity_versions))
+        .route("/v3", get(versions::identity_v3))
         .route(
             "/v3/auth/tokens",
             get(check_token)
@@ -59,17 +61,6 @@ pub fn router() -> Router<AppState> {
             put(grant).head(check_grant).get(check_grant).delete(revoke),
         )
         .merge(super::identity_catalog::router())
-}
-
-/// 403 unless the caller has the admin role.
-pub(super) fn require_admin(ctx: &AuthContext) -> ApiResult<()> {
-    if ctx.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "you are not authorized to perform the requested action (admin required)",
-        ))
-    }
 }
 
 /// A collection's `links` (one page: no previous, no next).
@@ -247,7 +238,7 @@ fn token_body(conn: &Connection, rec: &token::TokenRecord, base: &str) -> ApiRes
         });
         tok["is_domain"] = json!(false);
         tok["roles"] = json!(roles);
-        tok["catalog"] = discovery::catalog(base);
+        tok["catalog"] = catalog::catalog(base);
     }
     Ok(json!({ "token": tok }))
 }
@@ -343,7 +334,7 @@ async fn check_token(
     let conn = st.db.lock();
     let (sctx, rec) = token::validate(&conn, &subj)?
         .ok_or_else(|| ApiError::not_found("the subject token is invalid, expired or revoked"))?;
-    if sctx.user_id != ctx.user_id && !ctx.is_admin() {
+    if !is_self_or_admin(&ctx, &sctx.user_id) {
         return Err(ApiError::forbidden("you may only validate your own tokens"));
     }
     let body = token_body(&conn, &rec, &base)?;
@@ -362,7 +353,7 @@ async fn revoke_token(
             "the subject token is invalid, expired or revoked",
         ));
     };
-    if sctx.user_id != ctx.user_id && !ctx.is_admin() {
+    if !is_self_or_admin(&ctx, &sctx.user_id) {
         return Err(ApiError::forbidden("you may only revoke your own tokens"));
     }
     token::revoke(&conn, &subj)?;
@@ -387,7 +378,7 @@ async fn auth_projects(
 }
 
 async fn auth_catalog(Auth(_): Auth, BaseUrl(base): BaseUrl) -> Json<Value> {
-    Json(json!({ "catalog": discovery::catalog(&base), "links": links(&base, "auth/catalog") }))
+    Json(json!({ "catalog": catalog::catalog(&base), "links": links(&base, "auth/catalog") }))
 }
 
 // ---------------------------------------------------------------- domains
@@ -600,7 +591,7 @@ async fn show_project(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let conn = st.db.lock();
-    if !ctx.is_admin() && ctx.project_id != id {
+    if !owns_or_admin(&ctx, &id) {
         return Err(ApiError::not_found(format!("could not find project: {id}")));
     }
     Ok(Json(json!({ "project": one_project(&conn, &base, &id)? })))
@@ -804,7 +795,7 @@ async fn show_user(
     BaseUrl(base): BaseUrl,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    if !ctx.is_admin() && ctx.user_id != id {
+    if !is_self_or_admin(&ctx, &id) {
         return Err(ApiError::not_found(format!("could not find user: {id}")));
     }
     let conn = st.db.lock();
@@ -891,7 +882,7 @@ async fn user_projects(
     BaseUrl(base): BaseUrl,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    if !ctx.is_admin() && ctx.user_id != id {
+    if !is_self_or_admin(&ctx, &id) {
         return Err(ApiError::forbidden("you may only list your own projects"));
     }
     let conn = st.db.lock();
@@ -1038,7 +1029,7 @@ async fn check_grant(
     BaseUrl(base): BaseUrl,
     Path((p, u, r)): Path<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
-    if !ctx.is_admin() && ctx.user_id != u {
+    if !is_self_or_admin(&ctx, &u) {
         return Err(ApiError::forbidden("admin required"));
     }
     let conn = st.db.lock();
@@ -1081,7 +1072,7 @@ async fn list_user_project_roles(
     BaseUrl(base): BaseUrl,
     Path((p, u)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    if !ctx.is_admin() && ctx.user_id != u {
+    if !is_self_or_admin(&ctx, &u) {
         return Err(ApiError::forbidden("admin required"));
     }
     let conn = st.db.lock();
@@ -1124,7 +1115,7 @@ async fn list_assignments(
     let mut out = Vec::new();
     for row in rows {
         let (u, p, r, rname, uname, pname) = row?;
-        if !ctx.is_admin() && u != ctx.user_id {
+        if !is_self_or_admin(&ctx, &u) {
             continue;
         }
         if q.get("user.id").is_some_and(|w| *w != u)

@@ -21,10 +21,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
 use tokio::io::AsyncReadExt;
 
-use super::discovery;
-use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, ProjectAuth};
-use super::AppState;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{JsonBody, ProjectAuth};
+use crate::http::policy;
+use crate::http::versions;
+use crate::http::AppState;
 use crate::identity::AuthContext;
 use crate::image_store::{DiskFormat, StoreError, ALLOWED_DISK_FORMATS};
 use crate::util::now_iso;
@@ -35,8 +36,8 @@ mod tests;
 /// The image routes, relative to `/image`.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(discovery::image_versions))
-        .route("/versions", get(discovery::image_versions))
+        .route("/", get(versions::image_versions))
+        .route("/versions", get(versions::image_versions))
         .route("/v2/images", get(list_images).post(create_image))
         .route(
             "/v2/images/{id}",
@@ -258,13 +259,10 @@ fn load_visible(conn: &Connection, ctx: &AuthContext, id: &str) -> ApiResult<Ima
 }
 
 fn check_can_write(ctx: &AuthContext) -> ApiResult<()> {
-    if ctx.can_write() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "You are not authorized to complete this action: the reader role cannot change images.",
-        ))
-    }
+    policy::require_member(
+        ctx,
+        "You are not authorized to complete this action: the reader role cannot change images.",
+    )
 }
 
 /// The image if the caller may change it: 404 when it cannot see it, 403

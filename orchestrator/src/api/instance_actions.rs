@@ -9,10 +9,10 @@ use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
 use super::compute::visible_server;
-use super::error::{ApiError, ApiResult};
-use super::extract::ProjectAuth;
-use super::{AppState, RequestId};
 use crate::compute::actions::{self, Action, Requester};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::ProjectAuth;
+use crate::http::{AppState, RequestId};
 use crate::identity::AuthContext;
 
 /// The routes, relative to `/compute` (merged into the compute router).

@@ -146,7 +146,7 @@ async fn start(max_image_size: u64) -> Server {
         images: Arc::clone(&images),
         compute: crate::compute::Compute::new(db.clone(), cfg, Arc::new(agent), images),
     };
-    let app = crate::api::router(state);
+    let app = crate::http::router::router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
