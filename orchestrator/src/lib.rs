@@ -9,7 +9,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod identity;
-pub mod image_store;
+pub mod image;
 pub mod serve;
 pub mod state_dir;
 pub mod util;

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::http::{self, AppState};
 use crate::identity::bootstrap;
-use crate::image_store::ImageStore;
+use crate::image::files::ImageStore;
 
 /// Runs the daemon.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -120,10 +120,7 @@ fn enable_ksm() {
 fn reconcile_images(db: &Db, images: &ImageStore, agent: &Agent) {
     let used = crate::compute::image_use::images_in_use(db, agent, images);
     let conn = db.lock();
-    match conn.execute(
-        "UPDATE images SET status = 'killed', updated_at = ?1 WHERE status = 'saving'",
-        [crate::util::now_iso()],
-    ) {
+    match crate::image::store::kill_interrupted_uploads(&conn) {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
             images = n,
@@ -142,13 +139,7 @@ fn reconcile_images(db: &Db, images: &ImageStore, agent: &Agent) {
         {
             continue;
         }
-        let known: bool = conn
-            .query_row(
-                "SELECT count(*) > 0 FROM images WHERE id = ?1 AND status = 'active'",
-                [&name],
-                |r| r.get(0),
-            )
-            .unwrap_or(true);
+        let known = crate::image::store::is_active(&conn, &name).unwrap_or(true);
         if !known {
             tracing::warn!(image = %name, "orphan image file (no active image owns it): removing it");
             if let Err(e) = images.remove(&name) {

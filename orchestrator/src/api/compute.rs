@@ -710,7 +710,7 @@ fn check_kernel_images(
         let Some(id) = props.get(key).and_then(Value::as_str) else {
             continue;
         };
-        if super::image::lookup_visible(conn, ctx, id)?.is_none() {
+        if crate::image::service::lookup_visible(conn, ctx, id)?.is_none() {
             tracing::warn!(image = %id, key, project = %ctx.project_id, "kernel or ramdisk image not visible to the project");
             return Err(ApiError::bad_request(format!(
                 "Image {id} could not be found."
@@ -727,7 +727,7 @@ fn bootable_image(
     ctx: &AuthContext,
     id: &str,
 ) -> ApiResult<(Option<i64>, i64, i64)> {
-    let Some(img) = super::image::lookup_visible(conn, ctx, id)? else {
+    let Some(img) = crate::image::service::lookup_visible(conn, ctx, id)? else {
         return Err(ApiError::bad_request(format!(
             "Image {id} could not be found."
         )));

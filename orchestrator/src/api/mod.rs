@@ -5,5 +5,4 @@ pub mod compute_host;
 pub mod flavor_access;
 pub mod identity;
 pub mod identity_catalog;
-pub mod image;
 pub mod instance_actions;

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use crate::agent::Agent;
 use crate::db::Db;
-use crate::image_store::ImageStore;
+use crate::image::files::ImageStore;
 
 /// The ids of the images whose files some server uses: every server's
 /// `image_id` (its boot disk's backing file) and the kernel and initramfs

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 use serde_json::json;
 
 use super::model::{power, status, Server};
@@ -103,24 +103,15 @@ struct ImageInfo {
 
 /// An image's row.
 fn image_row(c: &Compute, image_id: &str) -> Result<ImageInfo, String> {
-    let row: Option<(String, Option<String>, String, String, String)> = c
-        .db
-        .lock()
-        .query_row(
-            "SELECT status, disk_format, owner, visibility, properties FROM images WHERE id = ?1",
-            params![image_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .optional()
-        .map_err(|e| format!("state database: {e}"))?;
-    let (st, fmt, owner, visibility, props) =
-        row.ok_or_else(|| format!("image {image_id} does not exist"))?;
+    let row = crate::image::service::find(&c.db.lock(), image_id)
+        .map_err(|e| format!("state database: {e}"))?
+        .ok_or_else(|| format!("image {image_id} does not exist"))?;
     Ok(ImageInfo {
-        status: st,
-        disk_format: fmt.unwrap_or_else(|| "raw".into()),
-        owner,
-        visibility,
-        properties: serde_json::from_str(&props).unwrap_or_default(),
+        status: row.status,
+        disk_format: row.disk_format.unwrap_or_else(|| "raw".into()),
+        owner: row.owner,
+        visibility: row.visibility,
+        properties: row.properties,
     })
 }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use crate::agent::{Agent, VmmProcess};
 use crate::config::Config;
 use crate::db::Db;
-use crate::image_store::ImageStore;
+use crate::image::files::ImageStore;
 use scheduler::{Capacity, Inventory};
 
 /// This host's name (`/proc/sys/kernel/hostname`, read once): the

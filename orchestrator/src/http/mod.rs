@@ -20,7 +20,7 @@ use axum::http::Uri;
 use crate::compute::Compute;
 use crate::config::Config;
 use crate::db::Db;
-use crate::image_store::ImageStore;
+use crate::image::files::ImageStore;
 
 /// Largest JSON request body (uploads have their own limit).
 pub const MAX_JSON_BODY: usize = 1 << 20;

@@ -18,7 +18,7 @@ fn routes(kind: ServiceKind) -> Router<AppState> {
     match kind {
         ServiceKind::Identity => crate::api::identity::router(),
         ServiceKind::Compute => crate::api::compute::router(),
-        ServiceKind::Image => crate::api::image::router(),
+        ServiceKind::Image => crate::image::api::router(),
     }
 }
 

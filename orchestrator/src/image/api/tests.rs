@@ -1,6 +1,13 @@
 //! Tests of the Image v2 API.
 
-use super::*;
+use rusqlite::{params, Connection};
+use serde_json::{json, Value};
+
+use crate::http::AppState;
+use crate::identity::AuthContext;
+use crate::image::api::list::parse_sort;
+use crate::image::service::{lookup_visible, patch_key};
+use tokio::io::AsyncReadExt;
 
 #[test]
 fn patch_paths_decode_to_one_key() {
@@ -52,7 +59,7 @@ use tokio::io::AsyncWriteExt;
 use crate::config::Config;
 use crate::db::Db;
 use crate::identity::{bootstrap, token};
-use crate::image_store::ImageStore;
+use crate::image::files::ImageStore;
 
 struct Server {
     addr: SocketAddr,
