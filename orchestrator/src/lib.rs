@@ -10,6 +10,8 @@ pub mod db;
 pub mod http;
 pub mod identity;
 pub mod image;
+pub mod placement;
+pub mod quota;
 pub mod serve;
 pub mod state_dir;
 pub mod util;

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -23,6 +23,7 @@ use crate::http::policy::{self, require_admin_for as require_admin};
 use crate::http::versions;
 use crate::http::{AppState, RequestId};
 use crate::identity::AuthContext;
+use crate::quota;
 use crate::util::{new_id, now_iso};
 
 /// The compute routes, relative to `/compute`.
@@ -748,25 +749,9 @@ fn bootable_image(
     Ok((img.virtual_size, img.min_disk, img.min_ram))
 }
 
-/// The project's quota limit for `resource`.
+/// `project`'s limit for `resource`.
 fn quota_limit(st: &AppState, conn: &Connection, project: &str, resource: &str) -> ApiResult<i64> {
-    let set: Option<i64> = conn
-        .query_row(
-            "SELECT hard_limit FROM quotas WHERE project_id = ?1 AND resource = ?2",
-            params![project, resource],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(set.unwrap_or_else(|| default_limit(st, resource)))
-}
-
-/// The daemon's default quota for `resource` (instances, cores or ram).
-fn default_limit(st: &AppState, resource: &str) -> i64 {
-    match resource {
-        "instances" => st.cfg.quotas.instances,
-        "cores" => st.cfg.quotas.cores,
-        _ => st.cfg.quotas.ram,
-    }
+    Ok(quota::limit(conn, &st.cfg.quotas, project, resource)?)
 }
 
 fn quota_usage(conn: &Connection, project: &str) -> ApiResult<(i64, i64, i64)> {
@@ -893,45 +878,24 @@ async fn create_server(
         }
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let (n, cores, ram) = quota_usage(&tx, &ctx.project_id)?;
-        let mut exceeded = Vec::new();
-        for (res, used, per) in [
+        let mut demands = Vec::new();
+        for (resource, used, per) in [
             ("instances", n, 1),
             ("cores", cores, flavor.vcpus),
             ("ram", ram, flavor.ram),
         ] {
-            let limit = quota_limit(&st, &tx, &ctx.project_id, res)?;
-            if limit >= 0 && used + per * min_count > limit {
-                exceeded.push(format!(
-                    "{res} (requested {}, used {used}, limit {limit})",
-                    per * min_count
-                ));
-            }
-        }
-        if !exceeded.is_empty() {
-            return Err(ApiError::forbidden(format!(
-                "Quota exceeded for {}.",
-                exceeded.join(", ")
-            )));
+            let limit = quota_limit(&st, &tx, &ctx.project_id, resource)?;
+            demands.push(quota::Demand {
+                resource,
+                used,
+                per,
+                limit,
+            });
         }
         // As many as fit the quota, at least min_count.
-        let mut count = min_count;
-        while count < max_count {
-            let fits = [
-                ("instances", n, 1),
-                ("cores", cores, flavor.vcpus),
-                ("ram", ram, flavor.ram),
-            ]
-            .iter()
-            .all(|(res, used, per)| {
-                quota_limit(&st, &tx, &ctx.project_id, res)
-                    .map(|l| l < 0 || used + per * (count + 1) <= l)
-                    .unwrap_or(false)
-            });
-            if !fits {
-                break;
-            }
-            count += 1;
-        }
+        let count = quota::fit(&demands, min_count, max_count).map_err(|exceeded| {
+            ApiError::forbidden(format!("Quota exceeded for {}.", exceeded.join(", ")))
+        })?;
         let now = now_iso();
         let by = instance_actions::requester(&ctx, &rid);
         let mut ids = Vec::new();
@@ -1154,8 +1118,6 @@ async fn server_action(
 
 // ---------------------------------------------------------------- limits and quotas
 
-const QUOTA_KEYS: [&str; 3] = ["instances", "cores", "ram"];
-
 /// Which form of a quota set to show.
 #[derive(Clone, Copy, PartialEq)]
 enum QuotaView {
@@ -1174,9 +1136,9 @@ fn quota_set(st: &AppState, conn: &Connection, project: &str, view: QuotaView) -
         QuotaView::Detail => json!({ "limit": limit, "in_use": used, "reserved": 0 }),
         QuotaView::Limits | QuotaView::Defaults => json!(limit),
     };
-    for (key, used) in QUOTA_KEYS.iter().zip([n, cores, ram]) {
+    for (key, used) in quota::RESOURCES.iter().zip([n, cores, ram]) {
         let limit = match view {
-            QuotaView::Defaults => default_limit(st, key),
+            QuotaView::Defaults => quota::default_limit(&st.cfg.quotas, key),
             QuotaView::Limits | QuotaView::Detail => quota_limit(st, conn, project, key)?,
         };
         v[*key] = shape(limit, used);
@@ -1257,17 +1219,13 @@ async fn update_quota(
         if k == "force" {
             continue;
         }
-        if !QUOTA_KEYS.contains(&k.as_str()) {
+        if !quota::RESOURCES.contains(&k.as_str()) {
             return Err(ApiError::bad_request(format!(
                 "quota {k} is not supported (supported: instances, cores, ram)"
             )));
         }
         let limit = int_field(k, v, -1)?;
-        conn.execute(
-            "INSERT INTO quotas (project_id, resource, hard_limit) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (project_id, resource) DO UPDATE SET hard_limit = excluded.hard_limit",
-            params![project, k, limit],
-        )?;
+        quota::store::set_hard_limit(&conn, &project, k, limit)?;
     }
     Ok(Json(
         json!({ "quota_set": quota_set(&st, &conn, &project, QuotaView::Limits)? }),

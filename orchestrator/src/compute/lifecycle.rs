@@ -13,10 +13,10 @@ use rusqlite::params;
 use serde_json::json;
 
 use super::model::{power, status, Server};
-use super::scheduler::{self, ClaimError, Request};
 use super::Compute;
 use crate::agent::{AgentError, DiskSpec, ExitInfo, VmmSpec};
 use crate::identity::AuthContext;
+use crate::placement::{self, ClaimError, Request};
 use crate::util::now_iso;
 
 #[cfg(test)]
@@ -275,7 +275,7 @@ pub async fn build(c: Arc<Compute>, id: String) {
     let claim = {
         let c2 = Arc::clone(&c);
         let id2 = id.clone();
-        blocking(move || scheduler::claim(&mut c2.db.lock(), &id2, req, c2.capacity)).await
+        blocking(move || placement::claim(&mut c2.db.lock(), &id2, req, c2.capacity)).await
     };
     match claim {
         Ok(Ok(())) => {}
@@ -337,7 +337,7 @@ pub async fn build(c: Arc<Compute>, id: String) {
             let id2 = id.clone();
             let _ = blocking(move || {
                 let _ = c2.agent.kill(&id2);
-                scheduler::release(&c2.db.lock(), &id2)
+                placement::release(&c2.db.lock(), &id2)
             })
             .await;
             set_error(&c, &id, &format!("Build of instance {id} aborted: {e}"));
@@ -421,7 +421,7 @@ pub async fn delete(c: Arc<Compute>, id: String) {
     let r = blocking(move || -> Result<(), String> {
         c2.agent.remove_instance(&sid).map_err(|e| e.to_string())?;
         let conn = c2.db.lock();
-        scheduler::release(&conn, &sid).map_err(|e| e.to_string())?;
+        placement::release(&conn, &sid).map_err(|e| e.to_string())?;
         conn.execute("DELETE FROM servers WHERE id = ?1", params![sid])
             .map_err(|e| e.to_string())?;
         super::actions::forget(&conn, &sid).map_err(|e| e.to_string())?;
