@@ -3,6 +3,4 @@
 pub mod compute;
 pub mod compute_host;
 pub mod flavor_access;
-pub mod identity;
-pub mod identity_catalog;
 pub mod instance_actions;

@@ -7,6 +7,8 @@ pub mod flavor_access;
 pub mod image_use;
 pub mod lifecycle;
 pub mod model;
+pub mod service;
+pub mod store;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

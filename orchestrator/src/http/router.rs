@@ -16,7 +16,7 @@ use super::{AppState, RequestId, MAX_JSON_BODY};
 /// A service's routes, relative to its prefix.
 fn routes(kind: ServiceKind) -> Router<AppState> {
     match kind {
-        ServiceKind::Identity => crate::api::identity::router(),
+        ServiceKind::Identity => crate::identity::api::router(),
         ServiceKind::Compute => crate::api::compute::router(),
         ServiceKind::Image => crate::image::api::router(),
     }

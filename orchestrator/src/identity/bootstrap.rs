@@ -8,7 +8,8 @@ use std::path::Path;
 use rand::distributions::{Alphanumeric, DistString};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{password, DEFAULT_DOMAIN_ID, ROLES};
+use super::model::{DEFAULT_DOMAIN_ID, ROLES};
+use super::password;
 use crate::util::new_hex_id;
 
 /// Creates the initial identity records unless the admin user exists.

@@ -18,7 +18,8 @@ use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use sha2::{Digest, Sha256};
 
-use super::{roles_on, AuthContext};
+use super::model::AuthContext;
+use super::store::roles_on;
 
 /// A token as stored: what it was issued for and until when.
 #[derive(Debug, Clone)]

@@ -9,12 +9,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::identity::links;
 use crate::http::catalog;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{Auth, BaseUrl};
 use crate::http::policy::require_admin;
 use crate::http::AppState;
+use crate::identity::model::links;
 
 /// The region every endpoint is in.
 const REGION: &str = "RegionOne";

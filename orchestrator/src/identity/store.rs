@@ -1,0 +1,378 @@
+//! Identity's SQL: domains, projects, users, roles and role assignments
+//! (tokens and the first start's seed keep theirs in `token.rs` and
+//! `bootstrap.rs`, which are Identity's too). Nothing here decides who may
+//! do what; that is [`super::service`] and [`crate::http::policy`].
+
+use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
+
+use super::model::{Assignment, Domain, Project, ProjectChanges, User, UserChanges};
+
+const DOMAIN_COLS: &str = "id, name, description, enabled";
+
+fn domain_row(r: &Row<'_>) -> rusqlite::Result<Domain> {
+    Ok(Domain {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        enabled: r.get(3)?,
+    })
+}
+
+/// Looks a domain up by id or, failing that, by name.
+pub fn find_domain(conn: &Connection, id_or_name: &str) -> rusqlite::Result<Option<Domain>> {
+    conn.query_row(
+        &format!(
+            "SELECT {DOMAIN_COLS} FROM domains WHERE id = ?1 UNION ALL \
+             SELECT {DOMAIN_COLS} FROM domains WHERE name = ?1 LIMIT 1"
+        ),
+        params![id_or_name],
+        domain_row,
+    )
+    .optional()
+}
+
+/// The domain `id`.
+pub fn domain(conn: &Connection, id: &str) -> rusqlite::Result<Option<Domain>> {
+    conn.query_row(
+        &format!("SELECT {DOMAIN_COLS} FROM domains WHERE id = ?1"),
+        params![id],
+        domain_row,
+    )
+    .optional()
+}
+
+/// Every domain, by name.
+pub fn domains(conn: &Connection) -> rusqlite::Result<Vec<Domain>> {
+    let mut stmt = conn.prepare(&format!("SELECT {DOMAIN_COLS} FROM domains ORDER BY name"))?;
+    let rows = stmt.query_map([], domain_row)?;
+    rows.collect()
+}
+
+/// Role ids and names a user holds on a project.
+pub fn roles_on(
+    conn: &Connection,
+    user_id: &str,
+    project_id: &str,
+) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT r.id, r.name FROM role_assignments a JOIN roles r ON r.id = a.role_id \
+         WHERE a.user_id = ?1 AND a.project_id = ?2 ORDER BY r.name",
+    )?;
+    let rows = st.query_map(params![user_id, project_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// The user's name and the project's (`""` if there is no such project);
+/// `None` if the user does not exist.
+pub fn user_and_project_names(
+    conn: &Connection,
+    user_id: &str,
+    project_id: &str,
+) -> rusqlite::Result<Option<(String, String)>> {
+    conn.query_row(
+        "SELECT u.name, coalesce((SELECT name FROM projects WHERE id = ?2), '') \
+         FROM users u WHERE u.id = ?1",
+        params![user_id, project_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
+
+/// The user's default project, if it has one.
+pub fn default_project_of(conn: &Connection, user_id: &str) -> rusqlite::Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT default_project_id FROM users WHERE id = ?1",
+            params![user_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// The id of the enabled project `id`.
+pub fn enabled_project_by_id(conn: &Connection, id: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT id FROM projects WHERE id = ?1 AND enabled = 1",
+        params![id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// The id of the enabled project called `name` in `domain_id`.
+pub fn enabled_project_by_name(
+    conn: &Connection,
+    name: &str,
+    domain_id: &str,
+) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT id FROM projects WHERE name = ?1 AND domain_id = ?2 AND enabled = 1",
+        params![name, domain_id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// A user's name and domain id (an error if it does not exist).
+pub fn user_name_and_domain(
+    conn: &Connection,
+    user_id: &str,
+) -> rusqlite::Result<(String, String)> {
+    conn.query_row(
+        "SELECT name, domain_id FROM users WHERE id = ?1",
+        params![user_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+/// A project's name and domain id (an error if it does not exist).
+pub fn project_name_and_domain(
+    conn: &Connection,
+    project_id: &str,
+) -> rusqlite::Result<(String, String)> {
+    conn.query_row(
+        "SELECT name, domain_id FROM projects WHERE id = ?1",
+        params![project_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+/// What a password check needs of a user: its id, password hash and
+/// whether it is enabled.
+pub type Credentials = (String, Option<String>, bool);
+
+/// [`Credentials`] of the user `id`.
+pub fn credentials_by_id(conn: &Connection, id: &str) -> rusqlite::Result<Option<Credentials>> {
+    conn.query_row(
+        "SELECT id, password_hash, enabled FROM users WHERE id = ?1",
+        params![id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()
+}
+
+/// [`Credentials`] of the user called `name` in `domain_id`.
+pub fn credentials_by_name(
+    conn: &Connection,
+    name: &str,
+    domain_id: &str,
+) -> rusqlite::Result<Option<Credentials>> {
+    conn.query_row(
+        "SELECT id, password_hash, enabled FROM users WHERE name = ?1 AND domain_id = ?2",
+        params![name, domain_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()
+}
+
+/// Which projects a listing reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Projects<'a> {
+    /// Every project.
+    All,
+    /// The one project with this id.
+    Id(&'a str),
+    /// The projects this user has a role on.
+    OfUser(&'a str),
+    /// The enabled projects this user has a role on.
+    EnabledOfUser(&'a str),
+}
+
+/// The projects `which` names, by name.
+pub fn projects(conn: &Connection, which: Projects<'_>) -> rusqlite::Result<Vec<Project>> {
+    const OF_USER: &str = "id IN (SELECT project_id FROM role_assignments WHERE user_id = ?1)";
+    let (where_sql, args): (String, Vec<&dyn ToSql>) = match &which {
+        Projects::All => (String::new(), vec![]),
+        Projects::Id(id) => ("WHERE id = ?1".into(), vec![id as &dyn ToSql]),
+        Projects::OfUser(u) => (format!("WHERE {OF_USER}"), vec![u as &dyn ToSql]),
+        Projects::EnabledOfUser(u) => (
+            format!("WHERE enabled = 1 AND {OF_USER}"),
+            vec![u as &dyn ToSql],
+        ),
+    };
+    let sql = format!(
+        "SELECT id, name, domain_id, description, enabled FROM projects {where_sql} ORDER BY name"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(args.as_slice(), |r| {
+        Ok(Project {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            domain_id: r.get(2)?,
+            description: r.get(3)?,
+            enabled: r.get(4)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Adds a project.
+pub fn insert_project(conn: &Connection, p: &Project) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO projects (id, name, domain_id, description, enabled) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![p.id, p.name, p.domain_id, p.description, p.enabled],
+    )?;
+    Ok(())
+}
+
+/// Changes the fields of project `id` that `c` sets, in one statement.
+pub fn update_project(conn: &Connection, id: &str, c: &ProjectChanges<'_>) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE projects SET name = coalesce(?2, name), description = coalesce(?3, description), \
+         enabled = coalesce(?4, enabled) WHERE id = ?1",
+        params![id, c.name, c.description, c.enabled],
+    )?;
+    Ok(())
+}
+
+/// Removes project `id`.
+pub fn delete_project(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM projects WHERE id = ?1", params![id])?;
+    Ok(())
+}
+
+/// Every user, or the one with `id`, by name.
+pub fn users(conn: &Connection, id: Option<&str>) -> rusqlite::Result<Vec<User>> {
+    let (where_sql, args): (&str, Vec<&dyn ToSql>) = match &id {
+        None => ("", vec![]),
+        Some(id) => ("WHERE id = ?1", vec![id as &dyn ToSql]),
+    };
+    let sql = format!(
+        "SELECT id, name, domain_id, default_project_id, email, description, enabled FROM users {where_sql} ORDER BY name"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(args.as_slice(), |r| {
+        Ok(User {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            domain_id: r.get(2)?,
+            default_project_id: r.get(3)?,
+            email: r.get(4)?,
+            description: r.get(5)?,
+            enabled: r.get(6)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Adds a user with this password hash.
+pub fn insert_user(
+    conn: &Connection,
+    u: &User,
+    password_hash: Option<&str>,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO users (id, name, domain_id, password_hash, default_project_id, email, description, enabled) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            u.id, u.name, u.domain_id, password_hash, u.default_project_id, u.email,
+            u.description, u.enabled
+        ],
+    )?;
+    Ok(())
+}
+
+/// Changes the fields of user `id` that `c` sets, in one statement.
+pub fn update_user(conn: &Connection, id: &str, c: &UserChanges<'_>) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE users SET name = coalesce(?2, name), password_hash = coalesce(?3, password_hash), \
+         default_project_id = coalesce(?4, default_project_id), email = coalesce(?5, email), \
+         description = coalesce(?6, description), enabled = coalesce(?7, enabled) WHERE id = ?1",
+        params![
+            id,
+            c.name,
+            c.password_hash,
+            c.default_project_id,
+            c.email,
+            c.description,
+            c.enabled
+        ],
+    )?;
+    Ok(())
+}
+
+/// Removes user `id` and its tokens.
+pub fn delete_user(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM tokens WHERE user_id = ?1", params![id])?;
+    conn.execute("DELETE FROM users WHERE id = ?1", params![id])?;
+    Ok(())
+}
+
+/// Every role's id and name, by name.
+pub fn roles(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare("SELECT id, name FROM roles ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// The name of role `id`.
+pub fn role_name(conn: &Connection, id: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT name FROM roles WHERE id = ?1", params![id], |r| {
+        r.get(0)
+    })
+    .optional()
+}
+
+/// Adds a role.
+pub fn insert_role(conn: &Connection, id: &str, name: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO roles (id, name) VALUES (?1, ?2)",
+        params![id, name],
+    )?;
+    Ok(())
+}
+
+/// Removes role `id`.
+pub fn delete_role(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM roles WHERE id = ?1", params![id])?;
+    Ok(())
+}
+
+/// Gives user `u` role `r` on project `p` (no-op if it has it).
+pub fn grant(conn: &Connection, u: &str, p: &str, r: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO role_assignments (user_id, project_id, role_id) VALUES (?1, ?2, ?3)",
+        params![u, p, r],
+    )?;
+    Ok(())
+}
+
+/// Whether user `u` has role `r` on project `p`.
+pub fn has_grant(conn: &Connection, u: &str, p: &str, r: &str) -> rusqlite::Result<bool> {
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM role_assignments WHERE user_id = ?1 AND project_id = ?2 AND role_id = ?3",
+        params![u, p, r],
+        |row| row.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+/// Takes role `r` on project `p` from user `u`; false if it had none.
+pub fn revoke_grant(conn: &Connection, u: &str, p: &str, r: &str) -> rusqlite::Result<bool> {
+    let n = conn.execute(
+        "DELETE FROM role_assignments WHERE user_id = ?1 AND project_id = ?2 AND role_id = ?3",
+        params![u, p, r],
+    )?;
+    Ok(n > 0)
+}
+
+/// Every role assignment with names.
+pub fn assignments(conn: &Connection) -> rusqlite::Result<Vec<Assignment>> {
+    let mut stmt = conn.prepare(
+        "SELECT a.user_id, a.project_id, a.role_id, r.name, u.name, p.name FROM role_assignments a \
+         JOIN roles r ON r.id = a.role_id JOIN users u ON u.id = a.user_id \
+         JOIN projects p ON p.id = a.project_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Assignment {
+            user_id: r.get(0)?,
+            project_id: r.get(1)?,
+            role_id: r.get(2)?,
+            role_name: r.get(3)?,
+            user_name: r.get(4)?,
+            project_name: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
