@@ -3,7 +3,6 @@
 //! SQLite, and runs one `nubo-vmm` process per server.
 
 pub mod agent;
-pub mod api;
 pub mod compute;
 pub mod config;
 pub mod db;

@@ -3,6 +3,7 @@
 //! claims capacity with overcommit before a server is started.
 
 pub mod actions;
+pub mod api;
 pub mod flavor_access;
 pub mod image_use;
 pub mod lifecycle;

@@ -1,7 +1,11 @@
-//! Compute's SQL (moving here from the handlers): servers, flavors, their
+//! Compute's SQL (moving here; `model.rs`, `actions.rs` and
+//! `flavor_access.rs` still hold theirs): servers, flavors, their
 //! access lists and instance actions.
 
 use rusqlite::{params, Connection};
+
+use super::model::{Flavor, Server, SERVER_COLS};
+use crate::util::now_iso;
 
 /// How many servers `project` has.
 pub fn count_servers_in_project(conn: &Connection, project: &str) -> rusqlite::Result<i64> {
@@ -10,4 +14,144 @@ pub fn count_servers_in_project(conn: &Connection, project: &str) -> rusqlite::R
         params![project],
         |r| r.get(0),
     )
+}
+
+/// What a project's servers take, for its quota: how many, their vCPUs and
+/// their MiB of RAM.
+pub fn quota_usage(conn: &Connection, project: &str) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row(
+        "SELECT count(*), coalesce(sum(vcpus),0), coalesce(sum(ram),0) FROM servers WHERE project_id = ?1",
+        params![project],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+}
+
+/// How many servers have a task in progress (Nova's `current_workload`).
+pub fn count_busy_servers(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT count(*) FROM servers WHERE task_state IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Adds a flavor.
+pub fn insert_flavor(conn: &Connection, flavor: &Flavor) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO flavors (id, name, vcpus, ram, disk, swap, ephemeral, is_public, rxtx_factor, description, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            flavor.id, flavor.name, flavor.vcpus, flavor.ram, flavor.disk, flavor.swap,
+            flavor.ephemeral, flavor.is_public, flavor.rxtx_factor, flavor.description, now_iso()
+        ],
+    )?;
+    Ok(())
+}
+
+/// Removes flavor `id`.
+pub fn delete_flavor(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM flavors WHERE id = ?1", params![id])?;
+    Ok(())
+}
+
+/// Which servers a listing reads, and in what order.
+#[derive(Debug, Clone)]
+pub struct ServerFilter {
+    /// Only this project's.
+    pub project_id: Option<String>,
+    /// Only with this status.
+    pub status: Option<String>,
+    /// Only booted from this image.
+    pub image_id: Option<String>,
+    /// Only of this flavor.
+    pub flavor_id: Option<String>,
+    /// Only those whose name holds this.
+    pub name_contains: Option<String>,
+    /// `ORDER BY` column and direction (`ASC`/`DESC`), from a fixed list:
+    /// never from the client's text.
+    pub order: (&'static str, &'static str),
+}
+
+/// The servers `f` names, in its order.
+pub fn list_servers(conn: &Connection, f: &ServerFilter) -> rusqlite::Result<Vec<Server>> {
+    let mut sql = format!("SELECT {SERVER_COLS} FROM servers WHERE 1 = 1");
+    let mut args: Vec<&str> = Vec::new();
+    for (col, v) in [
+        ("project_id", &f.project_id),
+        ("status", &f.status),
+        ("image_id", &f.image_id),
+        ("flavor_id", &f.flavor_id),
+    ] {
+        if let Some(v) = v {
+            args.push(v);
+            sql.push_str(&format!(" AND {col} = ?{}", args.len()));
+        }
+    }
+    if let Some(n) = &f.name_contains {
+        args.push(n);
+        sql.push_str(&format!(" AND instr(name, ?{}) > 0", args.len()));
+    }
+    let (column, dir) = f.order;
+    sql.push_str(&format!(" ORDER BY {column} {dir}, id {dir}"));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), Server::from_row)?;
+    rows.collect()
+}
+
+/// Marks server `id` as being deleted.
+pub fn mark_deleting(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE servers SET task_state = 'deleting', updated_at = ?2 WHERE id = ?1",
+        params![id, now_iso()],
+    )?;
+    Ok(())
+}
+
+/// Sets server `id`'s status and task state (the start of a transition).
+pub fn set_transition(
+    conn: &Connection,
+    id: &str,
+    status: &str,
+    task: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE servers SET status = ?2, task_state = ?3, updated_at = ?4 WHERE id = ?1",
+        params![id, status, task, now_iso()],
+    )?;
+    Ok(())
+}
+
+/// A new server's row.
+#[derive(Debug)]
+pub struct NewServerRow<'a> {
+    /// Id.
+    pub id: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// Project.
+    pub project_id: &'a str,
+    /// Creator.
+    pub user_id: &'a str,
+    /// Boot image.
+    pub image_id: &'a str,
+    /// Flavor (its sizes are copied).
+    pub flavor: &'a Flavor,
+    /// Metadata, as JSON.
+    pub metadata: &'a str,
+    /// Creation time.
+    pub now: &'a str,
+}
+
+/// Inserts a new server in `BUILD`/`scheduling`.
+pub fn insert_server(conn: &Connection, s: &NewServerRow<'_>) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO servers (id, name, project_id, user_id, image_id, flavor_id, vcpus, ram, disk, \
+         status, task_state, power_state, metadata, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'BUILD', 'scheduling', 0, ?10, ?11, ?11)",
+        params![
+            s.id, s.name, s.project_id, s.user_id, s.image_id, s.flavor.id, s.flavor.vcpus,
+            s.flavor.ram, s.flavor.disk, s.metadata, s.now
+        ],
+    )?;
+    Ok(())
 }

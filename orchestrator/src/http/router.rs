@@ -17,7 +17,7 @@ use super::{AppState, RequestId, MAX_JSON_BODY};
 fn routes(kind: ServiceKind) -> Router<AppState> {
     match kind {
         ServiceKind::Identity => crate::identity::api::router(),
-        ServiceKind::Compute => crate::api::compute::router(),
+        ServiceKind::Compute => crate::compute::api::router(),
         ServiceKind::Image => crate::image::api::router(),
     }
 }

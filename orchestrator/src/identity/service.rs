@@ -43,6 +43,11 @@ pub fn project(conn: &Connection, id: &str) -> ApiResult<Project> {
         .ok_or_else(|| ApiError::not_found(format!("could not find project: {id}")))
 }
 
+/// Whether project `id` exists (other services ask here).
+pub fn project_exists(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
+    Ok(!store::projects(conn, Projects::Id(id))?.is_empty())
+}
+
 /// The user `id`, or 404.
 pub fn user(conn: &Connection, id: &str) -> ApiResult<User> {
     store::users(conn, Some(id))?

@@ -389,3 +389,65 @@ pub(crate) fn apply_op(img: &mut Image, ctx: &AuthContext, op: &Value) -> ApiRes
         },
     }
 }
+
+/// What Compute needs of a bootable image to check a flavor against it.
+#[derive(Debug, Clone, Copy)]
+pub struct Bootable {
+    /// Size of the disk the image holds, in bytes, once uploaded.
+    pub virtual_size: Option<i64>,
+    /// Minimum disk (GiB).
+    pub min_disk: i64,
+    /// Minimum RAM (MiB).
+    pub min_ram: i64,
+}
+
+/// 400 unless the images an image names as its `kernel_id` and
+/// `ramdisk_id` are visible to the caller, by the rule of `imageRef` (as
+/// Nova, which fetches them with the request's context when the server is
+/// created). A hidden image is answered as one that does not exist.
+fn check_kernel_images(
+    conn: &Connection,
+    ctx: &AuthContext,
+    props: &serde_json::Map<String, Value>,
+) -> ApiResult<()> {
+    for key in ["kernel_id", "ramdisk_id"] {
+        let Some(id) = props.get(key).and_then(Value::as_str) else {
+            continue;
+        };
+        if lookup_visible(conn, ctx, id)?.is_none() {
+            tracing::warn!(image = %id, key, project = %ctx.project_id, "kernel or ramdisk image not visible to the project");
+            return Err(ApiError::bad_request(format!(
+                "Image {id} could not be found."
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An image the project may boot (compute asks here which image is bootable): active, raw or qcow2, and visible to it,
+/// as are its kernel and ramdisk images.
+pub fn bootable(conn: &Connection, ctx: &AuthContext, id: &str) -> ApiResult<Bootable> {
+    let Some(img) = lookup_visible(conn, ctx, id)? else {
+        return Err(ApiError::bad_request(format!(
+            "Image {id} could not be found."
+        )));
+    };
+    if img.status != "active" {
+        return Err(ApiError::bad_request(format!("Image {id} is not active.")));
+    }
+    match img.disk_format.as_deref() {
+        Some("raw") | Some("qcow2") => {}
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "Image {id} has disk_format {}; only raw and qcow2 images can boot a server",
+                other.unwrap_or("none")
+            )))
+        }
+    }
+    check_kernel_images(conn, ctx, &img.properties)?;
+    Ok(Bootable {
+        virtual_size: img.virtual_size,
+        min_disk: img.min_disk,
+        min_ram: img.min_ram,
+    })
+}

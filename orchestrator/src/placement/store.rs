@@ -19,6 +19,11 @@ pub fn usage(conn: &Connection) -> rusqlite::Result<Request> {
     )
 }
 
+/// How many allocations there are (one per running server).
+pub fn count_allocations(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT count(*) FROM allocations", [], |r| r.get(0))
+}
+
 /// Whether `consumer` holds an allocation.
 pub fn has_claim(conn: &Connection, consumer: &str) -> rusqlite::Result<bool> {
     let existing: i64 = conn.query_row(

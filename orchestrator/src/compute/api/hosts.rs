@@ -45,13 +45,9 @@ struct Usage {
 
 fn usage(conn: &Connection) -> ApiResult<Usage> {
     let alloc = placement::usage(conn)?;
-    let running_vms: i64 = conn.query_row("SELECT count(*) FROM allocations", [], |r| r.get(0))?;
+    let running_vms = placement::store::count_allocations(conn)?;
     // Nova's current_workload: instances with a task in progress.
-    let workload: i64 = conn.query_row(
-        "SELECT count(*) FROM servers WHERE task_state IS NOT NULL",
-        [],
-        |r| r.get(0),
-    )?;
+    let workload = crate::compute::store::count_busy_servers(conn)?;
     Ok(Usage {
         alloc,
         running_vms: running_vms.max(0) as u64,

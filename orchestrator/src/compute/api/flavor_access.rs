@@ -8,12 +8,12 @@
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 use serde_json::{json, Map, Value};
 
-use super::compute::get_flavor;
 use crate::compute::flavor_access;
 use crate::compute::model::Flavor;
+use crate::compute::service::get_flavor;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{JsonBody, ProjectAuth};
 use crate::http::policy::require_admin_for as require_admin;
@@ -68,16 +68,9 @@ fn tenant_of(action: &str, arg: &Value) -> ApiResult<String> {
 
 /// 400 unless `project` is a project (Nova asks Keystone the same).
 fn check_project(conn: &Connection, project: &str) -> ApiResult<()> {
-    let found: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM projects WHERE id = ?1",
-            params![project],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match found {
-        Some(_) => Ok(()),
-        None => Err(ApiError::bad_request(format!(
+    match crate::identity::service::project_exists(conn, project)? {
+        true => Ok(()),
+        false => Err(ApiError::bad_request(format!(
             "Project ID {project} is not a valid project."
         ))),
     }

@@ -5,15 +5,14 @@
 
 use axum::extract::{Path, State};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::compute::visible_server;
-use crate::compute::actions::{self, Action, Requester};
+use crate::compute::actions::{self, Action};
+use crate::compute::service::visible_server;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ProjectAuth;
-use crate::http::{AppState, RequestId};
-use crate::identity::AuthContext;
+use crate::http::AppState;
 
 /// The routes, relative to `/compute` (merged into the compute router).
 pub fn router() -> Router<AppState> {
@@ -23,20 +22,6 @@ pub fn router() -> Router<AppState> {
             "/v2.1/servers/{id}/os-instance-actions/{request_id}",
             get(show_action),
         )
-}
-
-/// Who is asking, for [`actions::record`]; a request without a
-/// [`RequestId`] (only possible outside the full router) is recorded as
-/// `req-unknown`.
-pub fn requester<'a>(ctx: &'a AuthContext, rid: &'a Option<Extension<RequestId>>) -> Requester<'a> {
-    Requester {
-        request_id: rid
-            .as_ref()
-            .map(|Extension(r)| r.0.as_str())
-            .unwrap_or("req-unknown"),
-        project_id: &ctx.project_id,
-        user_id: &ctx.user_id,
-    }
 }
 
 fn action_json(a: &Action) -> Value {
