@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection};
 
-use super::model::{status, Server};
+use super::model::status;
 use super::Compute;
 use crate::util::now_iso;
 
@@ -91,7 +91,7 @@ pub fn finish(conn: &Connection, row: i64, error: Option<&str>) -> rusqlite::Res
 pub async fn track(c: Arc<Compute>, row: i64, id: String, task: impl Future<Output = ()>) {
     task.await;
     let conn = c.db.lock();
-    let error = match Server::get(&conn, &id) {
+    let error = match super::store::server(&conn, &id) {
         Ok(Some(s)) if s.status == status::ERROR => Some(fault_message(s.fault.as_deref())),
         Ok(_) => None,
         Err(e) => Some(format!("cannot read the server's state: {e}")),

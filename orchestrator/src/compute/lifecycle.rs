@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::params;
 use serde_json::json;
 
 use super::model::{power, status, Server};
@@ -48,17 +47,9 @@ pub fn set_state(
         fault.map(|m| json!({ "code": 500, "message": m, "created": now_iso() }).to_string());
     let conn = c.db.lock();
     let r = if st == status::ACTIVE && task.is_none() {
-        conn.execute(
-            "UPDATE servers SET status = ?2, task_state = NULL, power_state = ?3, fault = NULL, \
-             updated_at = ?4, launched_at = ?4 WHERE id = ?1",
-            params![id, st, pw, now_iso()],
-        )
+        super::store::set_launched(&conn, id, st, pw)
     } else {
-        conn.execute(
-            "UPDATE servers SET status = ?2, task_state = ?3, power_state = ?4, \
-             fault = coalesce(?5, fault), updated_at = ?6 WHERE id = ?1",
-            params![id, st, task, pw, fault_json, now_iso()],
-        )
+        super::store::set_state(&conn, id, st, task, pw, fault_json.as_deref())
     };
     if let Err(e) = r {
         tracing::error!(server = %id, error = %e, "cannot record the server's state");
@@ -73,7 +64,7 @@ fn set_error(c: &Compute, id: &str, message: &str) {
 }
 
 fn load(c: &Compute, id: &str) -> Option<Server> {
-    match Server::get(&c.db.lock(), id) {
+    match super::store::server(&c.db.lock(), id) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(server = %id, error = %e, "cannot read the server");
@@ -422,8 +413,7 @@ pub async fn delete(c: Arc<Compute>, id: String) {
         c2.agent.remove_instance(&sid).map_err(|e| e.to_string())?;
         let conn = c2.db.lock();
         placement::release(&conn, &sid).map_err(|e| e.to_string())?;
-        conn.execute("DELETE FROM servers WHERE id = ?1", params![sid])
-            .map_err(|e| e.to_string())?;
+        super::store::delete_server(&conn, &sid).map_err(|e| e.to_string())?;
         super::actions::forget(&conn, &sid).map_err(|e| e.to_string())?;
         Ok(())
     })
@@ -475,7 +465,7 @@ pub async fn power_sync(c: Arc<Compute>) {
 /// interrupted operations, marks servers whose VMM died SHUTOFF, and removes
 /// instance directories no server owns.
 pub async fn reconcile(c: Arc<Compute>) {
-    let servers = match Server::all(&c.db.lock()) {
+    let servers = match super::store::servers(&c.db.lock()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot read servers to reconcile");

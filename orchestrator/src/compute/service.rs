@@ -27,7 +27,7 @@ pub fn servers_in_project(conn: &Connection, project: &str) -> rusqlite::Result<
 /// The server `id` if the caller may see it, else 404 (never 403: that
 /// would tell that the id exists).
 pub fn visible_server(conn: &Connection, ctx: &AuthContext, id: &str) -> ApiResult<Server> {
-    match Server::get(conn, id)? {
+    match store::server(conn, id)? {
         Some(s) if ctx.is_admin() || s.project_id == ctx.project_id => Ok(s),
         _ => Err(ApiError::not_found(format!(
             "Instance {id} could not be found."
@@ -37,7 +37,7 @@ pub fn visible_server(conn: &Connection, ctx: &AuthContext, id: &str) -> ApiResu
 
 /// The flavor `id`, whoever may use it; 404 if there is none.
 pub fn get_flavor(conn: &Connection, id: &str) -> ApiResult<Flavor> {
-    Flavor::get(conn, id)?.ok_or_else(|| flavor_not_found(id))
+    store::flavor(conn, id)?.ok_or_else(|| flavor_not_found(id))
 }
 
 pub fn flavor_not_found(id: &str) -> ApiError {
@@ -48,7 +48,7 @@ pub fn flavor_not_found(id: &str) -> ApiError {
 /// list); `None` otherwise, also when it exists (never tell a private
 /// flavor's id to a project without access).
 pub fn usable_flavor(conn: &Connection, ctx: &AuthContext, id: &str) -> ApiResult<Option<Flavor>> {
-    match Flavor::get(conn, id)? {
+    match store::flavor(conn, id)? {
         Some(f) if flavor_access::may_use(conn, ctx, &f)? => Ok(Some(f)),
         _ => Ok(None),
     }

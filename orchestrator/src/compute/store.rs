@@ -4,7 +4,9 @@
 
 use rusqlite::{params, Connection};
 
-use super::model::{Flavor, Server, SERVER_COLS};
+use rusqlite::{OptionalExtension, Row};
+
+use super::model::{Flavor, Server};
 use crate::util::now_iso;
 
 /// How many servers `project` has.
@@ -94,7 +96,7 @@ pub fn list_servers(conn: &Connection, f: &ServerFilter) -> rusqlite::Result<Vec
     let (column, dir) = f.order;
     sql.push_str(&format!(" ORDER BY {column} {dir}, id {dir}"));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), Server::from_row)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), server_row)?;
     rows.collect()
 }
 
@@ -154,4 +156,126 @@ pub fn insert_server(conn: &Connection, s: &NewServerRow<'_>) -> rusqlite::Resul
         ],
     )?;
     Ok(())
+}
+
+const FLAVOR_COLS: &str =
+    "id, name, vcpus, ram, disk, swap, ephemeral, is_public, rxtx_factor, description";
+
+fn flavor_row(r: &Row<'_>) -> rusqlite::Result<Flavor> {
+    Ok(Flavor {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        vcpus: r.get(2)?,
+        ram: r.get(3)?,
+        disk: r.get(4)?,
+        swap: r.get(5)?,
+        ephemeral: r.get(6)?,
+        is_public: r.get(7)?,
+        rxtx_factor: r.get(8)?,
+        description: r.get(9)?,
+    })
+}
+
+/// Looks a flavor up by id.
+pub fn flavor(conn: &Connection, id: &str) -> rusqlite::Result<Option<Flavor>> {
+    conn.query_row(
+        &format!("SELECT {FLAVOR_COLS} FROM flavors WHERE id = ?1"),
+        params![id],
+        flavor_row,
+    )
+    .optional()
+}
+
+/// Every flavor, by RAM then name (Nova's default sort is by flavorid).
+pub fn flavors(conn: &Connection) -> rusqlite::Result<Vec<Flavor>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {FLAVOR_COLS} FROM flavors ORDER BY ram, vcpus, name"
+    ))?;
+    let rows = st.query_map([], flavor_row)?;
+    rows.collect()
+}
+
+/// The columns [`server_row`] reads, in order.
+pub const SERVER_COLS: &str =
+    "id, name, project_id, user_id, image_id, flavor_id, vcpus, ram, disk, \
+    status, task_state, power_state, fault, metadata, created_at, updated_at, launched_at";
+
+/// Reads a row selected with [`SERVER_COLS`].
+pub fn server_row(r: &Row<'_>) -> rusqlite::Result<Server> {
+    Ok(Server {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        project_id: r.get(2)?,
+        user_id: r.get(3)?,
+        image_id: r.get(4)?,
+        flavor_id: r.get(5)?,
+        vcpus: r.get(6)?,
+        ram: r.get(7)?,
+        disk: r.get(8)?,
+        status: r.get(9)?,
+        task_state: r.get(10)?,
+        power_state: r.get(11)?,
+        fault: r.get(12)?,
+        metadata: r.get(13)?,
+        created_at: r.get(14)?,
+        updated_at: r.get(15)?,
+        launched_at: r.get(16)?,
+    })
+}
+
+/// Looks a server up by id.
+pub fn server(conn: &Connection, id: &str) -> rusqlite::Result<Option<Server>> {
+    conn.query_row(
+        &format!("SELECT {SERVER_COLS} FROM servers WHERE id = ?1"),
+        params![id],
+        server_row,
+    )
+    .optional()
+}
+
+/// Every server row (for reconciliation).
+pub fn servers(conn: &Connection) -> rusqlite::Result<Vec<Server>> {
+    let mut st = conn.prepare(&format!("SELECT {SERVER_COLS} FROM servers"))?;
+    let rows = st.query_map([], server_row)?;
+    rows.collect()
+}
+
+/// A server is up: `status` (ACTIVE) with no task, power state `pw`, no
+/// fault, launched now.
+pub fn set_launched(conn: &Connection, id: &str, status: &str, pw: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE servers SET status = ?2, task_state = NULL, power_state = ?3, fault = NULL, \
+         updated_at = ?4, launched_at = ?4 WHERE id = ?1",
+        params![id, status, pw, now_iso()],
+    )
+}
+
+/// Sets a server's status, task state and power state, and its fault (as
+/// JSON) when given.
+pub fn set_state(
+    conn: &Connection,
+    id: &str,
+    status: &str,
+    task: Option<&str>,
+    pw: i64,
+    fault_json: Option<&str>,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE servers SET status = ?2, task_state = ?3, power_state = ?4, \
+         fault = coalesce(?5, fault), updated_at = ?6 WHERE id = ?1",
+        params![id, status, task, pw, fault_json, now_iso()],
+    )
+}
+
+/// Removes server `id`'s row.
+pub fn delete_server(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM servers WHERE id = ?1", params![id])?;
+    Ok(())
+}
+
+/// Every server's id and boot image id.
+pub fn server_images(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare("SELECT id, image_id FROM servers")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
 }

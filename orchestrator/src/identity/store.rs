@@ -1,11 +1,14 @@
-//! Identity's SQL: domains, projects, users, roles and role assignments
-//! (tokens and the first start's seed keep theirs in `token.rs` and
-//! `bootstrap.rs`, which are Identity's too). Nothing here decides who may
+//! Identity's SQL: domains, projects, users, roles, role assignments and
+//! the first start's seed (tokens keep theirs in `token.rs`, Identity's
+//! too). Nothing here decides who may
 //! do what; that is [`super::service`] and [`crate::http::policy`].
 
 use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 
-use super::model::{Assignment, Domain, Project, ProjectChanges, User, UserChanges};
+use super::model::{
+    Assignment, Domain, Project, ProjectChanges, User, UserChanges, DEFAULT_DOMAIN_ID, ROLES,
+};
+use crate::util::new_hex_id;
 
 const DOMAIN_COLS: &str = "id, name, description, enabled";
 
@@ -375,4 +378,58 @@ pub fn assignments(conn: &Connection) -> rusqlite::Result<Vec<Assignment>> {
         })
     })?;
     rows.collect()
+}
+
+/// Whether the first start's `admin` user exists.
+pub fn admin_exists(conn: &Connection) -> rusqlite::Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT id FROM users WHERE name = 'admin' AND domain_id = ?1",
+            params![DEFAULT_DOMAIN_ID],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// The first start's records, in one transaction: the `Default` domain, the
+/// `admin` project and user (with this password hash), the built-in roles,
+/// and every role for `admin` on `admin`.
+pub fn seed(conn: &Connection, password_hash: &str) -> rusqlite::Result<()> {
+    let run = || -> rusqlite::Result<()> {
+        conn.execute(
+            "INSERT OR IGNORE INTO domains (id, name, description) VALUES (?1, 'Default', 'The default domain')",
+            params![DEFAULT_DOMAIN_ID],
+        )?;
+        let project = new_hex_id();
+        conn.execute(
+            "INSERT INTO projects (id, name, domain_id, description) VALUES (?1, 'admin', ?2, 'Bootstrap project')",
+            params![project, DEFAULT_DOMAIN_ID],
+        )?;
+        let user = new_hex_id();
+        conn.execute(
+            "INSERT INTO users (id, name, domain_id, password_hash, default_project_id) VALUES (?1, 'admin', ?2, ?3, ?4)",
+            params![user, DEFAULT_DOMAIN_ID, password_hash, project],
+        )?;
+        for role in ROLES {
+            conn.execute(
+                "INSERT OR IGNORE INTO roles (id, name) VALUES (?1, ?2)",
+                params![new_hex_id(), role],
+            )?;
+        }
+        conn.execute(
+            "INSERT INTO role_assignments (user_id, project_id, role_id) \
+             SELECT ?1, ?2, id FROM roles WHERE name IN ('admin', 'member', 'reader')",
+            params![user, project],
+        )?;
+        Ok(())
+    };
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match run() {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }

@@ -33,6 +33,11 @@ pub fn find(conn: &Connection, id: &str) -> rusqlite::Result<Option<ImageRow>> {
     Ok(store::load(conn, id)?.map(row_of))
 }
 
+/// Whether image `id` exists (whatever its status).
+pub fn exists(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
+    Ok(store::load(conn, id)?.is_some())
+}
+
 /// What other services see of an image.
 fn row_of(img: Image) -> ImageRow {
     ImageRow {

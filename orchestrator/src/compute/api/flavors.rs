@@ -67,7 +67,7 @@ pub(crate) async fn list_flavors(
 ) -> ApiResult<Json<Value>> {
     let filter = public_filter(ctx, q)?;
     let conn = st.db.lock();
-    let mut flavors = Flavor::all(&conn)?;
+    let mut flavors = store::flavors(&conn)?;
     match filter {
         PublicFilter::All => {}
         PublicFilter::Private => flavors.retain(|f| !f.is_public),
