@@ -414,7 +414,7 @@ pub async fn delete(c: Arc<Compute>, id: String) {
         let conn = c2.db.lock();
         placement::release(&conn, &sid).map_err(|e| e.to_string())?;
         super::store::delete_server(&conn, &sid).map_err(|e| e.to_string())?;
-        super::actions::forget(&conn, &sid).map_err(|e| e.to_string())?;
+        super::store::forget_actions(&conn, &sid).map_err(|e| e.to_string())?;
         Ok(())
     })
     .await

@@ -4,7 +4,7 @@
 
 pub mod actions;
 pub mod api;
-pub mod flavor_access;
+
 pub mod image_use;
 pub mod lifecycle;
 pub mod model;

@@ -399,3 +399,47 @@ mod tests {
         );
     }
 }
+
+/// One recorded action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    /// The server it was asked of.
+    pub server_id: String,
+    /// The API request that asked for it (`x-openstack-request-id`).
+    pub request_id: String,
+    /// Nova's action name: create, stop, start, reboot.
+    pub action: String,
+    /// Who asked.
+    pub project_id: String,
+    /// Who asked.
+    pub user_id: String,
+    /// When it was accepted.
+    pub start_time: String,
+    /// When its task ended (None while it runs).
+    pub finish_time: Option<String>,
+    /// "Success" or "Error" once finished.
+    pub result: Option<String>,
+    /// Why it failed (the server's fault message).
+    pub detail: Option<String>,
+}
+
+impl Action {
+    /// Nova's event name for the compute-side work of this action.
+    pub fn event_name(&self) -> String {
+        match self.action.as_str() {
+            "create" => "compute__do_build_and_run_instance".into(),
+            other => format!("compute_{other}_instance"),
+        }
+    }
+}
+
+/// Who asked for an action, and in which request.
+#[derive(Debug, Clone)]
+pub struct Requester<'a> {
+    /// `x-openstack-request-id` of the request.
+    pub request_id: &'a str,
+    /// The caller's project.
+    pub project_id: &'a str,
+    /// The caller.
+    pub user_id: &'a str,
+}

@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use rusqlite::Connection;
 
-use super::actions::{self, Requester};
+use super::actions;
+use super::model::Requester;
 use super::model::{Flavor, Server};
-use super::{flavor_access, lifecycle, store, Compute};
+use super::{lifecycle, store, Compute};
 use crate::config::QuotaDefaults;
 use crate::http::error::{ApiError, ApiResult};
 use crate::identity::AuthContext;
@@ -49,7 +50,7 @@ pub fn flavor_not_found(id: &str) -> ApiError {
 /// flavor's id to a project without access).
 pub fn usable_flavor(conn: &Connection, ctx: &AuthContext, id: &str) -> ApiResult<Option<Flavor>> {
     match store::flavor(conn, id)? {
-        Some(f) if flavor_access::may_use(conn, ctx, &f)? => Ok(Some(f)),
+        Some(f) if may_use_flavor(conn, ctx, &f)? => Ok(Some(f)),
         _ => Ok(None),
     }
 }
@@ -160,7 +161,7 @@ pub fn insert_servers(
             },
         )?;
         // The create action, in the same transaction as the server.
-        let row = actions::record(conn, &id, "create", by)?;
+        let row = store::record_action(conn, &id, "create", by)?;
         ids.push((id, row));
     }
     Ok(ids)
@@ -178,4 +179,16 @@ pub fn spawn_builds(
         let build = lifecycle::build(Arc::clone(compute), id.clone());
         tokio::spawn(actions::track(Arc::clone(compute), *row, id.clone(), build));
     }
+}
+
+/// Whether the caller may see and boot `flavor`: it is public, the caller
+/// is an admin, or the caller's project is on its access list.
+pub fn may_use_flavor(
+    conn: &Connection,
+    ctx: &AuthContext,
+    flavor: &Flavor,
+) -> rusqlite::Result<bool> {
+    Ok(flavor.is_public
+        || ctx.is_admin()
+        || store::has_flavor_access(conn, &flavor.id, &ctx.project_id)?)
 }

@@ -6,7 +6,7 @@ use rusqlite::{params, Connection};
 
 use rusqlite::{OptionalExtension, Row};
 
-use super::model::{Flavor, Server};
+use super::model::{Action, Flavor, Requester, Server};
 use crate::util::now_iso;
 
 /// How many servers `project` has.
@@ -278,4 +278,123 @@ pub fn server_images(conn: &Connection) -> rusqlite::Result<Vec<(String, String)
     let mut stmt = conn.prepare("SELECT id, image_id FROM servers")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()
+}
+
+/// Records `action` on `server_id` as started now; returns its row id.
+pub fn record_action(
+    conn: &Connection,
+    server_id: &str,
+    action: &str,
+    by: &Requester<'_>,
+) -> rusqlite::Result<i64> {
+    conn.execute(
+        "INSERT INTO instance_actions (server_id, request_id, action, project_id, user_id, start_time) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![server_id, by.request_id, action, by.project_id, by.user_id, now_iso()],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Marks action `row` finished now: a success, or a failure with `error`.
+pub fn finish_action(conn: &Connection, row: i64, error: Option<&str>) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE instance_actions SET finish_time = ?2, result = ?3, detail = ?4 WHERE id = ?1",
+        params![
+            row,
+            now_iso(),
+            if error.is_some() { "Error" } else { "Success" },
+            error
+        ],
+    )?;
+    Ok(())
+}
+
+/// The actions of `server_id`, newest first.
+pub fn list_actions(conn: &Connection, server_id: &str) -> rusqlite::Result<Vec<Action>> {
+    let mut stmt = conn.prepare(
+        "SELECT server_id, request_id, action, project_id, user_id, start_time, finish_time, \
+         result, detail FROM instance_actions WHERE server_id = ?1 ORDER BY id DESC",
+    )?;
+    let rows = stmt.query_map(params![server_id], |r| {
+        Ok(Action {
+            server_id: r.get(0)?,
+            request_id: r.get(1)?,
+            action: r.get(2)?,
+            project_id: r.get(3)?,
+            user_id: r.get(4)?,
+            start_time: r.get(5)?,
+            finish_time: r.get(6)?,
+            result: r.get(7)?,
+            detail: r.get(8)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Forgets the actions of `server_id` (it was deleted).
+pub fn forget_actions(conn: &Connection, server_id: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM instance_actions WHERE server_id = ?1",
+        params![server_id],
+    )?;
+    Ok(())
+}
+
+/// Whether project `project_id` is on the access list of flavor `flavor_id`.
+pub fn has_flavor_access(
+    conn: &Connection,
+    flavor_id: &str,
+    project_id: &str,
+) -> rusqlite::Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM flavor_projects WHERE flavor_id = ?1 AND project_id = ?2",
+            params![flavor_id, project_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// The projects on the access list of `flavor_id`, sorted.
+pub fn flavor_projects(conn: &Connection, flavor_id: &str) -> rusqlite::Result<Vec<String>> {
+    let mut st = conn.prepare_cached(
+        "SELECT project_id FROM flavor_projects WHERE flavor_id = ?1 ORDER BY project_id",
+    )?;
+    let rows = st.query_map(params![flavor_id], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Every flavor id whose access list holds `project_id`.
+pub fn flavors_of_project(conn: &Connection, project_id: &str) -> rusqlite::Result<Vec<String>> {
+    let mut st =
+        conn.prepare_cached("SELECT flavor_id FROM flavor_projects WHERE project_id = ?1")?;
+    let rows = st.query_map(params![project_id], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Adds `project_id` to the list of `flavor_id`. Returns false if it was
+/// there already.
+pub fn add_flavor_project(
+    conn: &Connection,
+    flavor_id: &str,
+    project_id: &str,
+) -> rusqlite::Result<bool> {
+    Ok(conn.execute(
+        "INSERT OR IGNORE INTO flavor_projects (flavor_id, project_id) VALUES (?1, ?2)",
+        params![flavor_id, project_id],
+    )? == 1)
+}
+
+/// Removes `project_id` from the list of `flavor_id`. Returns false if it
+/// was not there.
+pub fn remove_flavor_project(
+    conn: &Connection,
+    flavor_id: &str,
+    project_id: &str,
+) -> rusqlite::Result<bool> {
+    Ok(conn.execute(
+        "DELETE FROM flavor_projects WHERE flavor_id = ?1 AND project_id = ?2",
+        params![flavor_id, project_id],
+    )? == 1)
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::common::*;
 use crate::compute::model::Flavor;
 use crate::compute::service::{get_flavor, visible_flavor};
-use crate::compute::{flavor_access, store};
+use crate::compute::store;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{BaseUrl, JsonBody, ProjectAuth};
 use crate::http::policy::require_admin_for as require_admin;
@@ -72,7 +72,7 @@ pub(crate) async fn list_flavors(
         PublicFilter::All => {}
         PublicFilter::Private => flavors.retain(|f| !f.is_public),
         PublicFilter::Public => {
-            let granted = flavor_access::flavors_of(&conn, &ctx.project_id)?;
+            let granted = store::flavors_of_project(&conn, &ctx.project_id)?;
             flavors.retain(|f| f.is_public || granted.contains(&f.id));
         }
     }

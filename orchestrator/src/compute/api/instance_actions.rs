@@ -8,8 +8,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::compute::actions::{self, Action};
+use crate::compute::model::Action;
 use crate::compute::service::visible_server;
+use crate::compute::store;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ProjectAuth;
 use crate::http::AppState;
@@ -43,7 +44,10 @@ async fn list_actions(
 ) -> ApiResult<Json<Value>> {
     let conn = st.db.lock();
     visible_server(&conn, &ctx, &id)?;
-    let list: Vec<Value> = actions::list(&conn, &id)?.iter().map(action_json).collect();
+    let list: Vec<Value> = store::list_actions(&conn, &id)?
+        .iter()
+        .map(action_json)
+        .collect();
     Ok(Json(json!({ "instanceActions": list })))
 }
 
@@ -54,7 +58,7 @@ async fn show_action(
 ) -> ApiResult<Json<Value>> {
     let conn = st.db.lock();
     visible_server(&conn, &ctx, &id)?;
-    let a = actions::list(&conn, &id)?
+    let a = store::list_actions(&conn, &id)?
         .into_iter()
         .find(|a| a.request_id == request_id)
         .ok_or_else(|| {

@@ -87,7 +87,7 @@ pub(crate) async fn server_action(
     let now_state = |status: &str, task: &str, action: &str| -> ApiResult<i64> {
         let conn = st.db.lock();
         store::set_transition(&conn, &id, status, task)?;
-        Ok(actions::record(&conn, &id, action, &by)?)
+        Ok(store::record_action(&conn, &id, action, &by)?)
     };
 
     match action.as_str() {
