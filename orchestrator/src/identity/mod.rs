@@ -3,8 +3,7 @@
 //!
 //! - [`api`]: thin handlers, one file per resource;
 //! - [`model`]: the things and their JSON;
-//! - [`store`]: the SQL ([`token`] and [`bootstrap`] keep the SQL of tokens
-//!   and of the first start's seed);
+//! - [`store`]: the SQL (also that of [`token`] and [`bootstrap`]);
 //! - [`service`]: the rules (lookups that answer 404, names, whether a
 //!   project is still in use — asked of the other services).
 

@@ -190,3 +190,35 @@ pub fn role_json(base: &str, id: &str, name: &str) -> Value {
 pub fn links(base: &str, path: &str) -> Value {
     json!({ "self": format!("{base}/identity/v3/{path}"), "previous": null, "next": null })
 }
+
+/// A token as stored: what it was issued for and until when.
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    /// User id.
+    pub user_id: String,
+    /// Project id ("" when unscoped).
+    pub project_id: String,
+    /// Keystone's audit id (identifies the token in logs without revealing it).
+    pub audit_id: String,
+    /// The audit id of the first token of the chain this one was got from
+    /// (`None` for a token got with a password).
+    pub audit_chain_id: Option<String>,
+    /// The authentication methods behind the token (`password`, `token`).
+    pub methods: Vec<String>,
+    /// Issue time, `…T…​.ffffffZ`.
+    pub issued_at: String,
+    /// Expiry time, `…T….ffffffZ`.
+    pub expires_at: String,
+    /// Expiry time, Unix seconds.
+    pub expires_unix: i64,
+}
+
+impl TokenRecord {
+    /// Keystone's `audit_ids`: the token's own id, then its chain's id when
+    /// it was got from another token.
+    pub fn audit_ids(&self) -> Vec<&str> {
+        std::iter::once(self.audit_id.as_str())
+            .chain(self.audit_chain_id.as_deref())
+            .collect()
+    }
+}

@@ -1,12 +1,12 @@
-//! Identity's SQL: domains, projects, users, roles, role assignments and
-//! the first start's seed (tokens keep theirs in `token.rs`, Identity's
-//! too). Nothing here decides who may
+//! Identity's SQL: domains, projects, users, roles, role assignments,
+//! tokens and the first start's seed. Nothing here decides who may
 //! do what; that is [`super::service`] and [`crate::http::policy`].
 
 use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 
 use super::model::{
-    Assignment, Domain, Project, ProjectChanges, User, UserChanges, DEFAULT_DOMAIN_ID, ROLES,
+    Assignment, Domain, Project, ProjectChanges, TokenRecord, User, UserChanges, DEFAULT_DOMAIN_ID,
+    ROLES,
 };
 use crate::util::new_hex_id;
 
@@ -431,5 +431,127 @@ pub fn seed(conn: &Connection, password_hash: &str) -> rusqlite::Result<()> {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
         }
+    }
+}
+
+/// Forgets tokens that expired before `unix` (seconds).
+pub fn forget_tokens_expired_before(conn: &Connection, unix: i64) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM tokens WHERE expires_unix < ?1", params![unix])?;
+    Ok(())
+}
+
+/// Stores a new token's record under the SHA-256 `hash` of its secret.
+pub fn insert_token(conn: &Connection, hash: &str, rec: &TokenRecord) -> rusqlite::Result<()> {
+    let methods = serde_json::to_string(&rec.methods)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    conn.execute(
+        "INSERT INTO tokens (hash, user_id, project_id, audit_id, audit_chain_id, methods, \
+         issued_at, expires_at, expires_unix) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            hash,
+            rec.user_id,
+            rec.project_id,
+            rec.audit_id,
+            rec.audit_chain_id,
+            methods,
+            rec.issued_at,
+            rec.expires_at,
+            rec.expires_unix
+        ],
+    )?;
+    Ok(())
+}
+
+fn record_row(r: &Row<'_>) -> rusqlite::Result<(TokenRecord, String)> {
+    let methods: String = r.get(5)?;
+    Ok((
+        TokenRecord {
+            user_id: r.get(0)?,
+            project_id: r.get(1)?,
+            audit_id: r.get(2)?,
+            audit_chain_id: r.get(3)?,
+            methods: serde_json::from_str(&methods).unwrap_or_else(|_| vec!["password".into()]),
+            issued_at: r.get(6)?,
+            expires_at: r.get(7)?,
+            expires_unix: r.get(8)?,
+        },
+        r.get(4)?,
+    ))
+}
+
+/// The record of the token whose secret hashes to `hash`, with its user's
+/// name, if it is unrevoked, unexpired at `now_unix`, and its user enabled.
+pub fn live_token(
+    conn: &Connection,
+    hash: &str,
+    now_unix: i64,
+) -> rusqlite::Result<Option<(TokenRecord, String)>> {
+    conn.query_row(
+        "SELECT t.user_id, t.project_id, t.audit_id, t.audit_chain_id, u.name, t.methods, \
+         t.issued_at, t.expires_at, t.expires_unix \
+         FROM tokens t JOIN users u ON u.id = t.user_id \
+         WHERE t.hash = ?1 AND t.revoked = 0 AND t.expires_unix > ?2 AND u.enabled = 1",
+        params![hash, now_unix],
+        record_row,
+    )
+    .optional()
+}
+
+/// The name of project `id` if it is enabled.
+pub fn enabled_project_name(conn: &Connection, id: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT name FROM projects WHERE id = ?1 AND enabled = 1",
+        params![id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// The audit id of the unrevoked token whose secret hashes to `hash`.
+pub fn live_token_audit_id(conn: &Connection, hash: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT audit_id FROM tokens WHERE hash = ?1 AND revoked = 0",
+        params![hash],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Which live tokens to revoke.
+#[derive(Debug, Clone, Copy)]
+pub enum Revoke<'a> {
+    /// A token (by audit id) and every token got from it.
+    Chain(&'a str),
+    /// Every token of a user.
+    User(&'a str),
+    /// Every token scoped to a project.
+    Project(&'a str),
+    /// A user's tokens scoped to a project.
+    UserOnProject(&'a str, &'a str),
+    /// The tokens of every user on every project where they hold a role.
+    Role(&'a str),
+}
+
+/// Revokes the live tokens `which` names. Returns how many there were.
+pub fn revoke_tokens(conn: &Connection, which: Revoke<'_>) -> rusqlite::Result<usize> {
+    const LIVE: &str = "UPDATE tokens SET revoked = 1 WHERE revoked = 0 AND";
+    match which {
+        Revoke::Chain(audit_id) => conn.execute(
+            &format!("{LIVE} (audit_id = ?1 OR audit_chain_id = ?1)"),
+            params![audit_id],
+        ),
+        Revoke::User(u) => conn.execute(&format!("{LIVE} (user_id = ?1)"), params![u]),
+        Revoke::Project(p) => conn.execute(&format!("{LIVE} (project_id = ?1)"), params![p]),
+        Revoke::UserOnProject(u, p) => conn.execute(
+            &format!("{LIVE} (user_id = ?1 AND project_id = ?2)"),
+            params![u, p],
+        ),
+        Revoke::Role(r) => conn.execute(
+            &format!(
+                "{LIVE} (EXISTS (SELECT 1 FROM role_assignments a WHERE a.role_id = ?1 \
+                 AND a.user_id = tokens.user_id AND a.project_id = tokens.project_id))"
+            ),
+            params![r],
+        ),
     }
 }
