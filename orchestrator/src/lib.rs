@@ -3,6 +3,8 @@
 //! SQLite, and runs one `nubo-vmm` process per server.
 
 pub mod agent;
+#[cfg(test)]
+mod api_test;
 pub mod compute;
 pub mod config;
 pub mod db;

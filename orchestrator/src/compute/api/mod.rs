@@ -9,6 +9,8 @@ pub mod instance_actions;
 pub mod quotas;
 pub mod server_actions;
 pub mod servers;
+#[cfg(test)]
+mod tests;
 
 use axum::routing::{get, post};
 use axum::Router;

@@ -5,6 +5,8 @@ pub mod catalog;
 pub mod domains;
 pub mod projects;
 pub mod roles;
+#[cfg(test)]
+mod tests;
 pub mod tokens;
 pub mod users;
 
