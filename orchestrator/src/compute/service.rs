@@ -41,7 +41,8 @@ pub fn get_flavor(conn: &Connection, id: &str) -> ApiResult<Flavor> {
     store::flavor(conn, id)?.ok_or_else(|| flavor_not_found(id))
 }
 
-pub fn flavor_not_found(id: &str) -> ApiError {
+/// Nova's 404 for flavor `id`.
+fn flavor_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("Flavor {id} could not be found."))
 }
 
