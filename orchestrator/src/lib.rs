@@ -3,12 +3,16 @@
 //! SQLite, and runs one `nubo-vmm` process per server.
 
 pub mod agent;
-pub mod api;
+#[cfg(test)]
+mod api_test;
 pub mod compute;
 pub mod config;
 pub mod db;
+pub mod http;
 pub mod identity;
-pub mod image_store;
+pub mod image;
+pub mod placement;
+pub mod quota;
 pub mod serve;
 pub mod state_dir;
 pub mod util;

@@ -8,12 +8,12 @@ use axum::ServiceExt;
 use tower_layer::Layer;
 
 use crate::agent::Agent;
-use crate::api::{self, AppState};
 use crate::compute::{lifecycle, Compute};
 use crate::config::Config;
 use crate::db::Db;
+use crate::http::{self, AppState};
 use crate::identity::bootstrap;
-use crate::image_store::ImageStore;
+use crate::image::files::ImageStore;
 
 /// Runs the daemon.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -70,8 +70,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         images,
         compute,
     };
-    let app = api::router(state);
-    let app = axum::middleware::map_request(|r| async { api::strip_trailing_slash(r) }).layer(app);
+    let app = http::router::router(state);
+    let app = axum::middleware::map_request(|r| async { http::strip_trailing_slash(r) }).layer(app);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
@@ -128,10 +128,7 @@ fn enable_ksm() {
 fn reconcile_images(db: &Db, images: &ImageStore, agent: &Agent) {
     let used = crate::compute::image_use::images_in_use(db, agent, images);
     let conn = db.lock();
-    match conn.execute(
-        "UPDATE images SET status = 'killed', updated_at = ?1 WHERE status = 'saving'",
-        [crate::util::now_iso()],
-    ) {
+    match crate::image::store::kill_interrupted_uploads(&conn) {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
             images = n,
@@ -150,13 +147,7 @@ fn reconcile_images(db: &Db, images: &ImageStore, agent: &Agent) {
         {
             continue;
         }
-        let known: bool = conn
-            .query_row(
-                "SELECT count(*) > 0 FROM images WHERE id = ?1 AND status = 'active'",
-                [&name],
-                |r| r.get(0),
-            )
-            .unwrap_or(true);
+        let known = crate::image::store::is_active(&conn, &name).unwrap_or(true);
         if !known {
             tracing::warn!(image = %name, "orphan image file (no active image owns it): removing it");
             if let Err(e) = images.remove(&name) {

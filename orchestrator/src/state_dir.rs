@@ -2,9 +2,28 @@
 //! tenants' private images and guests' disks, so only the daemon's user may
 //! read it — directories 0700, files 0600, whatever the umask.
 
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Writes `contents` to `path` (mode 0600) through a temporary file and a
+/// rename, so a reader never sees half a file.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
 
 /// Sets the daemon's umask to 077, so every file it (and every VMM it
 /// starts) creates from now on is private: SQLite's database, WAL and shared

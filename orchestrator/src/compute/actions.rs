@@ -7,96 +7,23 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use rusqlite::{params, Connection};
-
-use super::model::{status, Server};
+use super::model::status;
+use super::store::finish_action;
 use super::Compute;
-use crate::util::now_iso;
 
-/// One recorded action.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Action {
-    /// The server it was asked of.
-    pub server_id: String,
-    /// The API request that asked for it (`x-openstack-request-id`).
-    pub request_id: String,
-    /// Nova's action name: create, stop, start, reboot.
-    pub action: String,
-    /// Who asked.
-    pub project_id: String,
-    /// Who asked.
-    pub user_id: String,
-    /// When it was accepted.
-    pub start_time: String,
-    /// When its task ended (None while it runs).
-    pub finish_time: Option<String>,
-    /// "Success" or "Error" once finished.
-    pub result: Option<String>,
-    /// Why it failed (the server's fault message).
-    pub detail: Option<String>,
-}
-
-impl Action {
-    /// Nova's event name for the compute-side work of this action.
-    pub fn event_name(&self) -> String {
-        match self.action.as_str() {
-            "create" => "compute__do_build_and_run_instance".into(),
-            other => format!("compute_{other}_instance"),
-        }
-    }
-}
-
-/// Who asked for an action, and in which request.
-#[derive(Debug, Clone)]
-pub struct Requester<'a> {
-    /// `x-openstack-request-id` of the request.
-    pub request_id: &'a str,
-    /// The caller's project.
-    pub project_id: &'a str,
-    /// The caller.
-    pub user_id: &'a str,
-}
-
-/// Records `action` on `server_id` as started now; returns its row id.
-pub fn record(
-    conn: &Connection,
-    server_id: &str,
-    action: &str,
-    by: &Requester<'_>,
-) -> rusqlite::Result<i64> {
-    conn.execute(
-        "INSERT INTO instance_actions (server_id, request_id, action, project_id, user_id, start_time) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![server_id, by.request_id, action, by.project_id, by.user_id, now_iso()],
-    )?;
-    Ok(conn.last_insert_rowid())
-}
-
-/// Marks action `row` finished now: a success, or a failure with `error`.
-pub fn finish(conn: &Connection, row: i64, error: Option<&str>) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE instance_actions SET finish_time = ?2, result = ?3, detail = ?4 WHERE id = ?1",
-        params![
-            row,
-            now_iso(),
-            if error.is_some() { "Error" } else { "Success" },
-            error
-        ],
-    )?;
-    Ok(())
-}
+pub use super::model::{Action, Requester};
 
 /// Runs a lifecycle task, then finishes action `row` from the state the
 /// task left server `id` in.
 pub async fn track(c: Arc<Compute>, row: i64, id: String, task: impl Future<Output = ()>) {
     task.await;
     let conn = c.db.lock();
-    let error = match Server::get(&conn, &id) {
+    let error = match super::store::server(&conn, &id) {
         Ok(Some(s)) if s.status == status::ERROR => Some(fault_message(s.fault.as_deref())),
         Ok(_) => None,
         Err(e) => Some(format!("cannot read the server's state: {e}")),
     };
-    if let Err(e) = finish(&conn, row, error.as_deref()) {
+    if let Err(e) = finish_action(&conn, row, error.as_deref()) {
         tracing::warn!(server = %id, error = %e, "cannot finish the instance action");
     }
 }
@@ -109,40 +36,13 @@ fn fault_message(fault: Option<&str>) -> String {
         .unwrap_or_else(|| "the server went to ERROR".into())
 }
 
-/// The actions of `server_id`, newest first.
-pub fn list(conn: &Connection, server_id: &str) -> rusqlite::Result<Vec<Action>> {
-    let mut stmt = conn.prepare(
-        "SELECT server_id, request_id, action, project_id, user_id, start_time, finish_time, \
-         result, detail FROM instance_actions WHERE server_id = ?1 ORDER BY id DESC",
-    )?;
-    let rows = stmt.query_map(params![server_id], |r| {
-        Ok(Action {
-            server_id: r.get(0)?,
-            request_id: r.get(1)?,
-            action: r.get(2)?,
-            project_id: r.get(3)?,
-            user_id: r.get(4)?,
-            start_time: r.get(5)?,
-            finish_time: r.get(6)?,
-            result: r.get(7)?,
-            detail: r.get(8)?,
-        })
-    })?;
-    rows.collect()
-}
-
-/// Forgets the actions of `server_id` (it was deleted).
-pub fn forget(conn: &Connection, server_id: &str) -> rusqlite::Result<()> {
-    conn.execute(
-        "DELETE FROM instance_actions WHERE server_id = ?1",
-        params![server_id],
-    )?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compute::store::{
+        finish_action as finish, forget_actions as forget, list_actions as list,
+        record_action as record,
+    };
 
     #[test]
     fn record_finish_list_forget() {

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use crate::agent::Agent;
 use crate::db::Db;
-use crate::image_store::ImageStore;
+use crate::image::files::ImageStore;
 
 /// The ids of the images whose files some server uses: every server's
 /// `image_id` (its boot disk's backing file) and the kernel and initramfs
@@ -21,12 +21,7 @@ use crate::image_store::ImageStore;
 pub fn images_in_use(db: &Db, agent: &Agent, images: &ImageStore) -> HashSet<String> {
     let servers: Vec<(String, String)> = {
         let conn = db.lock();
-        let rows = conn
-            .prepare("SELECT id, image_id FROM servers")
-            .and_then(|mut stmt| {
-                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            });
+        let rows = super::store::server_images(&conn);
         match rows {
             Ok(rows) => rows,
             Err(e) => {
@@ -81,14 +76,7 @@ pub fn remove_released_files(db: &Db, agent: &Agent, images: &ImageStore) {
         if !crate::util::is_plain_id(&name) || is_used(&used, &name) {
             continue;
         }
-        let exists: bool = db
-            .lock()
-            .query_row(
-                "SELECT count(*) > 0 FROM images WHERE id = ?1",
-                [&name],
-                |r| r.get(0),
-            )
-            .unwrap_or(true);
+        let exists = crate::image::service::exists(&db.lock(), &name).unwrap_or(true);
         if exists {
             continue;
         }

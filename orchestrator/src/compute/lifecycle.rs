@@ -9,14 +9,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension};
 use serde_json::json;
 
 use super::model::{power, status, Server};
-use super::scheduler::{self, ClaimError, Request};
 use super::Compute;
 use crate::agent::{AgentError, DiskSpec, ExitInfo, VmmSpec};
 use crate::identity::AuthContext;
+use crate::placement::{self, ClaimError, Request};
 use crate::util::now_iso;
 
 #[cfg(test)]
@@ -48,17 +47,9 @@ pub fn set_state(
         fault.map(|m| json!({ "code": 500, "message": m, "created": now_iso() }).to_string());
     let conn = c.db.lock();
     let r = if st == status::ACTIVE && task.is_none() {
-        conn.execute(
-            "UPDATE servers SET status = ?2, task_state = NULL, power_state = ?3, fault = NULL, \
-             updated_at = ?4, launched_at = ?4 WHERE id = ?1",
-            params![id, st, pw, now_iso()],
-        )
+        super::store::set_launched(&conn, id, st, pw)
     } else {
-        conn.execute(
-            "UPDATE servers SET status = ?2, task_state = ?3, power_state = ?4, \
-             fault = coalesce(?5, fault), updated_at = ?6 WHERE id = ?1",
-            params![id, st, task, pw, fault_json, now_iso()],
-        )
+        super::store::set_state(&conn, id, st, task, pw, fault_json.as_deref())
     };
     if let Err(e) = r {
         tracing::error!(server = %id, error = %e, "cannot record the server's state");
@@ -73,7 +64,7 @@ fn set_error(c: &Compute, id: &str, message: &str) {
 }
 
 fn load(c: &Compute, id: &str) -> Option<Server> {
-    match Server::get(&c.db.lock(), id) {
+    match super::store::server(&c.db.lock(), id) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(server = %id, error = %e, "cannot read the server");
@@ -103,24 +94,15 @@ struct ImageInfo {
 
 /// An image's row.
 fn image_row(c: &Compute, image_id: &str) -> Result<ImageInfo, String> {
-    let row: Option<(String, Option<String>, String, String, String)> = c
-        .db
-        .lock()
-        .query_row(
-            "SELECT status, disk_format, owner, visibility, properties FROM images WHERE id = ?1",
-            params![image_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .optional()
-        .map_err(|e| format!("state database: {e}"))?;
-    let (st, fmt, owner, visibility, props) =
-        row.ok_or_else(|| format!("image {image_id} does not exist"))?;
+    let row = crate::image::service::find(&c.db.lock(), image_id)
+        .map_err(|e| format!("state database: {e}"))?
+        .ok_or_else(|| format!("image {image_id} does not exist"))?;
     Ok(ImageInfo {
-        status: st,
-        disk_format: fmt.unwrap_or_else(|| "raw".into()),
-        owner,
-        visibility,
-        properties: serde_json::from_str(&props).unwrap_or_default(),
+        status: row.status,
+        disk_format: row.disk_format.unwrap_or_else(|| "raw".into()),
+        owner: row.owner,
+        visibility: row.visibility,
+        properties: row.properties,
     })
 }
 
@@ -285,7 +267,7 @@ pub async fn build(c: Arc<Compute>, id: String) {
     let claim = {
         let c2 = Arc::clone(&c);
         let id2 = id.clone();
-        blocking(move || scheduler::claim(&mut c2.db.lock(), &id2, req, c2.capacity)).await
+        blocking(move || placement::claim(&mut c2.db.lock(), &id2, req, c2.capacity)).await
     };
     match claim {
         Ok(Ok(())) => {}
@@ -347,7 +329,7 @@ pub async fn build(c: Arc<Compute>, id: String) {
             let id2 = id.clone();
             let _ = blocking(move || {
                 let _ = c2.agent.kill(&id2);
-                scheduler::release(&c2.db.lock(), &id2)
+                placement::release(&c2.db.lock(), &id2)
             })
             .await;
             set_error(&c, &id, &format!("Build of instance {id} aborted: {e}"));
@@ -431,10 +413,9 @@ pub async fn delete(c: Arc<Compute>, id: String) {
     let r = blocking(move || -> Result<(), String> {
         c2.agent.remove_instance(&sid).map_err(|e| e.to_string())?;
         let conn = c2.db.lock();
-        scheduler::release(&conn, &sid).map_err(|e| e.to_string())?;
-        conn.execute("DELETE FROM servers WHERE id = ?1", params![sid])
-            .map_err(|e| e.to_string())?;
-        super::actions::forget(&conn, &sid).map_err(|e| e.to_string())?;
+        placement::release(&conn, &sid).map_err(|e| e.to_string())?;
+        super::store::delete_server(&conn, &sid).map_err(|e| e.to_string())?;
+        super::store::forget_actions(&conn, &sid).map_err(|e| e.to_string())?;
         Ok(())
     })
     .await
@@ -485,7 +466,7 @@ pub async fn power_sync(c: Arc<Compute>) {
 /// interrupted operations, marks servers whose VMM died SHUTOFF, and removes
 /// instance directories no server owns.
 pub async fn reconcile(c: Arc<Compute>) {
-    let servers = match Server::all(&c.db.lock()) {
+    let servers = match super::store::servers(&c.db.lock()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot read servers to reconcile");

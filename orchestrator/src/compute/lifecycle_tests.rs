@@ -13,7 +13,7 @@ use crate::compute::Compute;
 use crate::config::Config;
 use crate::db::Db;
 use crate::identity::bootstrap;
-use crate::image_store::ImageStore;
+use crate::image::files::ImageStore;
 
 /// Image ids (the store takes UUIDs only).
 const KERNEL: &str = "00000000-0000-0000-0000-00000000000a";

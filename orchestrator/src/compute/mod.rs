@@ -3,11 +3,13 @@
 //! claims capacity with overcommit before a server is started.
 
 pub mod actions;
-pub mod flavor_access;
+pub mod api;
+
 pub mod image_use;
 pub mod lifecycle;
 pub mod model;
-pub mod scheduler;
+pub mod service;
+pub mod store;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use crate::agent::{Agent, VmmProcess};
 use crate::config::Config;
 use crate::db::Db;
-use crate::image_store::ImageStore;
-use scheduler::{Capacity, Inventory};
+use crate::image::files::ImageStore;
+use crate::placement::{self, Capacity, Inventory};
 
 /// This host's name (`/proc/sys/kernel/hostname`, read once): the
 /// hypervisor's and compute service's name, and servers' `host`.
@@ -77,7 +79,7 @@ impl Compute {
         images: Arc<ImageStore>,
     ) -> Arc<Compute> {
         let inventory = Inventory::of_host(&cfg.state_dir);
-        let capacity = scheduler::capacity(&inventory, &cfg.overcommit);
+        let capacity = placement::capacity(&inventory, &cfg.overcommit);
         tracing::info!(?inventory, ?capacity, "compute capacity");
         Arc::new(Compute {
             db,

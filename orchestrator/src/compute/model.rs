@@ -1,6 +1,5 @@
 //! Rows of the compute tables (flavors, servers) and their Nova JSON.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::{json, Value};
 
 /// Nova statuses we use.
@@ -54,44 +53,7 @@ pub struct Flavor {
     pub description: Option<String>,
 }
 
-const FLAVOR_COLS: &str =
-    "id, name, vcpus, ram, disk, swap, ephemeral, is_public, rxtx_factor, description";
-
-fn flavor_row(r: &Row<'_>) -> rusqlite::Result<Flavor> {
-    Ok(Flavor {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        vcpus: r.get(2)?,
-        ram: r.get(3)?,
-        disk: r.get(4)?,
-        swap: r.get(5)?,
-        ephemeral: r.get(6)?,
-        is_public: r.get(7)?,
-        rxtx_factor: r.get(8)?,
-        description: r.get(9)?,
-    })
-}
-
 impl Flavor {
-    /// Looks a flavor up by id.
-    pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<Flavor>> {
-        conn.query_row(
-            &format!("SELECT {FLAVOR_COLS} FROM flavors WHERE id = ?1"),
-            params![id],
-            flavor_row,
-        )
-        .optional()
-    }
-
-    /// Every flavor, by RAM then name (Nova's default sort is by flavorid).
-    pub fn all(conn: &Connection) -> rusqlite::Result<Vec<Flavor>> {
-        let mut st = conn.prepare_cached(&format!(
-            "SELECT {FLAVOR_COLS} FROM flavors ORDER BY ram, vcpus, name"
-        ))?;
-        let rows = st.query_map([], flavor_row)?;
-        rows.collect()
-    }
-
     /// Nova's flavor JSON (microversion 2.1 shape).
     pub fn to_json(&self, base: &str) -> Value {
         json!({
@@ -157,52 +119,7 @@ pub struct Server {
     pub launched_at: Option<String>,
 }
 
-/// The columns [`Server::from_row`] reads, in order.
-pub const SERVER_COLS: &str =
-    "id, name, project_id, user_id, image_id, flavor_id, vcpus, ram, disk, \
-    status, task_state, power_state, fault, metadata, created_at, updated_at, launched_at";
-
 impl Server {
-    /// Reads a row selected with [`SERVER_COLS`].
-    pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Server> {
-        Ok(Server {
-            id: r.get(0)?,
-            name: r.get(1)?,
-            project_id: r.get(2)?,
-            user_id: r.get(3)?,
-            image_id: r.get(4)?,
-            flavor_id: r.get(5)?,
-            vcpus: r.get(6)?,
-            ram: r.get(7)?,
-            disk: r.get(8)?,
-            status: r.get(9)?,
-            task_state: r.get(10)?,
-            power_state: r.get(11)?,
-            fault: r.get(12)?,
-            metadata: r.get(13)?,
-            created_at: r.get(14)?,
-            updated_at: r.get(15)?,
-            launched_at: r.get(16)?,
-        })
-    }
-
-    /// Looks a server up by id.
-    pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<Server>> {
-        conn.query_row(
-            &format!("SELECT {SERVER_COLS} FROM servers WHERE id = ?1"),
-            params![id],
-            Server::from_row,
-        )
-        .optional()
-    }
-
-    /// Every server row (for reconciliation).
-    pub fn all(conn: &Connection) -> rusqlite::Result<Vec<Server>> {
-        let mut st = conn.prepare(&format!("SELECT {SERVER_COLS} FROM servers"))?;
-        let rows = st.query_map([], Server::from_row)?;
-        rows.collect()
-    }
-
     fn vm_state(&self) -> &'static str {
         match self.status.as_str() {
             status::BUILD => "building",
@@ -481,4 +398,48 @@ mod tests {
             "a path=(host path) b"
         );
     }
+}
+
+/// One recorded action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    /// The server it was asked of.
+    pub server_id: String,
+    /// The API request that asked for it (`x-openstack-request-id`).
+    pub request_id: String,
+    /// Nova's action name: create, stop, start, reboot.
+    pub action: String,
+    /// Who asked.
+    pub project_id: String,
+    /// Who asked.
+    pub user_id: String,
+    /// When it was accepted.
+    pub start_time: String,
+    /// When its task ended (None while it runs).
+    pub finish_time: Option<String>,
+    /// "Success" or "Error" once finished.
+    pub result: Option<String>,
+    /// Why it failed (the server's fault message).
+    pub detail: Option<String>,
+}
+
+impl Action {
+    /// Nova's event name for the compute-side work of this action.
+    pub fn event_name(&self) -> String {
+        match self.action.as_str() {
+            "create" => "compute__do_build_and_run_instance".into(),
+            other => format!("compute_{other}_instance"),
+        }
+    }
+}
+
+/// Who asked for an action, and in which request.
+#[derive(Debug, Clone)]
+pub struct Requester<'a> {
+    /// `x-openstack-request-id` of the request.
+    pub request_id: &'a str,
+    /// The caller's project.
+    pub project_id: &'a str,
+    /// The caller.
+    pub user_id: &'a str,
 }

@@ -15,42 +15,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::RngCore;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
-use super::{roles_on, AuthContext};
+use super::model::AuthContext;
+use super::store::{self, roles_on};
 
-/// A token as stored: what it was issued for and until when.
-#[derive(Debug, Clone)]
-pub struct TokenRecord {
-    /// User id.
-    pub user_id: String,
-    /// Project id ("" when unscoped).
-    pub project_id: String,
-    /// Keystone's audit id (identifies the token in logs without revealing it).
-    pub audit_id: String,
-    /// The audit id of the first token of the chain this one was got from
-    /// (`None` for a token got with a password).
-    pub audit_chain_id: Option<String>,
-    /// The authentication methods behind the token (`password`, `token`).
-    pub methods: Vec<String>,
-    /// Issue time, `…T…​.ffffffZ`.
-    pub issued_at: String,
-    /// Expiry time, `…T….ffffffZ`.
-    pub expires_at: String,
-    /// Expiry time, Unix seconds.
-    pub expires_unix: i64,
-}
-
-impl TokenRecord {
-    /// Keystone's `audit_ids`: the token's own id, then its chain's id when
-    /// it was got from another token.
-    pub fn audit_ids(&self) -> Vec<&str> {
-        std::iter::once(self.audit_id.as_str())
-            .chain(self.audit_chain_id.as_deref())
-            .collect()
-    }
-}
+pub use super::model::TokenRecord;
 
 /// What a new token is got with.
 #[derive(Debug, Clone, Copy)]
@@ -147,45 +118,9 @@ pub fn rescope(
 fn store(conn: &Connection, rec: TokenRecord) -> rusqlite::Result<(String, TokenRecord)> {
     let token = format!("nubo{}", random_hex::<32>());
     // Forget long-expired tokens while we are here (cheap with few rows).
-    conn.execute(
-        "DELETE FROM tokens WHERE expires_unix < ?1",
-        params![Utc::now().timestamp() - 86_400],
-    )?;
-    let methods = serde_json::to_string(&rec.methods)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    conn.execute(
-        "INSERT INTO tokens (hash, user_id, project_id, audit_id, audit_chain_id, methods, \
-         issued_at, expires_at, expires_unix) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            digest(&token),
-            rec.user_id,
-            rec.project_id,
-            rec.audit_id,
-            rec.audit_chain_id,
-            methods,
-            rec.issued_at,
-            rec.expires_at,
-            rec.expires_unix
-        ],
-    )?;
+    store::forget_tokens_expired_before(conn, Utc::now().timestamp() - 86_400)?;
+    store::insert_token(conn, &digest(&token), &rec)?;
     Ok((token, rec))
-}
-
-fn record_row(r: &Row<'_>) -> rusqlite::Result<(TokenRecord, String)> {
-    let methods: String = r.get(5)?;
-    Ok((
-        TokenRecord {
-            user_id: r.get(0)?,
-            project_id: r.get(1)?,
-            audit_id: r.get(2)?,
-            audit_chain_id: r.get(3)?,
-            methods: serde_json::from_str(&methods).unwrap_or_else(|_| vec!["password".into()]),
-            issued_at: r.get(6)?,
-            expires_at: r.get(7)?,
-            expires_unix: r.get(8)?,
-        },
-        r.get(4)?,
-    ))
 }
 
 /// The caller behind `token`, if it is known, unexpired, unrevoked, and its
@@ -194,29 +129,14 @@ pub fn validate(
     conn: &Connection,
     token: &str,
 ) -> rusqlite::Result<Option<(AuthContext, TokenRecord)>> {
-    let row = conn
-        .query_row(
-            "SELECT t.user_id, t.project_id, t.audit_id, t.audit_chain_id, u.name, t.methods, \
-             t.issued_at, t.expires_at, t.expires_unix \
-             FROM tokens t JOIN users u ON u.id = t.user_id \
-             WHERE t.hash = ?1 AND t.revoked = 0 AND t.expires_unix > ?2 AND u.enabled = 1",
-            params![digest(token), Utc::now().timestamp()],
-            record_row,
-        )
-        .optional()?;
+    let row = store::live_token(conn, &digest(token), Utc::now().timestamp())?;
     let Some((rec, user_name)) = row else {
         return Ok(None);
     };
     let (project_name, roles) = if rec.project_id.is_empty() {
         (String::new(), Vec::new())
     } else {
-        let name: Option<String> = conn
-            .query_row(
-                "SELECT name FROM projects WHERE id = ?1 AND enabled = 1",
-                params![rec.project_id],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let name = store::enabled_project_name(conn, &rec.project_id)?;
         let Some(name) = name else { return Ok(None) };
         let roles: Vec<String> = roles_on(conn, &rec.user_id, &rec.project_id)?
             .into_iter()
@@ -239,37 +159,14 @@ pub fn validate(
     )))
 }
 
-/// Revokes the live tokens that match `condition` (SQL over `tokens`).
-/// Returns how many there were.
-fn revoke_where(
-    conn: &Connection,
-    condition: &str,
-    args: impl rusqlite::Params,
-) -> rusqlite::Result<usize> {
-    conn.execute(
-        &format!("UPDATE tokens SET revoked = 1 WHERE revoked = 0 AND ({condition})"),
-        args,
-    )
-}
-
 /// Revokes `token` and every token got from it (its audit chain, when it
 /// is the first of one). Returns whether it was a live token.
 pub fn revoke(conn: &Connection, token: &str) -> rusqlite::Result<bool> {
-    let audit_id: Option<String> = conn
-        .query_row(
-            "SELECT audit_id FROM tokens WHERE hash = ?1 AND revoked = 0",
-            params![digest(token)],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let audit_id = store::live_token_audit_id(conn, &digest(token))?;
     let Some(audit_id) = audit_id else {
         return Ok(false);
     };
-    let n = revoke_where(
-        conn,
-        "audit_id = ?1 OR audit_chain_id = ?1",
-        params![audit_id],
-    )?;
+    let n = store::revoke_tokens(conn, store::Revoke::Chain(&audit_id))?;
     tracing::info!(audit_id = %audit_id, tokens = n, "token revoked with its chain");
     Ok(true)
 }
@@ -277,7 +174,7 @@ pub fn revoke(conn: &Connection, token: &str) -> rusqlite::Result<bool> {
 /// Revokes every token of `user_id` (a new password, the user disabled or
 /// deleted). Returns how many were live.
 pub fn revoke_user(conn: &Connection, user_id: &str) -> rusqlite::Result<usize> {
-    let n = revoke_where(conn, "user_id = ?1", params![user_id])?;
+    let n = store::revoke_tokens(conn, store::Revoke::User(user_id))?;
     tracing::info!(user = %user_id, tokens = n, "tokens of the user revoked");
     Ok(n)
 }
@@ -285,7 +182,7 @@ pub fn revoke_user(conn: &Connection, user_id: &str) -> rusqlite::Result<usize> 
 /// Revokes every token scoped to `project_id` (the project disabled or
 /// deleted). Returns how many were live.
 pub fn revoke_project(conn: &Connection, project_id: &str) -> rusqlite::Result<usize> {
-    let n = revoke_where(conn, "project_id = ?1", params![project_id])?;
+    let n = store::revoke_tokens(conn, store::Revoke::Project(project_id))?;
     tracing::info!(project = %project_id, tokens = n, "tokens scoped to the project revoked");
     Ok(n)
 }
@@ -297,11 +194,7 @@ pub fn revoke_user_on_project(
     user_id: &str,
     project_id: &str,
 ) -> rusqlite::Result<usize> {
-    let n = revoke_where(
-        conn,
-        "user_id = ?1 AND project_id = ?2",
-        params![user_id, project_id],
-    )?;
+    let n = store::revoke_tokens(conn, store::Revoke::UserOnProject(user_id, project_id))?;
     tracing::info!(user = %user_id, project = %project_id, tokens = n, "tokens of the user on the project revoked");
     Ok(n)
 }
@@ -309,12 +202,7 @@ pub fn revoke_user_on_project(
 /// Revokes the tokens of every user on every project where they hold
 /// `role_id` (the role is about to be deleted). Returns how many were live.
 pub fn revoke_role(conn: &Connection, role_id: &str) -> rusqlite::Result<usize> {
-    let n = revoke_where(
-        conn,
-        "EXISTS (SELECT 1 FROM role_assignments a WHERE a.role_id = ?1 \
-         AND a.user_id = tokens.user_id AND a.project_id = tokens.project_id)",
-        params![role_id],
-    )?;
+    let n = store::revoke_tokens(conn, store::Revoke::Role(role_id))?;
     tracing::info!(role = %role_id, tokens = n, "tokens of the role's holders revoked");
     Ok(n)
 }

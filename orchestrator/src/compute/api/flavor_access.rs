@@ -3,20 +3,21 @@
 //! (`openstack flavor create --private --project`, `flavor set --project`,
 //! `flavor unset --project`, and the `access_project_ids` of `flavor show`).
 //! Who sees which flavor is decided in `compute` with
-//! [`crate::compute::flavor_access::may_use`].
+//! [`crate::compute::service::may_use_flavor`].
 
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 use serde_json::{json, Map, Value};
 
-use super::compute::{get_flavor, require_admin};
-use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, ProjectAuth};
-use super::AppState;
-use crate::compute::flavor_access;
 use crate::compute::model::Flavor;
+use crate::compute::service::get_flavor;
+use crate::compute::store;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{JsonBody, ProjectAuth};
+use crate::http::policy::require_admin_for as require_admin;
+use crate::http::AppState;
 
 /// The flavor access routes, relative to `/compute` (merged into the
 /// compute router).
@@ -28,7 +29,7 @@ pub fn router() -> Router<AppState> {
 
 /// `{"flavor_access": [{"flavor_id", "tenant_id"}, ...]}`.
 fn access_json(conn: &Connection, flavor_id: &str) -> ApiResult<Value> {
-    let list: Vec<Value> = flavor_access::projects(conn, flavor_id)?
+    let list: Vec<Value> = store::flavor_projects(conn, flavor_id)?
         .into_iter()
         .map(|p| json!({ "flavor_id": flavor_id, "tenant_id": p }))
         .collect();
@@ -67,16 +68,9 @@ fn tenant_of(action: &str, arg: &Value) -> ApiResult<String> {
 
 /// 400 unless `project` is a project (Nova asks Keystone the same).
 fn check_project(conn: &Connection, project: &str) -> ApiResult<()> {
-    let found: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM projects WHERE id = ?1",
-            params![project],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match found {
-        Some(_) => Ok(()),
-        None => Err(ApiError::bad_request(format!(
+    match crate::identity::service::project_exists(conn, project)? {
+        true => Ok(()),
+        false => Err(ApiError::bad_request(format!(
             "Project ID {project} is not a valid project."
         ))),
     }
@@ -127,7 +121,7 @@ fn grant(conn: &Connection, flavor: &Flavor, tenant: &str) -> ApiResult<()> {
     if flavor.is_public {
         return Err(ApiError::conflict("Can not add access to a public flavor."));
     }
-    if !flavor_access::add(conn, &flavor.id, tenant)? {
+    if !store::add_flavor_project(conn, &flavor.id, tenant)? {
         return Err(ApiError::conflict(format!(
             "Flavor access already exists for flavor {} and project {tenant} combination.",
             flavor.id
@@ -139,7 +133,7 @@ fn grant(conn: &Connection, flavor: &Flavor, tenant: &str) -> ApiResult<()> {
 
 /// `removeTenantAccess`: 404 for a grant that does not exist.
 fn take_back(conn: &Connection, flavor: &Flavor, tenant: &str) -> ApiResult<()> {
-    if !flavor_access::remove(conn, &flavor.id, tenant)? {
+    if !store::remove_flavor_project(conn, &flavor.id, tenant)? {
         return Err(ApiError::not_found(format!(
             "Flavor access not found for {} / {tenant} combination.",
             flavor.id

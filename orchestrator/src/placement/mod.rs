@@ -1,9 +1,14 @@
 //! Placement with overcommit: the host's inventory of vCPUs, memory and disk,
 //! capacity = (total − reserved) × allocation ratio, and allocations claimed
 //! atomically (one SQLite transaction checks usage and inserts the claim, so
-//! concurrent creates cannot both take the last slot).
+//! concurrent creates cannot both take the last slot). Shared by the
+//! services: compute claims VCPU, MEMORY_MB and DISK_GB for servers; a
+//! volume service claims DISK_GB the same way. Its SQL (the `allocations`
+//! table) is in [`store`].
 
-use rusqlite::{params, Connection, TransactionBehavior};
+pub mod store;
+
+use rusqlite::{Connection, TransactionBehavior};
 
 use crate::config::Overcommit;
 
@@ -121,21 +126,6 @@ pub enum ClaimError {
     Db(#[from] rusqlite::Error),
 }
 
-/// Current usage of every class.
-pub fn usage(conn: &Connection) -> rusqlite::Result<Request> {
-    conn.query_row(
-        "SELECT coalesce(sum(vcpus),0), coalesce(sum(memory_mb),0), coalesce(sum(disk_gb),0) FROM allocations",
-        [],
-        |r| {
-            Ok(Request {
-                vcpus: r.get::<_, i64>(0)? as u64,
-                memory_mb: r.get::<_, i64>(1)? as u64,
-                disk_gb: r.get::<_, i64>(2)? as u64,
-            })
-        },
-    )
-}
-
 /// Claims `req` for `consumer` if it fits; idempotent for the same consumer.
 pub fn claim(
     conn: &mut Connection,
@@ -144,15 +134,10 @@ pub fn claim(
     cap: Capacity,
 ) -> Result<(), ClaimError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let existing: i64 = tx.query_row(
-        "SELECT count(*) FROM allocations WHERE consumer_id = ?1",
-        params![consumer],
-        |r| r.get(0),
-    )?;
-    if existing > 0 {
+    if store::has_claim(&tx, consumer)? {
         return Ok(());
     }
-    let used = usage(&tx)?;
+    let used = store::usage(&tx)?;
     let mut short = Vec::new();
     if used.vcpus + req.vcpus > cap.vcpus {
         short.push(format!(
@@ -175,27 +160,12 @@ pub fn claim(
     if !short.is_empty() {
         return Err(ClaimError::NoValidHost(short.join("; ")));
     }
-    tx.execute(
-        "INSERT INTO allocations (consumer_id, vcpus, memory_mb, disk_gb) VALUES (?1, ?2, ?3, ?4)",
-        params![
-            consumer,
-            req.vcpus as i64,
-            req.memory_mb as i64,
-            req.disk_gb as i64
-        ],
-    )?;
+    store::insert_claim(&tx, consumer, req)?;
     tx.commit()?;
     Ok(())
 }
 
-/// Releases `consumer`'s allocation (no-op if it has none).
-pub fn release(conn: &Connection, consumer: &str) -> rusqlite::Result<()> {
-    conn.execute(
-        "DELETE FROM allocations WHERE consumer_id = ?1",
-        params![consumer],
-    )?;
-    Ok(())
-}
+pub use store::{release, usage};
 
 #[cfg(test)]
 mod tests {

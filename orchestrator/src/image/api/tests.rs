@@ -1,6 +1,11 @@
 //! Tests of the Image v2 API.
 
-use super::*;
+use serde_json::{json, Value};
+
+use crate::identity::AuthContext;
+use crate::image::api::list::parse_sort;
+use crate::image::service::{lookup_visible, patch_key};
+use tokio::io::AsyncReadExt;
 
 #[test]
 fn patch_paths_decode_to_one_key() {
@@ -41,221 +46,18 @@ fn sort_parameters() {
 
 // ------------------------------------------------------------ over HTTP
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use md5::{Digest, Md5};
 use tokio::io::AsyncWriteExt;
 
-use crate::config::Config;
-use crate::db::Db;
-use crate::identity::{bootstrap, token};
-use crate::image_store::ImageStore;
-
-struct Server {
-    addr: SocketAddr,
-    db: Db,
-    dir: tempfile::TempDir,
-    admin: String,
-    admin_project: String,
-    /// Member of another project.
-    alice: String,
-    /// Reader on the admin project.
-    rita: String,
-}
-
-struct Resp {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-fn add_user(conn: &Connection, name: &str, project: &str, role: &str) -> String {
-    let user = crate::util::new_hex_id();
-    conn.execute(
-        "INSERT INTO users (id, name, domain_id) VALUES (?1, ?2, 'default')",
-        params![user, name],
-    )
-    .unwrap();
-    conn.execute(
-        "INSERT INTO role_assignments (user_id, project_id, role_id) \
-         SELECT ?1, ?2, id FROM roles WHERE name = ?3",
-        params![user, project, role],
-    )
-    .unwrap();
-    token::issue(conn, &user, project, Duration::from_secs(3600))
-        .unwrap()
-        .0
-}
+use crate::api_test::{self, Resp, Server};
 
 async fn start(max_image_size: u64) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_in_memory().unwrap();
-    let (admin, admin_project, alice, rita) = {
-        let conn = db.lock();
-        bootstrap::seed(&conn, "pw").unwrap();
-        let (user, project): (String, String) = conn
-            .query_row(
-                "SELECT id, default_project_id FROM users WHERE name = 'admin'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
-        let admin = token::issue(&conn, &user, &project, Duration::from_secs(3600))
-            .unwrap()
-            .0;
-        conn.execute(
-            "INSERT INTO projects (id, name, domain_id) VALUES ('other', 'other', 'default')",
-            [],
-        )
-        .unwrap();
-        let alice = add_user(&conn, "alice", "other", "member");
-        let rita = add_user(&conn, "rita", &project, "reader");
-        (admin, project, alice, rita)
-    };
-    let cfg = Arc::new(Config {
-        state_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        public_url: None,
-        vmm_binary: dir.path().join("no-vmm"),
-        default_kernel: None,
-        default_initrd: None,
-        default_cmdline: String::new(),
-        token_ttl: Duration::from_secs(3600),
-        shutdown_timeout: Duration::from_secs(1),
-        max_image_size,
-        overcommit: Default::default(),
-        quotas: Default::default(),
-        admin_password: None,
-        vmm_uid_base: None,
-    });
-    let images = Arc::new(ImageStore::new(dir.path().join("images"), max_image_size).unwrap());
-    let agent =
-        crate::agent::Agent::new(dir.path().join("no-vmm"), dir.path().join("instances")).unwrap();
-    let state = AppState {
-        db: db.clone(),
-        cfg: cfg.clone(),
-        images: Arc::clone(&images),
-        compute: crate::compute::Compute::new(db.clone(), cfg, Arc::new(agent), images),
-    };
-    let app = crate::api::router(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Server {
-        addr,
-        db,
-        dir,
-        admin,
-        admin_project,
-        alice,
-        rita,
-    }
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(nl) = data.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size_str = String::from_utf8_lossy(&data[..nl]);
-        let size =
-            usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap_or(0);
-        if size == 0 {
-            return out;
-        }
-        data = &data[nl + 2..];
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
+    api_test::start("/image", max_image_size).await
 }
 
 impl Server {
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        ctype: Option<&str>,
-        body: &[u8],
-    ) -> Resp {
-        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let mut head = format!(
-            "{method} /image{path} HTTP/1.1\r\nHost: {}\r\nX-Auth-Token: {token}\r\n\
-             Connection: close\r\nContent-Length: {}\r\n",
-            self.addr,
-            body.len()
-        );
-        if let Some(c) = ctype {
-            head.push_str(&format!("Content-Type: {c}\r\n"));
-        }
-        head.push_str("\r\n");
-        let mut req = head.into_bytes();
-        req.extend_from_slice(body);
-        // The server may answer (and close) before reading a refused body.
-        let _ = s.write_all(&req).await;
-        let mut raw = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
-            }
-        }
-        let end = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("no response to {method} {path}"));
-        let head = String::from_utf8_lossy(&raw[..end]).to_string();
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers: HashMap<String, String> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        let mut body = raw[end + 4..].to_vec();
-        if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
-            body = dechunk(&body);
-        }
-        Resp {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    async fn get(&self, path: &str, token: &str) -> Resp {
-        self.call("GET", path, token, None, b"").await
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
-        self.call(
-            "POST",
-            path,
-            token,
-            Some("application/json"),
-            body.to_string().as_bytes(),
-        )
-        .await
-    }
-
     async fn patch(&self, path: &str, token: &str, ops: Value) -> Resp {
         self.call(
             "PATCH",

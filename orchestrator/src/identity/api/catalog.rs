@@ -1,7 +1,7 @@
 //! Identity v3, the service catalog as resources: services, endpoints and
 //! regions (`openstack service list`, `endpoint list`, `region list`). They
 //! are read-only views of the catalog every token carries
-//! ([`discovery::catalog`]); this daemon serves one fixed set.
+//! ([`catalog::catalog`]); this daemon serves one fixed set.
 
 use axum::extract::{Path, Query};
 use axum::routing::get;
@@ -9,11 +9,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::discovery;
-use super::error::{ApiError, ApiResult};
-use super::extract::{Auth, BaseUrl};
-use super::identity::{links, require_admin};
-use super::AppState;
+use crate::http::catalog;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{Auth, BaseUrl};
+use crate::http::policy::require_admin;
+use crate::http::AppState;
+use crate::identity::model::links;
 
 /// The region every endpoint is in.
 const REGION: &str = "RegionOne";
@@ -30,7 +31,7 @@ pub fn router() -> Router<AppState> {
 }
 
 fn catalog_entries(base: &str) -> Vec<Value> {
-    match discovery::catalog(base) {
+    match catalog::catalog(base) {
         Value::Array(entries) => entries,
         _ => Vec::new(),
     }

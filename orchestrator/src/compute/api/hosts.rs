@@ -11,11 +11,12 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::compute::require_admin;
-use super::error::{ApiError, ApiResult};
-use super::extract::ProjectAuth;
-use super::AppState;
-use crate::compute::{host_name, scheduler};
+use crate::compute::host_name;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::ProjectAuth;
+use crate::http::policy::require_admin_for as require_admin;
+use crate::http::AppState;
+use crate::placement;
 use crate::util::now_iso;
 
 /// The hypervisor's (and the compute service's) id.
@@ -37,20 +38,16 @@ pub fn router() -> Router<AppState> {
 
 /// What is allocated on the host, and how busy it is.
 struct Usage {
-    alloc: scheduler::Request,
+    alloc: placement::Request,
     running_vms: u64,
     workload: u64,
 }
 
 fn usage(conn: &Connection) -> ApiResult<Usage> {
-    let alloc = scheduler::usage(conn)?;
-    let running_vms: i64 = conn.query_row("SELECT count(*) FROM allocations", [], |r| r.get(0))?;
+    let alloc = placement::usage(conn)?;
+    let running_vms = placement::store::count_allocations(conn)?;
     // Nova's current_workload: instances with a task in progress.
-    let workload: i64 = conn.query_row(
-        "SELECT count(*) FROM servers WHERE task_state IS NOT NULL",
-        [],
-        |r| r.get(0),
-    )?;
+    let workload = crate::compute::store::count_busy_servers(conn)?;
     Ok(Usage {
         alloc,
         running_vms: running_vms.max(0) as u64,
@@ -120,7 +117,7 @@ fn hypervisor_detail(st: &AppState, u: &Usage) -> Value {
             "local_gb": inv.disk_gb,
             "local_gb_used": u.alloc.disk_gb,
             "free_disk_gb": inv.disk_gb as i64 - u.alloc.disk_gb as i64,
-            "disk_available_least": scheduler::fs_gb(&st.cfg.state_dir).map(|f| f.free).unwrap_or(0),
+            "disk_available_least": placement::fs_gb(&st.cfg.state_dir).map(|f| f.free).unwrap_or(0),
             "running_vms": u.running_vms,
             "current_workload": u.workload,
             "cpu_info": cpu_info(inv.vcpus),

@@ -79,39 +79,3 @@ pub async fn image_versions(BaseUrl(base): BaseUrl) -> impl IntoResponse {
         Json(json!({ "versions": [v("v2.9", "CURRENT"), v("v2.0", "SUPPORTED")] })),
     )
 }
-
-/// `GET /`: where each service lives.
-pub async fn root(BaseUrl(base): BaseUrl) -> Json<Value> {
-    Json(json!({
-        "name": "nubo",
-        "services": {
-            "identity": format!("{base}/identity/v3"),
-            "compute": format!("{base}/compute/v2.1"),
-            "image": format!("{base}/image"),
-        }
-    }))
-}
-
-/// The service catalog carried in every token.
-pub fn catalog(base: &str) -> Value {
-    let entry = |ty: &str, name: &str, url: String| {
-        let endpoints: Vec<Value> = ["public", "internal", "admin"]
-            .iter()
-            .map(|iface| {
-                json!({
-                    "id": format!("{name}-{iface}"),
-                    "interface": iface,
-                    "region": "RegionOne",
-                    "region_id": "RegionOne",
-                    "url": url,
-                })
-            })
-            .collect();
-        json!({ "id": name, "type": ty, "name": name, "endpoints": endpoints })
-    };
-    json!([
-        entry("identity", "keystone", format!("{base}/identity/v3")),
-        entry("compute", "nova", format!("{base}/compute/v2.1")),
-        entry("image", "glance", format!("{base}/image")),
-    ])
-}

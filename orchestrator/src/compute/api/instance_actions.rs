@@ -5,15 +5,15 @@
 
 use axum::extract::{Path, State};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::compute::visible_server;
-use super::error::{ApiError, ApiResult};
-use super::extract::ProjectAuth;
-use super::{AppState, RequestId};
-use crate::compute::actions::{self, Action, Requester};
-use crate::identity::AuthContext;
+use crate::compute::model::Action;
+use crate::compute::service::visible_server;
+use crate::compute::store;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::ProjectAuth;
+use crate::http::AppState;
 
 /// The routes, relative to `/compute` (merged into the compute router).
 pub fn router() -> Router<AppState> {
@@ -23,20 +23,6 @@ pub fn router() -> Router<AppState> {
             "/v2.1/servers/{id}/os-instance-actions/{request_id}",
             get(show_action),
         )
-}
-
-/// Who is asking, for [`actions::record`]; a request without a
-/// [`RequestId`] (only possible outside the full router) is recorded as
-/// `req-unknown`.
-pub fn requester<'a>(ctx: &'a AuthContext, rid: &'a Option<Extension<RequestId>>) -> Requester<'a> {
-    Requester {
-        request_id: rid
-            .as_ref()
-            .map(|Extension(r)| r.0.as_str())
-            .unwrap_or("req-unknown"),
-        project_id: &ctx.project_id,
-        user_id: &ctx.user_id,
-    }
 }
 
 fn action_json(a: &Action) -> Value {
@@ -58,7 +44,10 @@ async fn list_actions(
 ) -> ApiResult<Json<Value>> {
     let conn = st.db.lock();
     visible_server(&conn, &ctx, &id)?;
-    let list: Vec<Value> = actions::list(&conn, &id)?.iter().map(action_json).collect();
+    let list: Vec<Value> = store::list_actions(&conn, &id)?
+        .iter()
+        .map(action_json)
+        .collect();
     Ok(Json(json!({ "instanceActions": list })))
 }
 
@@ -69,7 +58,7 @@ async fn show_action(
 ) -> ApiResult<Json<Value>> {
     let conn = st.db.lock();
     visible_server(&conn, &ctx, &id)?;
-    let a = actions::list(&conn, &id)?
+    let a = store::list_actions(&conn, &id)?
         .into_iter()
         .find(|a| a.request_id == request_id)
         .ok_or_else(|| {

@@ -1,0 +1,244 @@
+//! The in-process API test harness every service's `api/tests.rs` uses:
+//! the whole router on a local port, a seeded identity (admin, a member of
+//! another project, a reader), and one small HTTP client.
+
+use rusqlite::{params, Connection};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::http::AppState;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::identity::{bootstrap, token};
+use crate::image::files::ImageStore;
+
+/// A daemon serving the whole API in-process (no VMM: the agent points at
+/// a missing binary), with its users' tokens.
+pub(crate) struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its state database.
+    pub db: Db,
+    /// Its state directory.
+    pub dir: tempfile::TempDir,
+    /// The service prefix [`Server::call`] puts before paths (`/image`).
+    pub prefix: &'static str,
+    /// The admin's token (admin project).
+    pub admin: String,
+    /// The admin project's id.
+    pub admin_project: String,
+    /// Member of another project (`other`).
+    pub alice: String,
+    /// Reader on the admin project.
+    pub rita: String,
+}
+
+/// An answer.
+pub(crate) struct Resp {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers, names lowercased.
+    pub headers: HashMap<String, String>,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    /// The body as JSON (panics if it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// Adds a user with `role` on `project`; returns its token.
+pub(crate) fn add_user(conn: &Connection, name: &str, project: &str, role: &str) -> String {
+    let user = crate::util::new_hex_id();
+    conn.execute(
+        "INSERT INTO users (id, name, domain_id) VALUES (?1, ?2, 'default')",
+        params![user, name],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO role_assignments (user_id, project_id, role_id) \
+         SELECT ?1, ?2, id FROM roles WHERE name = ?3",
+        params![user, project, role],
+    )
+    .unwrap();
+    token::issue(conn, &user, project, Duration::from_secs(3600))
+        .unwrap()
+        .0
+}
+
+/// Starts the API; [`Server::call`] puts `prefix` before paths.
+pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_in_memory().unwrap();
+    let (admin, admin_project, alice, rita) = {
+        let conn = db.lock();
+        bootstrap::seed(&conn, "pw").unwrap();
+        let (user, project): (String, String) = conn
+            .query_row(
+                "SELECT id, default_project_id FROM users WHERE name = 'admin'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let admin = token::issue(&conn, &user, &project, Duration::from_secs(3600))
+            .unwrap()
+            .0;
+        conn.execute(
+            "INSERT INTO projects (id, name, domain_id) VALUES ('other', 'other', 'default')",
+            [],
+        )
+        .unwrap();
+        let alice = add_user(&conn, "alice", "other", "member");
+        let rita = add_user(&conn, "rita", &project, "reader");
+        (admin, project, alice, rita)
+    };
+    let cfg = Arc::new(Config {
+        state_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        public_url: None,
+        vmm_binary: dir.path().join("no-vmm"),
+        default_kernel: None,
+        default_initrd: None,
+        default_cmdline: String::new(),
+        token_ttl: Duration::from_secs(3600),
+        shutdown_timeout: Duration::from_secs(1),
+        max_image_size,
+        overcommit: Default::default(),
+        quotas: Default::default(),
+        admin_password: None,
+        vmm_uid_base: None,
+    });
+    let images = Arc::new(ImageStore::new(dir.path().join("images"), max_image_size).unwrap());
+    let agent =
+        crate::agent::Agent::new(dir.path().join("no-vmm"), dir.path().join("instances")).unwrap();
+    let state = AppState {
+        db: db.clone(),
+        cfg: cfg.clone(),
+        images: Arc::clone(&images),
+        compute: crate::compute::Compute::new(db.clone(), cfg, Arc::new(agent), images),
+    };
+    let app = crate::http::router::router(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Server {
+        addr,
+        db,
+        dir,
+        prefix,
+        admin,
+        admin_project,
+        alice,
+        rita,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(nl) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size_str = String::from_utf8_lossy(&data[..nl]);
+        let size =
+            usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        data = &data[nl + 2..];
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+impl Server {
+    /// Sends one request (`path` after the service prefix) and reads the
+    /// whole answer.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        ctype: Option<&str>,
+        body: &[u8],
+    ) -> Resp {
+        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let mut head = format!(
+            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nX-Auth-Token: {token}\r\n\
+             Connection: close\r\nContent-Length: {}\r\n",
+            self.prefix,
+            self.addr,
+            body.len()
+        );
+        if let Some(c) = ctype {
+            head.push_str(&format!("Content-Type: {c}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut req = head.into_bytes();
+        req.extend_from_slice(body);
+        // The server may answer (and close) before reading a refused body.
+        let _ = s.write_all(&req).await;
+        let mut raw = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no response to {method} {path}"));
+        let head = String::from_utf8_lossy(&raw[..end]).to_string();
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers: HashMap<String, String> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let mut body = raw[end + 4..].to_vec();
+        if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
+            body = dechunk(&body);
+        }
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// `GET`.
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.call("GET", path, token, None, b"").await
+    }
+
+    /// `POST` with a JSON body.
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.call(
+            "POST",
+            path,
+            token,
+            Some("application/json"),
+            body.to_string().as_bytes(),
+        )
+        .await
+    }
+}

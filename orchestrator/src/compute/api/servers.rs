@@ -1,0 +1,497 @@
+//! `/v2.1/servers`: list, show, create and delete.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::common::*;
+use crate::compute::model::Server;
+use crate::compute::service::{self, usable_flavor, visible_server};
+use crate::compute::{lifecycle, store};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{BaseUrl, JsonBody, ProjectAuth};
+use crate::http::{AppState, RequestId};
+use crate::identity::AuthContext;
+
+pub(crate) async fn show_server(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    BaseUrl(base): BaseUrl,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let conn = st.db.lock();
+    let s = visible_server(&conn, &ctx, &id)?;
+    Ok(Json(json!({ "server": s.to_json(&base, ctx.is_admin()) })))
+}
+
+/// Nova's server sort keys this store can sort by, with their columns.
+const SERVER_SORT_COLUMNS: &[(&str, &str)] = &[
+    ("created_at", "created_at"),
+    ("updated_at", "updated_at"),
+    ("launched_at", "launched_at"),
+    ("display_name", "name"),
+    ("uuid", "id"),
+    ("project_id", "project_id"),
+    ("user_id", "user_id"),
+    ("image_ref", "image_id"),
+    ("instance_type_id", "flavor_id"),
+    ("vm_state", "status"),
+    ("task_state", "task_state"),
+    ("power_state", "power_state"),
+    ("host", "host"),
+    ("node", "host"),
+];
+
+/// Sort keys Nova accepts that mean nothing here (no such data): accepted,
+/// and the default order is used.
+const SERVER_SORT_IGNORED: &[&str] = &[
+    "access_ip_v4",
+    "access_ip_v6",
+    "auto_disk_config",
+    "availability_zone",
+    "config_drive",
+    "display_description",
+    "hostname",
+    "kernel_id",
+    "key_name",
+    "launch_index",
+    "locked_by",
+    "progress",
+    "ramdisk_id",
+    "root_device_name",
+    "terminated_at",
+];
+
+/// The `ORDER BY` column and direction from `sort_key` and `sort_dir`
+/// (default `created_at desc`); unknown keys or directions are 400, as in
+/// Nova (a key such as `password` must never become SQL).
+pub(crate) fn server_sort(q: &HashMap<String, String>) -> ApiResult<(&'static str, &'static str)> {
+    let dir = match q.get("sort_dir").map(String::as_str) {
+        None | Some("desc") => "DESC",
+        Some("asc") => "ASC",
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid input for query parameters sort_dir. Value: {other}. \
+                 It must be asc or desc."
+            )))
+        }
+    };
+    let column = match q.get("sort_key").map(String::as_str) {
+        None => "created_at",
+        Some(key) => match SERVER_SORT_COLUMNS.iter().find(|(k, _)| *k == key) {
+            Some((_, col)) => col,
+            None if SERVER_SORT_IGNORED.contains(&key) => "created_at",
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid input for query parameters sort_key. Value: {key}. \
+                     It is not a sort key servers can be sorted by."
+                )))
+            }
+        },
+    };
+    Ok((column, dir))
+}
+
+/// Nova's default and largest page (`max_limit`).
+const MAX_PAGE: usize = 1000;
+
+pub(crate) async fn list_servers(
+    st: &AppState,
+    ctx: &AuthContext,
+    base: &str,
+    q: &HashMap<String, String>,
+    detail: bool,
+) -> ApiResult<Response> {
+    let all_tenants = ctx.is_admin()
+        && q.get("all_tenants")
+            .is_some_and(|v| !matches!(v.as_str(), "0" | "false" | "False"));
+    let filter = store::ServerFilter {
+        project_id: if !all_tenants {
+            Some(ctx.project_id.clone())
+        } else {
+            q.get("project_id").or_else(|| q.get("tenant_id")).cloned()
+        },
+        status: q.get("status").map(|s| s.to_ascii_uppercase()),
+        image_id: q.get("image").cloned(),
+        flavor_id: q.get("flavor").cloned(),
+        // Nova matches `name` as a regular expression; a substring match is
+        // the common case (clients then match exactly on their side).
+        name_contains: q.get("name").map(|n| n.replace(['^', '$'], "")),
+        order: server_sort(q)?,
+    };
+    let limit = non_negative_param(q, "limit")?.map_or(MAX_PAGE, |l| l.min(MAX_PAGE));
+    let mut servers: Vec<Server> = store::list_servers(&st.db.lock(), &filter)?;
+    if let Some(marker) = q.get("marker") {
+        let pos = servers
+            .iter()
+            .position(|s| &s.id == marker)
+            .ok_or_else(|| ApiError::bad_request(format!("marker [{marker}] not found")))?;
+        servers.drain(..=pos);
+    }
+    let more = servers.len() > limit;
+    servers.truncate(limit);
+    let admin = ctx.is_admin();
+    let mut next = None;
+    if more {
+        if let Some(last) = servers.last() {
+            let path = if detail { "servers/detail" } else { "servers" };
+            let mut qs: Vec<String> = q
+                .iter()
+                .filter(|(k, _)| k.as_str() != "marker" && k.as_str() != "limit")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            qs.push(format!("limit={limit}"));
+            qs.push(format!("marker={}", last.id));
+            next = Some(json!([{
+                "rel": "next",
+                "href": format!("{base}/compute/v2.1/{path}?{}", qs.join("&"))
+            }]));
+        }
+    }
+    // Serialize straight from borrowed views (no intermediate JSON tree);
+    // hostId is one hash per project, not per server.
+    let mut host_ids: HashMap<&str, String> = HashMap::new();
+    for s in &servers {
+        host_ids
+            .entry(s.project_id.as_str())
+            .or_insert_with(|| Server::host_id(&s.project_id));
+    }
+    let body = if detail {
+        let views: Vec<_> = servers
+            .iter()
+            .map(|s| s.view(base, admin, &host_ids[s.project_id.as_str()]))
+            .collect();
+        serde_json::to_vec(&ServersPage { servers: views, servers_links: next })
+    } else {
+        let briefs: Vec<Value> = servers
+            .iter()
+            .map(|s| json!({ "id": s.id, "name": s.name, "links": crate::compute::model::links(base, "servers", &s.id) }))
+            .collect();
+        serde_json::to_vec(&ServersPage { servers: briefs, servers_links: next })
+    }
+    .map_err(ApiError::internal)?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}
+
+/// `{"servers": [...], "servers_links": [...]}`.
+#[derive(serde::Serialize)]
+pub(crate) struct ServersPage<T> {
+    servers: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    servers_links: Option<Value>,
+}
+
+pub(crate) async fn list_servers_brief(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    BaseUrl(base): BaseUrl,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    list_servers(&st, &ctx, &base, &q, false).await
+}
+
+pub(crate) async fn list_servers_detail(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    BaseUrl(base): BaseUrl,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    list_servers(&st, &ctx, &base, &q, true).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateReq {
+    server: CreateFields,
+    #[serde(default, rename = "os:scheduler_hints")]
+    _hints: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateFields {
+    name: String,
+    #[serde(default, rename = "imageRef")]
+    image_ref: Option<String>,
+    #[serde(rename = "flavorRef")]
+    flavor_ref: Value,
+    #[serde(default)]
+    min_count: Option<Value>,
+    #[serde(default)]
+    max_count: Option<Value>,
+    #[serde(default)]
+    networks: Option<Value>,
+    #[serde(default)]
+    block_device_mapping_v2: Option<Vec<Value>>,
+    #[serde(default)]
+    metadata: Option<HashMap<String, String>>,
+    #[serde(default)]
+    key_name: Option<Value>,
+    #[serde(default)]
+    security_groups: Option<Value>,
+    #[serde(default)]
+    user_data: Option<Value>,
+    #[serde(default)]
+    availability_zone: Option<Value>,
+    #[serde(default)]
+    config_drive: Option<Value>,
+    #[serde(default, rename = "adminPass")]
+    _admin_pass: Option<Value>,
+    #[serde(default, rename = "OS-DCF:diskConfig")]
+    _disk_config: Option<Value>,
+    #[serde(default, rename = "accessIPv4")]
+    _ipv4: Option<Value>,
+    #[serde(default, rename = "accessIPv6")]
+    _ipv6: Option<Value>,
+    #[serde(default)]
+    return_reservation_id: Option<Value>,
+}
+
+/// The image to boot: `imageRef`, or the `boot_index: 0` image entry of
+/// `block_device_mapping_v2` (which the `openstack` CLI always sends).
+pub(crate) fn boot_image_id(f: &CreateFields) -> ApiResult<String> {
+    let mut from_bdm = None;
+    for bdm in f.block_device_mapping_v2.iter().flatten() {
+        let src = bdm.get("source_type").and_then(Value::as_str).unwrap_or("");
+        let dst = bdm
+            .get("destination_type")
+            .and_then(Value::as_str)
+            .unwrap_or("local");
+        let boot = bdm
+            .get("boot_index")
+            .map(|v| v.to_string().trim_matches('"').to_string());
+        if dst == "volume" || src == "volume" || src == "snapshot" {
+            return Err(ApiError::bad_request(
+                "block device mappings to volumes are not supported yet: boot from an image (destination_type local)",
+            ));
+        }
+        if src == "image" && boot.as_deref() == Some("0") {
+            from_bdm = bdm.get("uuid").and_then(Value::as_str).map(String::from);
+        }
+    }
+    match (f.image_ref.as_deref().filter(|s| !s.is_empty()), from_bdm) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::bad_request(
+            "imageRef and the boot block device mapping name different images",
+        )),
+        (Some(a), _) => Ok(a.to_string()),
+        (None, Some(b)) => Ok(b),
+        (None, None) => Err(ApiError::bad_request(
+            "an image is required (imageRef or a boot block device mapping)",
+        )),
+    }
+}
+
+pub(crate) fn count_field(name: &str, v: &Option<Value>) -> ApiResult<i64> {
+    match v {
+        None | Some(Value::Null) => Ok(1),
+        Some(v) => int_field(name, v, 1),
+    }
+}
+
+/// Most servers one request may create.
+const MAX_COUNT: i64 = 50;
+
+/// A create request, checked: everything the quota check, the insert and
+/// the builds need.
+struct CreateRequest {
+    name: String,
+    min_count: i64,
+    max_count: i64,
+    image_id: String,
+    flavor_id: String,
+    metadata: String,
+}
+
+/// Checks a create request's fields (400 on what is wrong or not
+/// implemented; fields nubo ignores are logged).
+fn validate(f: &CreateFields) -> ApiResult<CreateRequest> {
+    let name = checked_name("server", &f.name)?;
+    match &f.networks {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == "none" || s == "auto" => {}
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "networking is not available yet: create the server without networks (networks: [] or \"none\")",
+            ))
+        }
+    }
+    for (what, v) in [
+        ("key_name", &f.key_name),
+        ("user_data", &f.user_data),
+        ("config_drive", &f.config_drive),
+    ] {
+        if matches!(v, Some(x) if !x.is_null() && x != &Value::Bool(false) && x != &Value::String(String::new()))
+        {
+            tracing::info!(
+                field = what,
+                "ignoring a server field nubo does not implement yet"
+            );
+        }
+    }
+    if let Some(az) = f.availability_zone.as_ref().and_then(Value::as_str) {
+        if az != "nova" {
+            return Err(ApiError::bad_request(format!(
+                "The requested availability zone {az} is not available"
+            )));
+        }
+    }
+    if f.security_groups.is_some() {
+        tracing::debug!("security groups are ignored without networking");
+    }
+    let min_count = count_field("min_count", &f.min_count)?;
+    let max_count = match &f.max_count {
+        None | Some(Value::Null) => min_count,
+        Some(_) => count_field("max_count", &f.max_count)?,
+    };
+    if min_count > max_count {
+        return Err(ApiError::bad_request(format!(
+            "min_count ({min_count}) must be less than or equal to max_count ({max_count})"
+        )));
+    }
+    if max_count > MAX_COUNT {
+        return Err(ApiError::bad_request(format!(
+            "max_count may be at most {MAX_COUNT}"
+        )));
+    }
+    let image_id = boot_image_id(f)?;
+    let flavor_id = match &f.flavor_ref {
+        Value::String(s) => s.rsplit('/').next().unwrap_or(s).to_string(),
+        Value::Number(n) => n.to_string(),
+        v => return Err(ApiError::bad_request(format!("invalid flavorRef {v}"))),
+    };
+    let metadata = serde_json::to_string(&f.metadata.clone().unwrap_or_default())
+        .map_err(ApiError::internal)?;
+    Ok(CreateRequest {
+        name,
+        min_count,
+        max_count,
+        image_id,
+        flavor_id,
+        metadata,
+    })
+}
+
+pub(crate) async fn create_server(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    BaseUrl(base): BaseUrl,
+    rid: Option<Extension<RequestId>>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<CreateReq>,
+) -> ApiResult<Response> {
+    check_microversion(&headers)?;
+    require_writer(&ctx)?;
+    let f = req.server;
+    let CreateRequest {
+        name,
+        min_count,
+        max_count,
+        image_id,
+        flavor_id,
+        metadata,
+    } = validate(&f)?;
+    // Quota and insert in one transaction, so concurrent creates cannot both
+    // take the last of the quota.
+    let ids = {
+        let mut conn = st.db.lock();
+        let flavor = usable_flavor(&conn, &ctx, &flavor_id)?.ok_or_else(|| {
+            ApiError::bad_request(format!("Flavor {flavor_id} could not be found."))
+        })?;
+        let image = crate::image::service::bootable(&conn, &ctx, &image_id)?;
+        service::check_flavor_fits_image(&flavor, &image)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let count = service::quota_count(
+            &tx,
+            &st.cfg.quotas,
+            &ctx.project_id,
+            &flavor,
+            min_count,
+            max_count,
+        )?;
+        let new = service::NewServers {
+            name: &name,
+            image_id: &image_id,
+            flavor: &flavor,
+            metadata: &metadata,
+            count,
+        };
+        let ids = service::insert_servers(&tx, &ctx, &requester(&ctx, &rid), &new)?;
+        tx.commit()?;
+        ids
+    };
+    service::spawn_builds(&st.compute, &ids, &image_id, &flavor_id);
+    let first = &ids[0].0;
+    let body = if f
+        .return_reservation_id
+        .as_ref()
+        .is_some_and(|v| v == &Value::Bool(true) || v == "True" || v == "true")
+    {
+        json!({ "reservation_id": format!("r-{}", &first[..8]) })
+    } else {
+        json!({ "server": {
+            "id": first,
+            "links": crate::compute::model::links(&base, "servers", first),
+            "OS-DCF:diskConfig": "MANUAL",
+            "security_groups": [{ "name": "default" }],
+            "adminPass": crate::identity::bootstrap::generate_password(),
+        } })
+    };
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("{base}/compute/v2.1/servers/{first}")) {
+        resp.headers_mut().insert("location", v);
+    }
+    Ok(resp)
+}
+
+pub(crate) async fn delete_server(
+    State(st): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    require_writer(&ctx)?;
+    {
+        let conn = st.db.lock();
+        let s = visible_server(&conn, &ctx, &id)?;
+        if s.task_state.as_deref() == Some("deleting") {
+            return Ok(StatusCode::NO_CONTENT);
+        }
+        store::mark_deleting(&conn, &id)?;
+    }
+    tracing::info!(server = %id, "server delete accepted");
+    tokio::spawn(lifecycle::delete(Arc::clone(&st.compute), id));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_sort_keys_are_checked() {
+        let q = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(server_sort(&q(&[])).ok(), Some(("created_at", "DESC")));
+        assert_eq!(
+            server_sort(&q(&[("sort_key", "display_name"), ("sort_dir", "asc")])).ok(),
+            Some(("name", "ASC"))
+        );
+        assert!(server_sort(&q(&[("sort_dir", "sideways")])).is_err());
+        assert!(server_sort(&q(&[("sort_key", "password")])).is_err());
+        assert!(server_sort(&q(&[("sort_key", "name; DROP TABLE servers")])).is_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! Quota's SQL: the `quotas` table and nothing else.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// The limit a project was given for `resource`, if any.
+pub fn hard_limit(
+    conn: &Connection,
+    project: &str,
+    resource: &str,
+) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT hard_limit FROM quotas WHERE project_id = ?1 AND resource = ?2",
+        params![project, resource],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Gives `project` the limit `limit` for `resource` (replacing any).
+pub fn set_hard_limit(
+    conn: &Connection,
+    project: &str,
+    resource: &str,
+    limit: i64,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO quotas (project_id, resource, hard_limit) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (project_id, resource) DO UPDATE SET hard_limit = excluded.hard_limit",
+        params![project, resource, limit],
+    )?;
+    Ok(())
+}
