@@ -43,10 +43,16 @@ pub trait BlockBackend: Send {
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), ImageError>;
 }
 
-/// Format of a disk image file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Format of a disk image file: the one disk-format type of the VMM (its CLI, API and
+/// embedding config) and the orchestrator (its VMM spec and boot disks). In text and JSON
+/// it is QEMU's name, `"raw"` or `"qcow2"`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     /// Flat image: disk byte `n` is file byte `n`.
+    #[default]
     Raw,
     /// QEMU copy-on-write version 2/3.
     Qcow2,
@@ -60,6 +66,39 @@ impl ImageFormat {
             ImageFormat::Qcow2 => "qcow2",
         }
     }
+}
+
+impl std::fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A format name that is neither `raw` nor `qcow2`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown image format {0:?} (raw or qcow2)")]
+pub struct UnknownImageFormat(pub String);
+
+impl std::str::FromStr for ImageFormat {
+    type Err = UnknownImageFormat;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "raw" => Ok(ImageFormat::Raw),
+            "qcow2" => Ok(ImageFormat::Qcow2),
+            other => Err(UnknownImageFormat(other.to_string())),
+        }
+    }
+}
+
+/// Checks an untrusted qcow2 image (an upload) without following anything it names: it
+/// must not name a backing file (refused before any other file is opened), its header and
+/// tables must be valid, and every allocated cluster must be readable by this library
+/// ([`Qcow2Image::check_clusters`]). Returns the virtual disk size.
+pub fn check_standalone_qcow2(path: &Path) -> Result<u64, ImageError> {
+    let mut image = Qcow2Image::open_standalone(path)?;
+    image.check_clusters()?;
+    Ok(image.size())
 }
 
 /// Opens the image at `path` in the given `format`.

@@ -1222,3 +1222,36 @@ fn bench_throughput() {
     drop(img);
     assert_check_clean(&ov);
 }
+
+#[test]
+fn standalone_check_refuses_backing_files_without_opening_them() {
+    let dir = TempDir::new("standalone");
+    let base = dir.path("base.raw");
+    std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
+    let ov = dir.path("overlay.qcow2");
+    create_qcow2_overlay(&ov, &base, ImageFormat::Raw).unwrap();
+    // The backing file is gone: a library that opened it would fail with a backing
+    // error; the standalone check refuses the image for naming it at all.
+    std::fs::remove_file(&base).unwrap();
+    let e = check_standalone_qcow2(&ov).unwrap_err();
+    assert!(
+        matches!(&e, ImageError::Unsupported(m) if m.contains("backing file")),
+        "{e}"
+    );
+    let plain = dir.path("plain.qcow2");
+    create_qcow2(&plain, 8 << 20).unwrap();
+    assert_eq!(check_standalone_qcow2(&plain).unwrap(), 8 << 20);
+    // Truncated after its metadata: a data cluster past the end is found.
+    let mut img = Qcow2Image::open(&plain, false).unwrap();
+    img.write_at(&[1u8; 4096], 4 << 20).unwrap();
+    img.flush().unwrap();
+    drop(img);
+    let len = std::fs::metadata(&plain).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&plain)
+        .unwrap();
+    f.set_len(len - (64 << 10)).unwrap();
+    let e = check_standalone_qcow2(&plain).unwrap_err();
+    assert!(e.to_string().contains("truncated"), "{e}");
+}

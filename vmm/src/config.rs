@@ -44,17 +44,9 @@ impl FromStr for SerialConfig {
     }
 }
 
-/// A disk image formats the VMM opens (never probed: a guest could write a
-/// qcow2 header into a raw disk).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskFormat {
-    /// A plain image.
-    #[default]
-    Raw,
-    /// qcow2 v3, possibly with a backing file.
-    Qcow2,
-}
+/// The format of a disk image the VMM opens (never probed: a guest could
+/// write a qcow2 header into a raw disk): the images crate's one type.
+pub use images::ImageFormat;
 
 /// One virtio-blk disk: `path=FILE[,readonly=on][,id=SERIAL][,format=raw|qcow2]`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -66,7 +58,7 @@ pub struct DiskConfig {
     /// Serial the guest reads with GET_ID (`/sys/block/vdX/serial`), at most 20 bytes.
     pub id: Option<String>,
     /// The image format.
-    pub format: DiskFormat,
+    pub format: ImageFormat,
 }
 
 impl FromStr for DiskConfig {
@@ -78,7 +70,7 @@ impl FromStr for DiskConfig {
             path: PathBuf::new(),
             read_only: false,
             id: None,
-            format: DiskFormat::Raw,
+            format: ImageFormat::Raw,
         };
         for part in s.split(',') {
             let (key, value) = part
@@ -96,11 +88,7 @@ impl FromStr for DiskConfig {
                 "id" if value.len() <= 20 && value.is_ascii() => disk.id = Some(value.to_string()),
                 "id" => return Err(bad("id is at most 20 ASCII characters")),
                 "format" => {
-                    disk.format = match value {
-                        "raw" => DiskFormat::Raw,
-                        "qcow2" => DiskFormat::Qcow2,
-                        _ => return Err(bad("format is raw or qcow2")),
-                    }
+                    disk.format = value.parse().map_err(|_| bad("format is raw or qcow2"))?
                 }
                 _ => return Err(bad(&format!("unknown or empty option '{key}'"))),
             }
@@ -386,9 +374,9 @@ mod tests {
         assert_eq!(d.path, PathBuf::from("/a.img"));
         assert!(d.read_only);
         assert_eq!(d.id.as_deref(), Some("disk-1"));
-        assert_eq!(d.format, DiskFormat::Qcow2);
+        assert_eq!(d.format, ImageFormat::Qcow2);
         let d: DiskConfig = "path=/b.img".parse().unwrap();
-        assert_eq!((d.read_only, d.format), (false, DiskFormat::Raw));
+        assert_eq!((d.read_only, d.format), (false, ImageFormat::Raw));
         for bad in [
             "",
             "readonly=on",

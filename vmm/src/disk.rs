@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use images::{BlockBackend, ImageError};
 
-use crate::config::{DiskConfig, DiskFormat};
+use crate::config::DiskConfig;
 use crate::error::VmError;
 
 /// One open disk image, shared by the boots of one VMM.
@@ -17,12 +17,8 @@ pub struct SharedDisk(Arc<Mutex<Box<dyn BlockBackend>>>);
 impl SharedDisk {
     /// Opens the image of `disk` (for a qcow2 image, with its backing chain).
     pub fn open(disk: &DiskConfig) -> Result<Self, VmError> {
-        let format = match disk.format {
-            DiskFormat::Raw => images::ImageFormat::Raw,
-            DiskFormat::Qcow2 => images::ImageFormat::Qcow2,
-        };
         let backend =
-            images::open(&disk.path, format, disk.read_only).map_err(|e| VmError::Disk {
+            images::open(&disk.path, disk.format, disk.read_only).map_err(|e| VmError::Disk {
                 path: disk.path.clone(),
                 reason: e.to_string(),
             })?;

@@ -194,11 +194,9 @@ fn run(args: RunArgs) -> anyhow::Result<vmm::ExitReason> {
 }
 
 fn overlay(backing: &std::path::Path, format: &str, out: &std::path::Path) -> anyhow::Result<()> {
-    let format = match format {
-        "raw" => images::ImageFormat::Raw,
-        "qcow2" => images::ImageFormat::Qcow2,
-        other => anyhow::bail!("unknown backing format '{other}' (raw or qcow2)"),
-    };
+    let format: images::ImageFormat = format
+        .parse()
+        .with_context(|| format!("--backing-format {format}"))?;
     images::create_qcow2_overlay(out, backing, format)
         .with_context(|| format!("cannot create the overlay {}", out.display()))
 }

@@ -296,16 +296,16 @@ pub async fn build(c: Arc<Compute>, id: String) {
     );
     let result = async {
         let fmt = image_info(&c, &s.image_id)?.disk_format;
-        let format = match fmt.as_str() {
-            "raw" => images::ImageFormat::Raw,
-            "qcow2" => images::ImageFormat::Qcow2,
-            other => {
-                return Err(format!(
-                    "image {} has disk_format {other}, which cannot boot a server",
+        let format = fmt
+            .parse::<crate::image::files::DiskFormat>()
+            .ok()
+            .and_then(|f| f.image_format())
+            .ok_or_else(|| {
+                format!(
+                    "image {} has disk_format {fmt}, which cannot boot a server",
                     s.image_id
-                ))
-            }
-        };
+                )
+            })?;
         let agent = Arc::clone(&c.agent);
         let backing = image_file(&c, &s.image_id)?;
         let sid = id.clone();

@@ -38,6 +38,18 @@ impl DiskFormat {
     }
 }
 
+impl DiskFormat {
+    /// The image format of a disk image (`raw`, `qcow2`); `None` for kernels and
+    /// ramdisks, which are not disks.
+    pub fn image_format(self) -> Option<images::ImageFormat> {
+        match self {
+            DiskFormat::Raw => Some(images::ImageFormat::Raw),
+            DiskFormat::Qcow2 => Some(images::ImageFormat::Qcow2),
+            DiskFormat::Aki | DiskFormat::Ari => None,
+        }
+    }
+}
+
 impl fmt::Display for DiskFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -130,14 +142,6 @@ fn read_head(path: &Path) -> std::io::Result<(Vec<u8>, u64)> {
     Ok((head, len))
 }
 
-fn be_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
-fn be_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
 fn le_u32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
@@ -152,115 +156,11 @@ fn check_qcow2(path: &Path, head: &[u8]) -> Result<Option<u64>, String> {
             head.len()
         ));
     }
-    // Checked before the image library sees the file: opening it would open the backing
-    // file, and an uploaded image must not make the host read a path of its choosing.
-    let backing_offset = be_u64(head, 8).unwrap_or(u64::MAX);
-    let backing_size = be_u32(head, 16).unwrap_or(u32::MAX);
-    if backing_offset != 0 || backing_size != 0 {
-        return Err("qcow2 images with a backing file are not accepted".into());
-    }
-    let disk = images::open(path, images::ImageFormat::Qcow2, true).map_err(|e| e.to_string())?;
-    check_qcow2_clusters(path, head)?;
-    Ok(Some(disk.size()))
-}
-
-const L1_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
-const L2_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
-const OFLAG_COMPRESSED: u64 = 1 << 62;
-const OFLAG_ZERO: u64 = 1;
-/// The image library refuses larger L1 tables; a bound for the allocation here.
-const MAX_L1_BYTES: u64 = 32 << 20;
-
-/// Walks the L1 and L2 tables of a qcow2 image the image library has opened (it checks
-/// the header and the L1 table, but data clusters only when they are read): every L2
-/// table must lie inside the file, every data cluster must be cluster aligned and start
-/// inside the file (a truncated upload fails here), and no cluster may be compressed
-/// (the VMM cannot read compressed clusters). Each distinct L2 table is read once, so
-/// the work is bounded by the file size.
-fn check_qcow2_clusters(path: &Path, head: &[u8]) -> Result<(), String> {
-    use std::os::unix::fs::FileExt;
-
-    let bad = |what: &str| format!("invalid qcow2 {what}");
-    let version = be_u32(head, 4).ok_or_else(|| bad("header"))?;
-    let cluster_bits = be_u32(head, 20).ok_or_else(|| bad("header"))?;
-    let l1_size = u64::from(be_u32(head, 36).ok_or_else(|| bad("header"))?);
-    let l1_offset = be_u64(head, 40).ok_or_else(|| bad("header"))?;
-    if !(9..=21).contains(&cluster_bits) {
-        return Err(bad("cluster size"));
-    }
-    let cs = 1u64 << cluster_bits;
-    if l1_size == 0 {
-        return Ok(());
-    }
-    if l1_size * 8 > MAX_L1_BYTES {
-        return Err(bad("L1 table size"));
-    }
-    let file = File::open(path).map_err(|e| format!("cannot read the image: {e}"))?;
-    let file_len = file
-        .metadata()
-        .map_err(|e| format!("cannot read the image: {e}"))?
-        .len();
-    let read = |buf: &mut [u8], off: u64, what: &str| {
-        match off.checked_add(buf.len() as u64) {
-            Some(end) if end <= file_len => {}
-            _ => {
-                return Err(format!(
-                    "the qcow2 {what} at {off:#x} lies past the end of the file"
-                ))
-            }
-        }
-        file.read_exact_at(buf, off)
-            .map_err(|e| format!("cannot read the qcow2 {what}: {e}"))
-    };
-    let entries = |raw: &[u8]| -> Vec<u64> {
-        raw.chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
-            .collect()
-    };
-
-    let mut l1 = vec![0u8; (l1_size * 8) as usize];
-    read(&mut l1, l1_offset, "L1 table")?;
-    let mut seen = std::collections::HashSet::new();
-    let mut l2 = vec![0u8; cs as usize];
-    for l1e in entries(&l1) {
-        let l2_offset = l1e & L1_OFFSET_MASK;
-        if l2_offset == 0 || !seen.insert(l2_offset) {
-            continue;
-        }
-        if !l2_offset.is_multiple_of(cs) {
-            return Err(format!(
-                "the qcow2 L2 table offset {l2_offset:#x} is not cluster aligned"
-            ));
-        }
-        read(&mut l2, l2_offset, "L2 table")?;
-        for l2e in entries(&l2) {
-            if l2e & OFLAG_COMPRESSED != 0 {
-                return Err(
-                    "the image has compressed clusters, which Nubo cannot read; \
-                            convert it with `qemu-img convert -O qcow2` (without -c)"
-                        .into(),
-                );
-            }
-            if version >= 3 && l2e & OFLAG_ZERO != 0 {
-                continue;
-            }
-            let data = l2e & L2_OFFSET_MASK;
-            if data == 0 {
-                continue;
-            }
-            if !data.is_multiple_of(cs) {
-                return Err(format!(
-                    "the qcow2 data cluster offset {data:#x} is not cluster aligned"
-                ));
-            }
-            if data >= file_len {
-                return Err(format!(
-                    "a qcow2 data cluster at {data:#x} lies past the end of the file ({file_len} bytes): is the image truncated?"
-                ));
-            }
-        }
-    }
-    Ok(())
+    // The image library refuses a backing file before it opens anything else, checks
+    // the header and tables, and walks every L2 table (truncated or compressed images).
+    images::check_standalone_qcow2(path)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Names the container format the header belongs to, if it is one QEMU would recognise.
