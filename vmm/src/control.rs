@@ -15,9 +15,9 @@ use std::os::fd::FromRawFd;
 
 use crate::config::{NetConfig, SerialConfig, VmConfig};
 use crate::console::{ConsoleHub, SharedLog, DEFAULT_LOG_CAP};
+use crate::device_manager::DiskStats;
 use crate::disk::SharedDisk;
 use crate::error::VmError;
-use crate::pci_devices::DiskStats;
 use devices::virtio::block::BlockCounters;
 use devices::virtio::net::NetCounters;
 use images::BlockBackend;

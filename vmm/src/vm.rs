@@ -18,9 +18,9 @@ use kvm_bindings::{
     kvm_clock_data, kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::{EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::Killable;
 
@@ -29,7 +29,8 @@ use crate::boot::{self, BootSource};
 use crate::config::{SerialConfig, VmConfig};
 use crate::control::{Command, ControlError, ControlShared, VmController, VmState};
 use crate::cpu::cpuid::CpuidContext;
-use crate::cpu::regs::setup_boot_vcpu;
+use crate::cpu::regs::{setup_boot_vcpu, BootEntry};
+use crate::device_manager::{DeviceManager, EventLoop, DEVICE_TOKEN_BASE};
 use crate::error::VmError;
 use crate::interrupts::GsiRouter;
 use crate::layout::{
@@ -37,7 +38,6 @@ use crate::layout::{
     I8042_DATA_PORT, I8042_IRQ, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS,
 };
 use crate::memory::create_guest_memory;
-use crate::pci_devices::{self, QueueWatch, TapWatch};
 use crate::vcpu::{self, install_kick_handler, kick_signal, VcpuShared, VcpuStop};
 
 /// Why a guest's VM ended.
@@ -67,20 +67,15 @@ pub struct VmHandle {
     stdin_input: bool,
     paused_clock: Option<kvm_clock_data>,
     shutdown_deadline: Option<Instant>,
-    queues: Vec<QueueWatch>,
-    taps: Vec<TapWatch>,
+    event_loop: EventLoop,
+    devices: DeviceManager,
     vm: Arc<VmFd>,
     // Kept alive for as long as the vCPUs run.
     _memory: GuestMemoryMmap,
 }
 
-/// Epoll data of the first virtio queue; queue `i` wakes with this plus `i`.
-const QUEUE_WAKE_BASE: u64 = 1 << 16;
-
-/// Epoll data of the first TAP; TAP `i` wakes with this plus `i`.
-const TAP_WAKE_BASE: u64 = 1 << 32;
-
-/// Things the control loop can wake up for.
+/// Things the control loop can wake up for, besides the devices (whose epoll
+/// data start at [`DEVICE_TOKEN_BASE`]).
 #[derive(Clone, Copy)]
 #[repr(u64)]
 enum Wake {
@@ -109,120 +104,28 @@ impl VmHandle {
             hub.start().map_err(VmError::Thread)?;
         }
         let kvm = &control.kvm;
-        for (cap, name) in [
-            (Cap::Irqchip, "in-kernel irqchip"),
-            (Cap::UserMemory, "user memory regions"),
-            (Cap::Irqfd, "irqfd"),
-            (Cap::Pit2, "PIT2"),
-        ] {
-            if !kvm.check_extension(cap) {
-                return Err(VmError::MissingCapability(name));
-            }
-        }
-        let vm = Arc::new(
-            kvm.create_vm()
-                .map_err(|e| VmError::Kvm("create the VM", e))?,
-        );
-        let memory = create_guest_memory(config.memory_bytes)?;
-        register_memory(&vm, &memory)?;
-        vm.set_tss_address(KVM_TSS_ADDRESS as usize)
-            .map_err(|e| VmError::Kvm("set the TSS address", e))?;
-        if let Err(e) = vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS) {
-            tracing::debug!(error = %e, "KVM_SET_IDENTITY_MAP_ADDR not supported");
-        }
-        vm.create_irq_chip()
-            .map_err(|e| VmError::Kvm("create the in-kernel irqchip", e))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit)
-            .map_err(|e| VmError::Kvm("create the PIT", e))?;
+        let vm = create_vm(kvm)?;
+        let memory = create_memory(&vm, config)?;
+        setup_irqchip(&vm)?;
         tracing::debug!(
             us = started.elapsed().as_micros() as u64,
             "VM, memory and irqchip ready"
         );
         let events = PlatformEvents::new()?;
-        let (mut bus, serial) = build_devices(&vm, config, &events, &control)?;
+        let (mut pio, serial) = add_legacy_devices(&vm, config, &events, &control)?;
         let power_button = irqfd(&vm, GED_IRQ)?;
         let mmio = Arc::new(MmioBus::new());
-        let router = Arc::new(GsiRouter::new(vm.clone()));
-        router
-            .install()
-            .map_err(|e| VmError::Devices(format!("interrupt routing: {e}")))?;
-        let pci = pci_devices::build(
-            &vm,
-            &memory,
-            &router,
-            &mut bus,
-            &mmio,
-            config,
-            pci_devices::HostBackends {
-                images: &control.images,
-                taps: &control.taps,
-            },
-        )?;
-        control.set_disks(&pci.disks);
-        control.set_nets(pci.nets);
-
-        let rsdp = create_acpi_tables(
-            &memory,
-            &AcpiConfig {
-                num_cpus: config.vcpus,
-            },
-        )?;
-        let loaded = boot::load(
-            &memory,
-            &BootSource {
-                kernel: &config.kernel,
-                initrd: config.initrd.as_deref(),
-                files: &control.boot_files,
-                cmdline: &config.cmdline,
-                memory_bytes: config.memory_bytes,
-                rsdp,
-            },
-        )?;
+        let router = setup_msi_routing(&vm)?;
+        let event_loop = EventLoop::new()?;
+        let mut devices = DeviceManager::new(vm.clone(), memory.clone(), router, &mut pio, &mmio)?;
+        devices.add_block_devices(&event_loop, &config.disks, &control.images)?;
+        devices.add_net_devices(&event_loop, &config.nets, &control.taps)?;
+        control.set_disks(&devices.disk_stats());
+        control.set_nets(devices.net_stats());
+        let entry = load_kernel(&memory, config, &control)?;
         tracing::debug!(us = started.elapsed().as_micros() as u64, "kernel loaded");
-
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| VmError::Kvm("get the supported CPUID", e))?;
-        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
-        let mut vcpus: Vec<VcpuFd> = Vec::with_capacity(usize::from(config.vcpus));
-        for id in 0..config.vcpus {
-            let fd = vm
-                .create_vcpu(u64::from(id))
-                .map_err(|e| VmError::Kvm("create a vCPU", e))?;
-            let ctx = CpuidContext {
-                vcpu_id: id,
-                vcpu_count: config.vcpus,
-                tsc_deadline,
-            };
-            vcpu::configure(&fd, &supported, &ctx)
-                .map_err(|source| VmError::Vcpu { id, source })?;
-            if id == 0 {
-                setup_boot_vcpu(&fd, &memory, loaded.entry)
-                    .map_err(|source| VmError::Vcpu { id, source })?;
-            }
-            vcpus.push(fd);
-        }
-
-        install_kick_handler().map_err(VmError::Signal)?;
-        let shared = Arc::new(VcpuShared::new(
-            control.clone(),
-            EventFd::new(EFD_NONBLOCK).map_err(VmError::Event)?,
-        ));
-        let bus = Arc::new(bus);
-        let mut vcpu_threads = Vec::with_capacity(vcpus.len());
-        for (id, fd) in vcpus.into_iter().enumerate() {
-            let (bus, mmio, shared) = (bus.clone(), mmio.clone(), shared.clone());
-            let id = id as u8;
-            let thread = std::thread::Builder::new()
-                .name(format!("vcpu{id}"))
-                .spawn(move || vcpu::run(id, fd, bus, mmio, shared))
-                .map_err(VmError::Thread)?;
-            vcpu_threads.push(thread);
-        }
+        let vcpus = create_vcpus(kvm, &vm, &memory, config, entry)?;
+        let (shared, vcpu_threads) = start_vcpus(vcpus, pio, mmio, &control)?;
         {
             let mut status = control.status();
             status.state = VmState::Running;
@@ -246,8 +149,8 @@ impl VmHandle {
             stdin_input: config.serial == SerialConfig::Stdio,
             paused_clock: None,
             shutdown_deadline: None,
-            queues: pci.queues,
-            taps: pci.taps,
+            event_loop,
+            devices,
             vm,
             _memory: memory,
         })
@@ -278,41 +181,12 @@ impl VmHandle {
     }
 
     fn control_loop(&mut self) -> Result<ExitReason, VmError> {
-        let epoll = Epoll::new().map_err(VmError::Event)?;
-        let watch = |fd: RawFd, wake: Wake| {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, wake as u64),
-            )
-        };
+        let epoll = &self.event_loop;
+        let watch = |fd: RawFd, wake: Wake| epoll.add(fd, EventSet::IN, wake as u64);
         watch(self.power_off_evt.as_raw_fd(), Wake::PowerOff).map_err(VmError::Event)?;
         watch(self.reset_evt.as_raw_fd(), Wake::Reset).map_err(VmError::Event)?;
         watch(self.control.evt.as_raw_fd(), Wake::Control).map_err(VmError::Event)?;
         watch(self.shared.stop_evt.as_raw_fd(), Wake::VcpuStopped).map_err(VmError::Event)?;
-        for (index, queue) in self.queues.iter().enumerate() {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    queue.event.as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, QUEUE_WAKE_BASE + index as u64),
-                )
-                .map_err(VmError::Event)?;
-        }
-        for (index, tap) in self.taps.iter().enumerate() {
-            // Edge-triggered: the NIC reads until the TAP is empty or the
-            // guest has no RX buffers, and is called again on new frames.
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    tap.fd,
-                    EpollEvent::new(
-                        EventSet::IN | EventSet::EDGE_TRIGGERED,
-                        TAP_WAKE_BASE + index as u64,
-                    ),
-                )
-                .map_err(VmError::Event)?;
-        }
         // stdin may be a file or /dev/null, which epoll refuses: then there is no input.
         let mut stdin_open = self.stdin_input && watch(libc::STDIN_FILENO, Wake::Stdin).is_ok();
         // Requests queued before the loop started (e.g. while booting) are served now.
@@ -332,7 +206,7 @@ impl VmHandle {
                 }
                 None => -1,
             };
-            let n = match epoll.wait(timeout_ms, &mut events) {
+            let n = match self.event_loop.wait(timeout_ms, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(VmError::Event(e)),
@@ -361,28 +235,11 @@ impl VmHandle {
                             None => continue,
                         };
                     }
-                    x if x >= TAP_WAKE_BASE => {
-                        if let Some(t) = self.taps.get((x - TAP_WAKE_BASE) as usize) {
-                            t.device
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .process_queue(0);
-                        }
-                    }
-                    x if x >= QUEUE_WAKE_BASE => {
-                        if let Some(q) = self.queues.get((x - QUEUE_WAKE_BASE) as usize) {
-                            q.device
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .process_queue(q.queue);
-                        }
+                    x if x >= DEVICE_TOKEN_BASE => {
+                        self.devices.handle(x);
                     }
                     x if x == Wake::Stdin as u64 && stdin_open && !self.forward_stdin() => {
-                        let _ = epoll.ctl(
-                            ControlOperation::Delete,
-                            libc::STDIN_FILENO,
-                            EpollEvent::default(),
-                        );
+                        let _ = self.event_loop.remove(libc::STDIN_FILENO);
                         stdin_open = false;
                     }
                     _ => {}
@@ -529,6 +386,143 @@ fn join_vcpus(threads: Vec<JoinHandle<()>>) {
     }
 }
 
+/// Creates the KVM VM, once /dev/kvm is known to offer what Nubo needs.
+fn create_vm(kvm: &Kvm) -> Result<Arc<VmFd>, VmError> {
+    for (cap, name) in [
+        (Cap::Irqchip, "in-kernel irqchip"),
+        (Cap::UserMemory, "user memory regions"),
+        (Cap::Irqfd, "irqfd"),
+        (Cap::Pit2, "PIT2"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCapability(name));
+        }
+    }
+    Ok(Arc::new(
+        kvm.create_vm()
+            .map_err(|e| VmError::Kvm("create the VM", e))?,
+    ))
+}
+
+/// Maps the guest's RAM and registers it with KVM.
+fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestMemoryMmap, VmError> {
+    let memory = create_guest_memory(config.memory_bytes)?;
+    register_memory(vm, &memory)?;
+    Ok(memory)
+}
+
+/// The TSS and identity map pages, the in-kernel PIC, IOAPIC and LAPICs,
+/// and the PIT.
+fn setup_irqchip(vm: &VmFd) -> Result<(), VmError> {
+    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(|e| VmError::Kvm("set the TSS address", e))?;
+    if let Err(e) = vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS) {
+        tracing::debug!(error = %e, "KVM_SET_IDENTITY_MAP_ADDR not supported");
+    }
+    vm.create_irq_chip()
+        .map_err(|e| VmError::Kvm("create the in-kernel irqchip", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| VmError::Kvm("create the PIT", e))
+}
+
+/// The GSI routing table that PCI devices' MSI-X vectors are added to.
+fn setup_msi_routing(vm: &Arc<VmFd>) -> Result<Arc<GsiRouter>, VmError> {
+    let router = Arc::new(GsiRouter::new(vm.clone()));
+    router
+        .install()
+        .map_err(|e| VmError::Devices(format!("interrupt routing: {e}")))?;
+    Ok(router)
+}
+
+/// Writes the ACPI tables, then the kernel, initramfs and boot parameters;
+/// returns the kernel's entry point.
+fn load_kernel(
+    memory: &GuestMemoryMmap,
+    config: &VmConfig,
+    control: &ControlShared,
+) -> Result<BootEntry, VmError> {
+    let rsdp = create_acpi_tables(
+        memory,
+        &AcpiConfig {
+            num_cpus: config.vcpus,
+        },
+    )?;
+    let loaded = boot::load(
+        memory,
+        &BootSource {
+            kernel: &config.kernel,
+            initrd: config.initrd.as_deref(),
+            files: &control.boot_files,
+            cmdline: &config.cmdline,
+            memory_bytes: config.memory_bytes,
+            rsdp,
+        },
+    )?;
+    Ok(loaded.entry)
+}
+
+/// Creates and configures the vCPUs (CPUID, and for the boot vCPU the
+/// registers that enter the kernel at `entry`).
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    memory: &GuestMemoryMmap,
+    config: &VmConfig,
+    entry: BootEntry,
+) -> Result<Vec<VcpuFd>, VmError> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VmError::Kvm("get the supported CPUID", e))?;
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    let mut vcpus: Vec<VcpuFd> = Vec::with_capacity(usize::from(config.vcpus));
+    for id in 0..config.vcpus {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| VmError::Kvm("create a vCPU", e))?;
+        let ctx = CpuidContext {
+            vcpu_id: id,
+            vcpu_count: config.vcpus,
+            tsc_deadline,
+        };
+        vcpu::configure(&fd, &supported, &ctx).map_err(|source| VmError::Vcpu { id, source })?;
+        if id == 0 {
+            setup_boot_vcpu(&fd, memory, entry).map_err(|source| VmError::Vcpu { id, source })?;
+        }
+        vcpus.push(fd);
+    }
+    Ok(vcpus)
+}
+
+/// Starts one thread per vCPU, each running the guest over the buses.
+fn start_vcpus(
+    vcpus: Vec<VcpuFd>,
+    pio: PioBus,
+    mmio: Arc<MmioBus>,
+    control: &Arc<ControlShared>,
+) -> Result<(Arc<VcpuShared>, Vec<JoinHandle<()>>), VmError> {
+    install_kick_handler().map_err(VmError::Signal)?;
+    let shared = Arc::new(VcpuShared::new(
+        control.clone(),
+        EventFd::new(EFD_NONBLOCK).map_err(VmError::Event)?,
+    ));
+    let bus = Arc::new(pio);
+    let mut vcpu_threads = Vec::with_capacity(vcpus.len());
+    for (id, fd) in vcpus.into_iter().enumerate() {
+        let (bus, mmio, shared) = (bus.clone(), mmio.clone(), shared.clone());
+        let id = id as u8;
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu::run(id, fd, bus, mmio, shared))
+            .map_err(VmError::Thread)?;
+        vcpu_threads.push(thread);
+    }
+    Ok((shared, vcpu_threads))
+}
+
 /// Registers every region of guest RAM with KVM.
 fn register_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), VmError> {
     for (slot, region) in memory.iter().enumerate() {
@@ -576,7 +570,7 @@ fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd, VmError> {
 
 /// Puts COM1, the i8042 and the ACPI power registers on the port I/O bus,
 /// with their interrupts wired to the in-kernel irqchip through irqfds.
-fn build_devices(
+fn add_legacy_devices(
     vm: &VmFd,
     config: &VmConfig,
     events: &PlatformEvents,

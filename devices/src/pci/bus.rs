@@ -165,6 +165,15 @@ impl PciBus {
         }
     }
 
+    /// Takes the device out of `slot` (1..=31), freeing the slot; the host
+    /// bridge in slot 0 stays. Its BARs stop decoding at once.
+    pub fn remove_device(&mut self, slot: u8) -> Option<SharedPciDevice> {
+        if slot == 0 {
+            return None;
+        }
+        Some(self.slots.get_mut(usize::from(slot))?.take()?.device)
+    }
+
     /// The device in `slot`, if any.
     pub fn device(&self, slot: u8) -> Option<SharedPciDevice> {
         Some(self.slot(slot)?.device.clone())
@@ -521,6 +530,24 @@ mod tests {
             dummy,
             moves,
         }
+    }
+
+    #[test]
+    fn a_removed_device_frees_its_slot_and_stops_decoding() {
+        let r = rig();
+        let mut pci = r.pci.lock().unwrap();
+        pci.write_config(0, 1, 0, 4, &COMMAND_MEMORY.to_le_bytes());
+        assert!(pci.route(0xc000_0000, 4).is_some());
+        assert!(pci.remove_device(0).is_none(), "the host bridge stays");
+        assert!(pci.remove_device(1).is_some());
+        assert!(pci.device(1).is_none());
+        assert!(pci.route(0xc000_0000, 4).is_none());
+        assert!(pci.remove_device(1).is_none());
+        assert_eq!(
+            pci.add_device(r.dummy.clone()),
+            Ok(1),
+            "slot 1 is free again"
+        );
     }
 
     #[test]

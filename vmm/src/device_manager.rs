@@ -1,0 +1,578 @@
+//! The PCI devices of one guest, for as long as it runs: the PCI bus (host
+//! bridge, configuration access on ports 0xCF8-0xCFF and ECAM, the BAR
+//! window) and the virtio devices on it, each with its MSI-X vectors (KVM GSI
+//! routing), its queue ioeventfds and the descriptors the [`EventLoop`]
+//! watches for it. Devices can be added and removed while the loop runs.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use devices::pci::{
+    AddressAllocator, BarReprogram, PciBarWindow, PciBus, PciConfigIo, PciConfigMmio,
+    SharedPciDevice, PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_SIZE,
+};
+use devices::virtio::block::{Block, BlockCounters, BlockOptions};
+use devices::virtio::net::{Net, NetCounters};
+use devices::virtio::pci::{VirtioPciDevice, BAR_SIZE, NOTIFY_OFFSET, NOTIFY_OFF_MULTIPLIER};
+use devices::virtio::VirtioDevice;
+use devices::{MmioBus, MmioDevice, PioBus};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::{DiskConfig, NetConfig};
+use crate::disk::SharedDisk;
+use crate::error::VmError;
+use crate::interrupts::{DeviceMsi, GsiRouter};
+use crate::layout::{MMIO_32BIT_START, PCI_MMCONFIG_SIZE, PCI_MMCONFIG_START};
+
+/// End (exclusive) of the 32-bit BAR window: the ECAM window follows it.
+pub const MMIO_32BIT_END: u64 = PCI_MMCONFIG_START;
+
+/// Epoll data at and above this belong to devices (see [`DeviceManager::handle`]);
+/// below it, to the VM's own control loop.
+pub const DEVICE_TOKEN_BASE: u64 = 1 << 32;
+
+/// Bits of a device token that number the device's event sources.
+const SOURCE_BITS: u32 = 8;
+
+/// The epoll instance of a VM's control loop. Devices register their
+/// descriptors in it when added and unregister them when removed, also while
+/// the loop runs (epoll allows that from the thread that waits).
+pub struct EventLoop {
+    epoll: Epoll,
+}
+
+impl EventLoop {
+    /// A new, empty loop.
+    pub fn new() -> Result<Self, VmError> {
+        Ok(Self {
+            epoll: Epoll::new().map_err(VmError::Event)?,
+        })
+    }
+
+    /// Wakes the loop with `token` when `fd` is ready for `events`.
+    pub fn add(&self, fd: RawFd, events: EventSet, token: u64) -> std::io::Result<()> {
+        self.epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+    }
+
+    /// Stops watching `fd`.
+    pub fn remove(&self, fd: RawFd) -> std::io::Result<()> {
+        self.epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+    }
+
+    /// Waits up to `timeout_ms` (-1: forever) for ready descriptors.
+    pub fn wait(&self, timeout_ms: i32, events: &mut [EpollEvent]) -> std::io::Result<usize> {
+        self.epoll.wait(timeout_ms, events)
+    }
+}
+
+/// Names one device of a [`DeviceManager`] for as long as it is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeviceId(u32);
+
+/// Per-disk I/O counters, for metrics.
+pub struct DiskStats {
+    /// The disk's --disk id, or its index.
+    pub name: String,
+    /// The device's counters.
+    pub counters: Arc<BlockCounters>,
+}
+
+/// What a device does when one of its watched descriptors is ready.
+#[derive(Clone, Copy)]
+enum Ready {
+    /// The guest notified queue `n` (its ioeventfd fired).
+    Queue(u16),
+    /// The host side has input (a TAP has frames): serve the RX queue.
+    Backend,
+}
+
+/// One descriptor of a device that the event loop watches.
+struct EventSource {
+    fd: RawFd,
+    events: EventSet,
+    ready: Ready,
+    // A queue's notification event (a duplicate of the ioeventfd); a TAP's
+    // descriptor is owned by the device instead.
+    _owned: Option<EventFd>,
+}
+
+/// What a device is, for metrics.
+enum Kind {
+    Disk(DiskStats),
+    Nic(String, Arc<NetCounters>),
+}
+
+struct ManagedDevice {
+    slot: u8,
+    bar: u64,
+    device: Arc<Mutex<VirtioPciDevice>>,
+    sources: Vec<EventSource>,
+    kind: Kind,
+}
+
+/// The virtio devices of a running VM on their PCI bus.
+pub struct DeviceManager {
+    vm: Arc<VmFd>,
+    memory: GuestMemoryMmap,
+    router: Arc<GsiRouter>,
+    pci: Arc<Mutex<PciBus>>,
+    allocator: AddressAllocator,
+    // Shared with the BAR reprogram handler, which runs on vCPU threads.
+    by_slot: Arc<Mutex<BTreeMap<u8, Arc<Mutex<VirtioPciDevice>>>>>,
+    devices: BTreeMap<DeviceId, ManagedDevice>,
+    next_id: u32,
+    // Counts NICs ever added, for their default MACs.
+    nics_added: usize,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DeviceManager {
+    /// Builds an empty PCI bus (the host bridge alone) and puts its
+    /// configuration mechanisms and BAR window on the buses.
+    pub fn new(
+        vm: Arc<VmFd>,
+        memory: GuestMemoryMmap,
+        router: Arc<GsiRouter>,
+        pio: &mut PioBus,
+        mmio: &MmioBus,
+    ) -> Result<Self, VmError> {
+        let pci = Arc::new(Mutex::new(PciBus::new()));
+        pio.insert(
+            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+            PCI_CONFIG_IO_PORT,
+            PCI_CONFIG_IO_SIZE,
+        )?;
+        let ecam: Arc<Mutex<dyn MmioDevice>> =
+            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone())));
+        mmio.insert(ecam, PCI_MMCONFIG_START, PCI_MMCONFIG_SIZE)
+            .map_err(|e| VmError::Devices(e.to_string()))?;
+        let window: Arc<Mutex<dyn MmioDevice>> =
+            Arc::new(Mutex::new(PciBarWindow::new(pci.clone())));
+        mmio.insert(window, MMIO_32BIT_START, MMIO_32BIT_END - MMIO_32BIT_START)
+            .map_err(|e| VmError::Devices(e.to_string()))?;
+        let allocator = AddressAllocator::new(MMIO_32BIT_START, MMIO_32BIT_END)
+            .map_err(|e| VmError::Devices(e.to_string()))?;
+        let by_slot = Arc::new(Mutex::new(BTreeMap::new()));
+        lock(&pci).set_bar_reprogram_handler(bar_mover(vm.clone(), by_slot.clone()));
+        Ok(Self {
+            vm,
+            memory,
+            router,
+            pci,
+            allocator,
+            by_slot,
+            devices: BTreeMap::new(),
+            next_id: 0,
+            nics_added: 0,
+        })
+    }
+
+    /// Adds one virtio-blk device per configured disk, in order.
+    pub fn add_block_devices(
+        &mut self,
+        events: &EventLoop,
+        disks: &[DiskConfig],
+        images: &[SharedDisk],
+    ) -> Result<(), VmError> {
+        for (index, (disk, image)) in disks.iter().zip(images).enumerate() {
+            let name = disk.id.clone().unwrap_or_else(|| format!("disk{index}"));
+            self.add_block(events, disk, image, name)?;
+        }
+        Ok(())
+    }
+
+    /// Adds one virtio-net device per configured NIC, in order.
+    pub fn add_net_devices(
+        &mut self,
+        events: &EventLoop,
+        nets: &[NetConfig],
+        taps: &[netstack::Tap],
+    ) -> Result<(), VmError> {
+        for (net, tap) in nets.iter().zip(taps) {
+            self.add_net(events, net, tap)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a virtio-blk device over `image` in the lowest free PCI slot and
+    /// registers its queues in `events`; `name` labels its metrics.
+    pub fn add_block(
+        &mut self,
+        events: &EventLoop,
+        disk: &DiskConfig,
+        image: &SharedDisk,
+        name: String,
+    ) -> Result<DeviceId, VmError> {
+        let block = Block::new(
+            Box::new(image.clone()),
+            BlockOptions {
+                read_only: disk.read_only,
+                id: disk.id.clone(),
+            },
+        );
+        let kind = Kind::Disk(DiskStats {
+            name,
+            counters: block.counters(),
+        });
+        let id = self.attach_pci(events, Box::new(block), kind, None)?;
+        tracing::info!(slot = self.devices[&id].slot, path = %disk.path.display(), "virtio-blk disk");
+        Ok(id)
+    }
+
+    /// Adds a virtio-net device over a duplicate of `tap` in the lowest free
+    /// PCI slot and registers its queues and the TAP in `events`.
+    pub fn add_net(
+        &mut self,
+        events: &EventLoop,
+        net: &NetConfig,
+        tap: &netstack::Tap,
+    ) -> Result<DeviceId, VmError> {
+        let fd = tap
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| VmError::Net(format!("cannot duplicate the TAP: {e}")))?;
+        let tap = netstack::Tap::from_fd(fd).map_err(|e| VmError::Net(e.to_string()))?;
+        let name = tap.name().to_string();
+        let mac = net.mac.unwrap_or_else(|| local_mac(self.nics_added));
+        self.nics_added += 1;
+        let nic = Net::new(Box::new(tap), mac);
+        let backend = nic.backend_fd();
+        let kind = Kind::Nic(name.clone(), nic.counters());
+        let id = self.attach_pci(events, Box::new(nic), kind, Some(backend))?;
+        tracing::info!(slot = self.devices[&id].slot, tap = %name, "virtio-net NIC");
+        Ok(id)
+    }
+
+    /// Takes a device off the PCI bus: its descriptors leave `events`, its
+    /// ioeventfds leave KVM and its BAR space is free again. The guest must
+    /// have let go of it first (PCI hot-unplug is the caller's business).
+    /// Its MSI-X GSIs are not given back: [`GsiRouter`] has no way to free
+    /// one yet, so each hot-add uses up a few of them.
+    pub fn remove_device(&mut self, events: &EventLoop, id: DeviceId) -> Result<(), VmError> {
+        let managed = self
+            .devices
+            .remove(&id)
+            .ok_or_else(|| VmError::Devices(format!("no device {id:?}")))?;
+        for source in &managed.sources {
+            if let Err(e) = events.remove(source.fd) {
+                tracing::warn!(error = %e, "cannot unwatch a device descriptor");
+            }
+        }
+        lock(&self.by_slot).remove(&managed.slot);
+        lock(&self.pci).remove_device(managed.slot);
+        register_notifies(&self.vm, &lock(&managed.device), false)?;
+        self.allocator
+            .free(managed.bar)
+            .map_err(|e| VmError::Devices(e.to_string()))?;
+        tracing::info!(slot = managed.slot, "PCI device removed");
+        Ok(())
+    }
+
+    /// Serves a wake-up whose epoll data is `token` (at or above
+    /// [`DEVICE_TOKEN_BASE`]); false when no device owns it (any more).
+    pub fn handle(&self, token: u64) -> bool {
+        let Some(offset) = token.checked_sub(DEVICE_TOKEN_BASE) else {
+            return false;
+        };
+        let id = DeviceId((offset >> SOURCE_BITS) as u32);
+        let index = (offset & ((1 << SOURCE_BITS) - 1)) as usize;
+        let Some(managed) = self.devices.get(&id) else {
+            return false;
+        };
+        let Some(source) = managed.sources.get(index) else {
+            return false;
+        };
+        let queue = match source.ready {
+            Ready::Queue(queue) => queue,
+            Ready::Backend => 0,
+        };
+        lock(&managed.device).process_queue(queue);
+        true
+    }
+
+    /// The disks' counters, in the order they were added.
+    pub fn disk_stats(&self) -> Vec<DiskStats> {
+        self.devices
+            .values()
+            .filter_map(|d| match &d.kind {
+                Kind::Disk(s) => Some(DiskStats {
+                    name: s.name.clone(),
+                    counters: s.counters.clone(),
+                }),
+                Kind::Nic(..) => None,
+            })
+            .collect()
+    }
+
+    /// The NICs' counters by TAP name, in the order they were added.
+    pub fn net_stats(&self) -> Vec<(String, Arc<NetCounters>)> {
+        self.devices
+            .values()
+            .filter_map(|d| match &d.kind {
+                Kind::Nic(name, counters) => Some((name.clone(), counters.clone())),
+                Kind::Disk(_) => None,
+            })
+            .collect()
+    }
+
+    /// The PCI slot of device `id`.
+    pub fn slot(&self, id: DeviceId) -> Option<u8> {
+        Some(self.devices.get(&id)?.slot)
+    }
+
+    /// Puts one virtio device on the PCI bus (a BAR, MSI-X vectors with
+    /// GSIs, ioeventfds for its queues) and watches its queues, and
+    /// `backend` when given, in `events`.
+    fn attach_pci(
+        &mut self,
+        events: &EventLoop,
+        virtio: Box<dyn VirtioDevice>,
+        kind: Kind,
+        backend: Option<RawFd>,
+    ) -> Result<DeviceId, VmError> {
+        let vectors = virtio.queue_max_sizes().len() as u16 + 1;
+        let msi = Arc::new(
+            DeviceMsi::new(self.router.clone(), vectors)
+                .map_err(|e| VmError::Devices(e.to_string()))?,
+        );
+        let bar = self
+            .allocator
+            .allocate(BAR_SIZE, BAR_SIZE)
+            .map_err(|e| VmError::Devices(e.to_string()))?;
+        let device = VirtioPciDevice::new(virtio, self.memory.clone(), msi, bar)
+            .map_err(|e| VmError::Devices(e.to_string()))?;
+        register_notifies(&self.vm, &device, true)?;
+        let mut sources = Vec::new();
+        for notify in device.notify_addresses() {
+            if let Some(event) = device.queue_event(notify.queue) {
+                let event = event.try_clone().map_err(VmError::Event)?;
+                sources.push(EventSource {
+                    fd: event.as_raw_fd(),
+                    events: EventSet::IN,
+                    ready: Ready::Queue(notify.queue),
+                    _owned: Some(event),
+                });
+            }
+        }
+        if let Some(fd) = backend {
+            // Edge-triggered: the NIC reads until the TAP is empty or the
+            // guest has no RX buffers, and is called again on new frames.
+            sources.push(EventSource {
+                fd,
+                events: EventSet::IN | EventSet::EDGE_TRIGGERED,
+                ready: Ready::Backend,
+                _owned: None,
+            });
+        }
+        let id = DeviceId(self.next_id);
+        let token =
+            |index: usize| DEVICE_TOKEN_BASE + (u64::from(id.0) << SOURCE_BITS) + index as u64;
+        let mut watched = 0;
+        let mut placed: Result<u8, VmError> = Ok(0);
+        for (index, source) in sources.iter().enumerate() {
+            if let Err(e) = events.add(source.fd, source.events, token(index)) {
+                placed = Err(VmError::Event(e));
+                break;
+            }
+            watched += 1;
+        }
+        let device = Arc::new(Mutex::new(device));
+        if placed.is_ok() {
+            let shared: SharedPciDevice = device.clone();
+            placed = lock(&self.pci)
+                .add_device(shared)
+                .map_err(|e| VmError::Devices(e.to_string()));
+        }
+        let slot = match placed {
+            Ok(slot) => slot,
+            Err(e) => {
+                // Leave nothing behind, so that a failed hot-add is harmless.
+                for source in &sources[..watched] {
+                    let _ = events.remove(source.fd);
+                }
+                let _ = register_notifies(&self.vm, &lock(&device), false);
+                let _ = self.allocator.free(bar);
+                return Err(e);
+            }
+        };
+        lock(&self.by_slot).insert(slot, device.clone());
+        self.next_id += 1;
+        tracing::debug!(slot, bar = format_args!("{bar:#x}"), "PCI device placed");
+        self.devices.insert(
+            id,
+            ManagedDevice {
+                slot,
+                bar,
+                device,
+                sources,
+                kind,
+            },
+        );
+        Ok(id)
+    }
+}
+
+/// Moves the notify ioeventfds of a device whose BAR the guest moved.
+fn bar_mover(
+    vm: Arc<VmFd>,
+    by_slot: Arc<Mutex<BTreeMap<u8, Arc<Mutex<VirtioPciDevice>>>>>,
+) -> devices::pci::BarReprogramHandler {
+    Arc::new(move |event: &BarReprogram| {
+        let Some(device) = lock(&by_slot).get(&event.slot).cloned() else {
+            return;
+        };
+        let device = lock(&device);
+        for notify in device.notify_addresses() {
+            let Some(queue_event) = device.queue_event(notify.queue) else {
+                continue;
+            };
+            let offset = NOTIFY_OFFSET + u64::from(NOTIFY_OFF_MULTIPLIER) * u64::from(notify.queue);
+            let old = IoEventAddress::Mmio(event.old + offset);
+            let new = IoEventAddress::Mmio(event.new + offset);
+            let _ = vm.unregister_ioevent(queue_event, &old, NoDatamatch);
+            if let Err(e) = vm.register_ioevent(queue_event, &new, NoDatamatch) {
+                tracing::warn!(error = %e, "cannot move a queue ioeventfd; notifies take the slow path");
+            }
+        }
+    })
+}
+
+/// Registers (or unregisters) the ioeventfds of `device`'s queues at its
+/// current BAR.
+fn register_notifies(vm: &VmFd, device: &VirtioPciDevice, add: bool) -> Result<(), VmError> {
+    for notify in device.notify_addresses() {
+        let Some(event) = device.queue_event(notify.queue) else {
+            continue;
+        };
+        let addr = IoEventAddress::Mmio(notify.addr);
+        let result = if add {
+            vm.register_ioevent(event, &addr, NoDatamatch)
+        } else {
+            vm.unregister_ioevent(event, &addr, NoDatamatch)
+        };
+        result.map_err(|e| VmError::Kvm("register a queue ioeventfd", e))?;
+    }
+    Ok(())
+}
+
+/// A locally administered MAC for NIC `index` of this process.
+fn local_mac(index: usize) -> [u8; 6] {
+    let pid = std::process::id().to_be_bytes();
+    [0x52, 0x54, pid[2], pid[3], (index >> 8) as u8, index as u8]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VM with an irqchip and MSI routing, or None where /dev/kvm is not
+    /// usable (outside CI).
+    fn kvm_rig() -> Option<(Arc<VmFd>, GuestMemoryMmap, Arc<GsiRouter>)> {
+        let kvm = match kvm_ioctls::Kvm::new() {
+            Ok(kvm) => kvm,
+            Err(e) => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "/dev/kvm: {e}"
+                );
+                eprintln!("skipped: /dev/kvm is not usable here");
+                return None;
+            }
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        vm.create_irq_chip().unwrap();
+        let memory = crate::memory::create_guest_memory(16 << 20).unwrap();
+        let router = Arc::new(GsiRouter::new(vm.clone()));
+        router.install().unwrap();
+        Some((vm, memory, router))
+    }
+
+    fn raw_disk(name: &str) -> (DiskConfig, SharedDisk) {
+        let path =
+            std::env::temp_dir().join(format!("nubo-devmgr-{}-{name}.raw", std::process::id()));
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        let disk = DiskConfig {
+            path: path.clone(),
+            read_only: false,
+            id: None,
+            format: images::ImageFormat::Raw,
+        };
+        let image = SharedDisk::open(&disk).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        (disk, image)
+    }
+
+    /// A device added while the loop exists wakes it through its own
+    /// descriptors; once removed, it no longer does, and its slot and BAR
+    /// are free for the next one.
+    #[test]
+    fn devices_register_and_unregister_their_descriptors() {
+        let Some((vm, memory, router)) = kvm_rig() else {
+            return;
+        };
+        let (mut pio, mmio) = (PioBus::new(), MmioBus::new());
+        let mut manager = DeviceManager::new(vm, memory, router, &mut pio, &mmio).unwrap();
+        let events = EventLoop::new().unwrap();
+        let (disk, image) = raw_disk("a");
+        let first = manager
+            .add_block(&events, &disk, &image, "a".into())
+            .unwrap();
+        let second = manager
+            .add_block(&events, &disk, &image, "b".into())
+            .unwrap();
+        assert_eq!(
+            (manager.slot(first), manager.slot(second)),
+            (Some(1), Some(2))
+        );
+        let names: Vec<_> = manager.disk_stats().into_iter().map(|d| d.name).collect();
+        assert_eq!(names, ["a", "b"]);
+
+        let notify = |id: DeviceId| {
+            manager.devices[&id].sources[0]
+                ._owned
+                .as_ref()
+                .unwrap()
+                .try_clone()
+                .unwrap()
+        };
+        let (kick_first, kick_second) = (notify(first), notify(second));
+        let mut ready = vec![EpollEvent::default(); 4];
+        kick_second.write(1).unwrap();
+        assert_eq!(events.wait(1000, &mut ready).unwrap(), 1);
+        let token = ready[0].data();
+        assert!(token >= DEVICE_TOKEN_BASE);
+        assert!(manager.handle(token), "the second disk owns the token");
+        assert_eq!(
+            events.wait(0, &mut ready).unwrap(),
+            0,
+            "the event was consumed"
+        );
+
+        let first_bar = manager.devices[&first].bar;
+        manager.remove_device(&events, first).unwrap();
+        assert!(manager.remove_device(&events, first).is_err());
+        assert_eq!(manager.slot(first), None);
+        kick_first.write(1).unwrap();
+        assert_eq!(events.wait(0, &mut ready).unwrap(), 0, "unwatched");
+        assert!(!manager.handle(DEVICE_TOKEN_BASE), "the token is gone");
+        assert_eq!(manager.disk_stats().len(), 1);
+
+        let third = manager
+            .add_block(&events, &disk, &image, "c".into())
+            .unwrap();
+        assert_eq!(manager.slot(third), Some(1));
+        assert_eq!(manager.devices[&third].bar, first_bar);
+        kick_second.write(1).unwrap();
+        assert_eq!(events.wait(1000, &mut ready).unwrap(), 1);
+        assert_eq!(ready[0].data(), token, "the other disk is untouched");
+    }
+}
