@@ -120,7 +120,8 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
     });
     let images = Arc::new(ImageStore::new(dir.path().join("images"), max_image_size).unwrap());
     let agent =
-        crate::agent::Agent::new(dir.path().join("no-vmm"), dir.path().join("instances")).unwrap();
+        crate::host::vmm::Agent::new(dir.path().join("no-vmm"), dir.path().join("instances"))
+            .unwrap();
     let state = AppState {
         db: db.clone(),
         cfg: cfg.clone(),

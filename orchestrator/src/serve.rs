@@ -7,10 +7,10 @@ use anyhow::Context;
 use axum::ServiceExt;
 use tower_layer::Layer;
 
-use crate::agent::Agent;
 use crate::compute::{lifecycle, Compute};
 use crate::config::Config;
 use crate::db::Db;
+use crate::host::vmm::Agent;
 use crate::http::{self, AppState};
 use crate::identity::bootstrap;
 use crate::image::files::ImageStore;
@@ -47,9 +47,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("preparing the instances directory")?;
     if let Some(base) = cfg.vmm_uid_base {
         anyhow::ensure!(
-            base.checked_add(crate::agent::VMM_UID_COUNT).is_some(),
+            base.checked_add(crate::host::vmm::VMM_UID_COUNT).is_some(),
             "--vmm-uid-base {base} leaves no room for {} ids",
-            crate::agent::VMM_UID_COUNT
+            crate::host::vmm::VMM_UID_COUNT
         );
         agent = agent.with_vmm_uid_base(Some(base));
     }

@@ -11,8 +11,8 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::agent::Agent;
 use crate::db::Db;
+use crate::host::vmm::Agent;
 use crate::image::files::ImageStore;
 
 /// The ids of the images whose files some server uses: every server's

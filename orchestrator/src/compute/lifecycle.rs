@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::model::{power, status, Server};
 use super::Compute;
-use crate::agent::{AgentError, DiskSpec, ExitInfo, VmmSpec};
+use crate::host::vmm::{AgentError, DiskSpec, ExitInfo, VmmSpec};
 use crate::identity::AuthContext;
 use crate::placement::{self, ClaimError, Request};
 use crate::util::now_iso;

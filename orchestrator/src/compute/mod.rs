@@ -14,9 +14,9 @@ pub mod store;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use crate::agent::{Agent, VmmProcess};
 use crate::config::Config;
 use crate::db::Db;
+use crate::host::vmm::{Agent, VmmProcess};
 use crate::image::files::ImageStore;
 use crate::placement::{self, Capacity, Inventory};
 

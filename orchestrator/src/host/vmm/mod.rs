@@ -1,4 +1,4 @@
-//! The compute agent: runs, adopts and stops one `nubo-vmm` process per server.
+//! The VMM agent: runs, adopts and stops one `nubo-vmm` process per server.
 //!
 //! Every server has an instance directory `INSTANCES/<server id>/` (mode
 //! 0700) holding:
@@ -439,7 +439,7 @@ impl Agent {
             server_id: id.to_owned(),
             reason: e.to_string(),
         })?;
-        process::write_atomic(&spec_path, &spec_json)
+        crate::state_dir::write_atomic(&spec_path, &spec_json)
             .map_err(io_err("cannot write", &spec_path))?;
         drop(ids);
 
@@ -990,7 +990,8 @@ impl Agent {
                         pid,
                         "a VMM runs without a pid file: recording it"
                     );
-                    if let Err(e) = process::write_atomic(&pid_path, format!("{pid}\n").as_bytes())
+                    if let Err(e) =
+                        crate::state_dir::write_atomic(&pid_path, format!("{pid}\n").as_bytes())
                     {
                         tracing::warn!(server_id = id, pid, error = %e, "cannot record the VMM; killing it");
                         let _ = process::sigkill(pid);
