@@ -3,9 +3,11 @@
 //! driver interfaces): run the servers' VMMs ([`vmm`]), and next their
 //! networks (`net`) and volumes (`storage`).
 //!
-//! Each concern is to be a trait the services call and nothing else, with
-//! the real implementation next to it (the [`vmm::Agent`]) and a fake for the
-//! in-process API tests, so they run without KVM or root; a later multi-host
-//! split puts these traits behind an RPC and the services do not change.
+//! Each concern is a trait the services call and nothing else
+//! ([`vmm::VmmHost`]), with the real implementation next to it (the
+//! [`vmm::Agent`]) and a fake for the in-process API tests
+//! (`vmm::fake::FakeVmmHost`), so they run without KVM or root. A later
+//! multi-host split puts these traits behind an RPC; the services do not
+//! change.
 
 pub mod vmm;

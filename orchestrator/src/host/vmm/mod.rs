@@ -26,8 +26,14 @@
 //!
 //! The API is blocking (std threads, no tokio). From async code call it
 //! through `tokio::task::spawn_blocking`.
+//!
+//! Compute calls it only through the [`VmmHost`] trait, which the [`Agent`]
+//! implements; the API tests use a fake (`fake.rs`) instead.
 
 mod console;
+#[cfg(test)]
+pub mod fake;
+mod interface;
 mod process;
 mod spec;
 
@@ -45,6 +51,7 @@ use std::time::{Duration, Instant};
 
 use images::ImageFormat;
 
+pub use interface::VmmHost;
 pub use process::{ExitInfo, VmmProcess};
 pub use spec::{validate_server_id, DiskSpec, VmmSpec, MAX_SERVER_ID_LEN, MAX_VCPUS};
 
