@@ -15,11 +15,13 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::host::vmm::fake::FakeVmmHost;
 use crate::identity::{bootstrap, token};
 use crate::image::files::ImageStore;
 
-/// A daemon serving the whole API in-process (no VMM: the agent points at
-/// a missing binary), with its users' tokens.
+/// A daemon serving the whole API in-process, with its users' tokens. Its
+/// compute host is a [`FakeVmmHost`]: servers "run" in memory, without KVM
+/// or a `nubo-vmm` binary.
 pub(crate) struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -27,6 +29,8 @@ pub(crate) struct Server {
     pub db: Db,
     /// Its state directory.
     pub dir: tempfile::TempDir,
+    /// Its compute host's VMMs.
+    pub vmm: Arc<FakeVmmHost>,
     /// The service prefix [`Server::call`] puts before paths (`/image`).
     pub prefix: &'static str,
     /// The admin's token (admin project).
@@ -107,7 +111,8 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         listen: "127.0.0.1:0".parse().unwrap(),
         public_url: None,
         vmm_binary: dir.path().join("no-vmm"),
-        default_kernel: None,
+        // Never read: the fake host boots nothing.
+        default_kernel: Some(dir.path().join("no-kernel")),
         default_initrd: None,
         default_cmdline: String::new(),
         token_ttl: Duration::from_secs(3600),
@@ -119,13 +124,15 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         vmm_uid_base: None,
     });
     let images = Arc::new(ImageStore::new(dir.path().join("images"), max_image_size).unwrap());
-    let agent =
-        crate::agent::Agent::new(dir.path().join("no-vmm"), dir.path().join("instances")).unwrap();
+    let vmm = Arc::new(FakeVmmHost::default());
+    let compute =
+        crate::compute::Compute::new(db.clone(), cfg.clone(), vmm.clone(), images.clone());
+    tokio::spawn(crate::compute::lifecycle::power_sync(Arc::clone(&compute)));
     let state = AppState {
         db: db.clone(),
-        cfg: cfg.clone(),
-        images: Arc::clone(&images),
-        compute: crate::compute::Compute::new(db.clone(), cfg, Arc::new(agent), images),
+        cfg,
+        images,
+        compute,
     };
     let app = crate::http::router::router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -135,6 +142,7 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         addr,
         db,
         dir,
+        vmm,
         prefix,
         admin,
         admin_project,

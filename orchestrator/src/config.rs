@@ -81,7 +81,7 @@ pub struct Config {
     /// Password for the admin user on first start (else one is generated).
     pub admin_password: Option<String>,
     /// First user and group id of the VMMs (one per server); `None`: the
-    /// agent's default ([`crate::agent::DEFAULT_VMM_UID_BASE`] for a root
+    /// agent's default ([`crate::host::vmm::DEFAULT_VMM_UID_BASE`] for a root
     /// daemon, the daemon's own user otherwise).
     pub vmm_uid_base: Option<u32>,
 }

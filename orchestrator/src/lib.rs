@@ -2,12 +2,12 @@
 //! Image v2 and Compute v2.1 APIs (a subset) on one port, keeps its state in
 //! SQLite, and runs one `nubo-vmm` process per server.
 
-pub mod agent;
 #[cfg(test)]
 mod api_test;
 pub mod compute;
 pub mod config;
 pub mod db;
+pub mod host;
 pub mod http;
 pub mod identity;
 pub mod image;

@@ -7,10 +7,10 @@ use anyhow::Context;
 use axum::ServiceExt;
 use tower_layer::Layer;
 
-use crate::agent::Agent;
 use crate::compute::{lifecycle, Compute};
 use crate::config::Config;
 use crate::db::Db;
+use crate::host::vmm::{Agent, VmmHost};
 use crate::http::{self, AppState};
 use crate::identity::bootstrap;
 use crate::image::files::ImageStore;
@@ -47,9 +47,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("preparing the instances directory")?;
     if let Some(base) = cfg.vmm_uid_base {
         anyhow::ensure!(
-            base.checked_add(crate::agent::VMM_UID_COUNT).is_some(),
+            base.checked_add(crate::host::vmm::VMM_UID_COUNT).is_some(),
             "--vmm-uid-base {base} leaves no room for {} ids",
-            crate::agent::VMM_UID_COUNT
+            crate::host::vmm::VMM_UID_COUNT
         );
         agent = agent.with_vmm_uid_base(Some(base));
     }
@@ -125,8 +125,8 @@ fn enable_ksm() {
 /// daemon, so they become `killed` (their partial files were removed by the
 /// store); files in the store that no active image owns and no server uses
 /// are removed.
-fn reconcile_images(db: &Db, images: &ImageStore, agent: &Agent) {
-    let used = crate::compute::image_use::images_in_use(db, agent, images);
+fn reconcile_images(db: &Db, images: &ImageStore, vmm: &dyn VmmHost) {
+    let used = crate::compute::image_use::images_in_use(db, vmm, images);
     let conn = db.lock();
     match crate::image::store::kill_interrupted_uploads(&conn) {
         Ok(0) => {}

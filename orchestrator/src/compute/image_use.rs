@@ -11,14 +11,14 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::agent::Agent;
 use crate::db::Db;
+use crate::host::vmm::VmmHost;
 use crate::image::files::ImageStore;
 
 /// The ids of the images whose files some server uses: every server's
 /// `image_id` (its boot disk's backing file) and the kernel and initramfs
 /// named in its saved VMM spec when they are image files.
-pub fn images_in_use(db: &Db, agent: &Agent, images: &ImageStore) -> HashSet<String> {
+pub fn images_in_use(db: &Db, vmm: &dyn VmmHost, images: &ImageStore) -> HashSet<String> {
     let servers: Vec<(String, String)> = {
         let conn = db.lock();
         let rows = super::store::server_images(&conn);
@@ -34,7 +34,7 @@ pub fn images_in_use(db: &Db, agent: &Agent, images: &ImageStore) -> HashSet<Str
     let mut used = HashSet::new();
     for (server_id, image_id) in servers {
         used.insert(image_id);
-        match agent.load_spec(&server_id) {
+        match vmm.load_spec(&server_id) {
             Ok(Some(spec)) => {
                 let files = std::iter::once(spec.kernel.as_path()).chain(spec.initrd.as_deref());
                 used.extend(files.filter_map(|f| image_id_of(images, f)));
@@ -66,8 +66,8 @@ fn image_id_of(images: &ImageStore, file: &Path) -> Option<String> {
 /// Removes the files of images that no longer exist (their record was
 /// deleted while servers used them) and that no server uses any more.
 /// Files of existing images and partial uploads are left alone.
-pub fn remove_released_files(db: &Db, agent: &Agent, images: &ImageStore) {
-    let used = images_in_use(db, agent, images);
+pub fn remove_released_files(db: &Db, vmm: &dyn VmmHost, images: &ImageStore) {
+    let used = images_in_use(db, vmm, images);
     let Ok(entries) = std::fs::read_dir(images.dir()) else {
         return;
     };

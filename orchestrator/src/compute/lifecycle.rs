@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::model::{power, status, Server};
 use super::Compute;
-use crate::agent::{AgentError, DiskSpec, ExitInfo, VmmSpec};
+use crate::host::vmm::{AgentError, DiskSpec, ExitInfo, VmmSpec};
 use crate::identity::AuthContext;
 use crate::placement::{self, ClaimError, Request};
 use crate::util::now_iso;
@@ -206,27 +206,27 @@ async fn start_vmm(c: &Arc<Compute>, s: &Server, spec: Option<VmmSpec>) -> Resul
     let spec = match spec {
         Some(spec) => spec,
         None => {
-            let agent = Arc::clone(&c.agent);
+            let vmm = Arc::clone(&c.vmm);
             let id = s.id.clone();
-            match blocking(move || agent.load_spec(&id)).await? {
+            match blocking(move || vmm.load_spec(&id)).await? {
                 Ok(Some(spec)) => spec,
                 Ok(None) => return Err("the server has no saved VMM spec".into()),
                 Err(e) => return Err(e.to_string()),
             }
         }
     };
-    let agent = Arc::clone(&c.agent);
+    let vmm = Arc::clone(&c.vmm);
     let id = s.id.clone();
     let proc = blocking(move || -> Result<_, String> {
-        let p = agent.spawn(&spec).map_err(|e| e.to_string())?;
-        match agent.wait_running(&spec.server_id, START_TIMEOUT) {
+        let p = vmm.spawn(&spec).map_err(|e| e.to_string())?;
+        match vmm.wait_running(&spec.server_id, START_TIMEOUT) {
             Ok(()) => Ok(Some(p)),
             Err(AgentError::VmmExited {
                 exit: Some(ExitInfo { code: Some(0), .. }),
                 ..
             }) => Ok(None),
             Err(e) => {
-                let _ = agent.kill(&spec.server_id);
+                let _ = vmm.kill(&spec.server_id);
                 Err(e.to_string())
             }
         }
@@ -306,13 +306,13 @@ pub async fn build(c: Arc<Compute>, id: String) {
                     s.image_id
                 )
             })?;
-        let agent = Arc::clone(&c.agent);
+        let vmm = Arc::clone(&c.vmm);
         let backing = image_file(&c, &s.image_id)?;
         let sid = id.clone();
         let disk = blocking(move || {
             // A previous attempt (daemon killed mid-build) may have left files.
-            let _ = agent.remove_instance(&sid);
-            agent.create_boot_disk(&sid, &backing, format)
+            let _ = vmm.remove_instance(&sid);
+            vmm.create_boot_disk(&sid, &backing, format)
         })
         .await?
         .map_err(|e| e.to_string())?;
@@ -328,7 +328,7 @@ pub async fn build(c: Arc<Compute>, id: String) {
             let c2 = Arc::clone(&c);
             let id2 = id.clone();
             let _ = blocking(move || {
-                let _ = c2.agent.kill(&id2);
+                let _ = c2.vmm.kill(&id2);
                 placement::release(&c2.db.lock(), &id2)
             })
             .await;
@@ -339,10 +339,10 @@ pub async fn build(c: Arc<Compute>, id: String) {
 
 /// `os-stop`: ACPI shutdown, hard stop after the configured shutdown timeout.
 pub async fn stop(c: Arc<Compute>, id: String, busy: super::BusyGuard) {
-    let agent = Arc::clone(&c.agent);
+    let vmm = Arc::clone(&c.vmm);
     let sid = id.clone();
     let timeout = c.cfg.shutdown_timeout;
-    let r = blocking(move || agent.shutdown(&sid, timeout)).await;
+    let r = blocking(move || vmm.shutdown(&sid, timeout)).await;
     c.take_proc(&id);
     match r {
         Ok(Ok(())) => set_state(&c, &id, status::SHUTOFF, None, power::SHUTDOWN, None),
@@ -374,14 +374,14 @@ pub async fn start(c: Arc<Compute>, id: String, busy: super::BusyGuard) {
 /// starts a new one.
 pub async fn reboot(c: Arc<Compute>, id: String, hard: bool, busy: super::BusyGuard) {
     let Some(s) = load(&c, &id) else { return };
-    let agent = Arc::clone(&c.agent);
+    let vmm = Arc::clone(&c.vmm);
     let sid = id.clone();
     let timeout = c.cfg.shutdown_timeout;
     let down = blocking(move || {
         if hard {
-            agent.kill(&sid)
+            vmm.kill(&sid)
         } else {
-            agent.shutdown(&sid, timeout)
+            vmm.shutdown(&sid, timeout)
         }
     })
     .await;
@@ -411,7 +411,7 @@ pub async fn delete(c: Arc<Compute>, id: String) {
     let c2 = Arc::clone(&c);
     let sid = id.clone();
     let r = blocking(move || -> Result<(), String> {
-        c2.agent.remove_instance(&sid).map_err(|e| e.to_string())?;
+        c2.vmm.remove_instance(&sid).map_err(|e| e.to_string())?;
         let conn = c2.db.lock();
         placement::release(&conn, &sid).map_err(|e| e.to_string())?;
         super::store::delete_server(&conn, &sid).map_err(|e| e.to_string())?;
@@ -425,7 +425,7 @@ pub async fn delete(c: Arc<Compute>, id: String) {
             tracing::info!(server = %id, "server deleted");
             let c2 = Arc::clone(&c);
             let _ = blocking(move || {
-                super::image_use::remove_released_files(&c2.db, &c2.agent, &c2.images)
+                super::image_use::remove_released_files(&c2.db, c2.vmm.as_ref(), &c2.images)
             })
             .await;
         }
@@ -443,7 +443,7 @@ pub async fn power_sync(c: Arc<Compute>) {
             let procs = c.procs.lock().unwrap_or_else(|p| p.into_inner());
             procs
                 .iter()
-                .filter(|(id, p)| !c.is_busy(id) && !c.agent.is_alive(p))
+                .filter(|(id, p)| !c.is_busy(id) && !c.vmm.is_alive(p))
                 .map(|(id, _)| id.clone())
                 .collect()
         };
@@ -477,18 +477,18 @@ pub async fn reconcile(c: Arc<Compute>) {
     {
         // Before adopting: every VMM that runs is tracked by its server's pid
         // file or killed, so no build restarted below can duplicate one.
-        let agent = Arc::clone(&c.agent);
+        let vmm = Arc::clone(&c.vmm);
         let known = known.clone();
-        let _ = blocking(move || agent.settle_running_vmms(&known)).await;
+        let _ = blocking(move || vmm.settle_running_vmms(&known)).await;
     }
     for s in servers {
-        let agent = Arc::clone(&c.agent);
+        let vmm = Arc::clone(&c.vmm);
         let sid = s.id.clone();
-        let adopted = blocking(move || match agent.adopt(&sid) {
+        let adopted = blocking(move || match vmm.adopt(&sid) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(server = %sid, error = %e, "VMM alive but unusable; killing it");
-                let _ = agent.kill(&sid);
+                let _ = vmm.kill(&sid);
                 None
             }
         })
@@ -547,9 +547,9 @@ pub async fn reconcile(c: Arc<Compute>) {
                     set_state(&c, &s.id, status::ACTIVE, None, power::RUNNING, None);
                 } else {
                     tracing::warn!(server = %s.id, "a VMM runs for a SHUTOFF server; stopping it");
-                    let agent = Arc::clone(&c.agent);
+                    let vmm = Arc::clone(&c.vmm);
                     let sid = s.id.clone();
-                    let _ = blocking(move || agent.stop(&sid)).await;
+                    let _ = blocking(move || vmm.stop(&sid)).await;
                     c.take_proc(&s.id);
                 }
             }
@@ -561,13 +561,13 @@ pub async fn reconcile(c: Arc<Compute>) {
             _ => {}
         }
     }
-    let agent = Arc::clone(&c.agent);
-    let orphans = blocking(move || agent.list_instances()).await;
+    let vmm = Arc::clone(&c.vmm);
+    let orphans = blocking(move || vmm.list_instances()).await;
     if let Ok(Ok(ids)) = orphans {
         for id in ids.into_iter().filter(|i| !known.contains(i)) {
             tracing::warn!(server = %id, "orphan instance directory (no such server): removing it and its VMM");
-            let agent = Arc::clone(&c.agent);
-            let _ = blocking(move || agent.remove_instance(&id)).await;
+            let vmm = Arc::clone(&c.vmm);
+            let _ = blocking(move || vmm.remove_instance(&id)).await;
         }
     }
 }

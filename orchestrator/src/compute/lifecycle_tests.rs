@@ -40,8 +40,8 @@ fn compute(dir: &std::path::Path, db: Db) -> Arc<Compute> {
         vmm_uid_base: None,
     });
     let images = Arc::new(ImageStore::new(dir.join("images"), 1 << 20).expect("store"));
-    let agent = crate::agent::Agent::new(dir.join("no-vmm"), dir.join("instances")).expect("agent");
-    Compute::new(db, cfg, Arc::new(agent), images)
+    let vmm = Arc::new(crate::host::vmm::fake::FakeVmmHost::default());
+    Compute::new(db, cfg, vmm, images)
 }
 
 fn image(conn: &Connection, id: &str, owner: &str, visibility: &str, fmt: &str, props: &str) {

@@ -1,5 +1,5 @@
 //! Compute (a Nova v2.1 subset): flavors, servers, and their lifecycle.
-//! Each server is one `nubo-vmm` process run by the [`Agent`]; the scheduler
+//! Each server is one `nubo-vmm` process run by the host's [`VmmHost`]; the scheduler
 //! claims capacity with overcommit before a server is started.
 
 pub mod actions;
@@ -14,9 +14,9 @@ pub mod store;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use crate::agent::{Agent, VmmProcess};
 use crate::config::Config;
 use crate::db::Db;
+use crate::host::vmm::{VmmHost, VmmProcess};
 use crate::image::files::ImageStore;
 use crate::placement::{self, Capacity, Inventory};
 
@@ -40,8 +40,8 @@ pub struct Compute {
     pub db: Db,
     /// Daemon configuration.
     pub cfg: Arc<Config>,
-    /// Runs the VMMs.
-    pub agent: Arc<Agent>,
+    /// Runs the VMMs (the `Agent`, or a fake in tests).
+    pub vmm: Arc<dyn VmmHost>,
     /// Image files (boot disks' backing files, kernels, ramdisks).
     pub images: Arc<ImageStore>,
     /// The host's inventory (read at start).
@@ -75,7 +75,7 @@ impl Compute {
     pub fn new(
         db: Db,
         cfg: Arc<Config>,
-        agent: Arc<Agent>,
+        vmm: Arc<dyn VmmHost>,
         images: Arc<ImageStore>,
     ) -> Arc<Compute> {
         let inventory = Inventory::of_host(&cfg.state_dir);
@@ -84,7 +84,7 @@ impl Compute {
         Arc::new(Compute {
             db,
             cfg,
-            agent,
+            vmm,
             images,
             inventory,
             capacity,

@@ -1,28 +1,17 @@
 //! KVM and the `nubo-vmm` binary for the orchestrator's tests: shared by the
-//! integration tests (`tests/common`) and the agent's unit tests (included
-//! with `#[path]`).
+//! integration tests (`tests/common`) and the VMM agent's unit tests
+//! (`host/vmm/tests.rs`, included with `#[path]`); `kvm_available` is the
+//! VMM's tests' own (`vmm/tests/common/mod.rs`, included the same way).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// Whether /dev/kvm is usable; its absence is a failure when `CI=true`,
-/// elsewhere a skip (the caller returns early).
-pub fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "/dev/kvm is not usable and CI=true: KVM tests must run"
-        );
-        eprintln!("skipped: /dev/kvm is not usable here");
-    }
-    ok
-}
+// The VMM's tests' own check, so both crates skip (or fail in CI) alike.
+#[path = "../../../vmm/tests/common/mod.rs"]
+mod vmm_common;
+
+pub use vmm_common::kvm_available;
 
 /// `$NUBO_VMM`, else the newer of `target/{release,debug}/nubo-vmm`, else
 /// built with `cargo build -p vmm --bin nubo-vmm`.

@@ -1,4 +1,5 @@
-//! Helpers shared by the VMM's integration tests.
+//! Helpers shared by the VMM's integration tests (and, included with
+//! `#[path]`, by the orchestrator's: `orchestrator/tests/common/kvm.rs`).
 
 /// Whether /dev/kvm is usable; in CI its absence is a failure, elsewhere a
 /// skip (the caller returns early).

@@ -65,9 +65,9 @@ pub(crate) async fn server_action(
                 }
             }
         };
-        let agent = Arc::clone(&st.compute.agent);
+        let vmm = Arc::clone(&st.compute.vmm);
         let sid = id.clone();
-        let out = tokio::task::spawn_blocking(move || agent.console_output(&sid, length))
+        let out = tokio::task::spawn_blocking(move || vmm.console_output(&sid, length))
             .await
             .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;

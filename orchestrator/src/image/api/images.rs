@@ -117,7 +117,7 @@ pub(crate) async fn delete_image(
     let used = {
         let (db, compute) = (st.db.clone(), st.compute.clone());
         tokio::task::spawn_blocking(move || {
-            crate::compute::image_use::images_in_use(&db, &compute.agent, &compute.images)
+            crate::compute::image_use::images_in_use(&db, compute.vmm.as_ref(), &compute.images)
         })
         .await
         .map_err(ApiError::internal)?

@@ -13,7 +13,7 @@ use vmm::tiny_guest::{elf, TinyEnd, TinyEntry, READY_LINE};
 
 use super::*;
 
-#[path = "../../tests/common/kvm.rs"]
+#[path = "../../../tests/common/kvm.rs"]
 mod kvm;
 use kvm::{kvm_available, vmm_binary};
 
@@ -497,7 +497,7 @@ fn the_vmm_outlives_a_killed_daemon() {
     let h = Harness::new();
     let mut daemon = Command::new(std::env::current_exe().unwrap())
         .args([
-            "agent::tests::helper_daemon_that_gets_killed",
+            "host::vmm::tests::helper_daemon_that_gets_killed",
             "--exact",
             "--ignored",
             "--test-threads=1",

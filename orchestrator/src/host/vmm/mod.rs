@@ -1,4 +1,4 @@
-//! The compute agent: runs, adopts and stops one `nubo-vmm` process per server.
+//! The VMM agent: runs, adopts and stops one `nubo-vmm` process per server.
 //!
 //! Every server has an instance directory `INSTANCES/<server id>/` (mode
 //! 0700) holding:
@@ -26,8 +26,14 @@
 //!
 //! The API is blocking (std threads, no tokio). From async code call it
 //! through `tokio::task::spawn_blocking`.
+//!
+//! Compute calls it only through the [`VmmHost`] trait, which the [`Agent`]
+//! implements; the API tests use a fake (`fake.rs`) instead.
 
 mod console;
+#[cfg(test)]
+pub mod fake;
+mod interface;
 mod process;
 mod spec;
 
@@ -45,6 +51,7 @@ use std::time::{Duration, Instant};
 
 use images::ImageFormat;
 
+pub use interface::VmmHost;
 pub use process::{ExitInfo, VmmProcess};
 pub use spec::{validate_server_id, DiskSpec, VmmSpec, MAX_SERVER_ID_LEN, MAX_VCPUS};
 
@@ -439,7 +446,7 @@ impl Agent {
             server_id: id.to_owned(),
             reason: e.to_string(),
         })?;
-        process::write_atomic(&spec_path, &spec_json)
+        crate::state_dir::write_atomic(&spec_path, &spec_json)
             .map_err(io_err("cannot write", &spec_path))?;
         drop(ids);
 
@@ -990,7 +997,8 @@ impl Agent {
                         pid,
                         "a VMM runs without a pid file: recording it"
                     );
-                    if let Err(e) = process::write_atomic(&pid_path, format!("{pid}\n").as_bytes())
+                    if let Err(e) =
+                        crate::state_dir::write_atomic(&pid_path, format!("{pid}\n").as_bytes())
                     {
                         tracing::warn!(server_id = id, pid, error = %e, "cannot record the VMM; killing it");
                         let _ = process::sigkill(pid);

@@ -37,7 +37,6 @@ pub struct DiskSpec {
     /// daemon's working directory).
     pub path: PathBuf,
     /// Format of the file; never probed.
-    #[serde(with = "format_name")]
     pub format: ImageFormat,
     /// Whether the guest may only read the disk.
     #[serde(default)]
@@ -152,26 +151,5 @@ impl VmmSpec {
             args.push(opt("jail", jail_root));
         }
         args
-    }
-}
-
-/// Serde for [`ImageFormat`] as its QEMU name (`"raw"`, `"qcow2"`).
-mod format_name {
-    use images::ImageFormat;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(format: &ImageFormat, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(format.name())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ImageFormat, D::Error> {
-        let name = String::deserialize(d)?;
-        match name.as_str() {
-            "raw" => Ok(ImageFormat::Raw),
-            "qcow2" => Ok(ImageFormat::Qcow2),
-            other => Err(serde::de::Error::custom(format!(
-                "unknown image format '{other}' (raw or qcow2)"
-            ))),
-        }
     }
 }
