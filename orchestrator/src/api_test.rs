@@ -4,11 +4,9 @@
 
 use rusqlite::{params, Connection};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::http::AppState;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,23 +41,11 @@ pub(crate) struct Server {
     pub rita: String,
 }
 
-/// An answer.
-pub(crate) struct Resp {
-    /// HTTP status.
-    pub status: u16,
-    /// Headers, names lowercased.
-    pub headers: HashMap<String, String>,
-    /// The body (de-chunked).
-    pub body: Vec<u8>,
-}
+/// The orchestrator tests' one HTTP client, shared with the daemon tests.
+#[path = "../tests/common/http_client.rs"]
+mod http_client;
 
-impl Resp {
-    /// The body as JSON (panics if it is not).
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-}
+pub(crate) use http_client::Resp;
 
 /// Adds a user with `role` on `project`; returns its token.
 pub(crate) fn add_user(conn: &Connection, name: &str, project: &str, role: &str) -> String {
@@ -151,24 +137,6 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
     }
 }
 
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(nl) = data.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size_str = String::from_utf8_lossy(&data[..nl]);
-        let size =
-            usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap_or(0);
-        if size == 0 {
-            return out;
-        }
-        data = &data[nl + 2..];
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
-
 impl Server {
     /// Sends one request (`path` after the service prefix) and reads the
     /// whole answer.
@@ -180,57 +148,19 @@ impl Server {
         ctype: Option<&str>,
         body: &[u8],
     ) -> Resp {
-        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let mut head = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nX-Auth-Token: {token}\r\n\
-             Connection: close\r\nContent-Length: {}\r\n",
-            self.prefix,
-            self.addr,
-            body.len()
-        );
-        if let Some(c) = ctype {
-            head.push_str(&format!("Content-Type: {c}\r\n"));
-        }
-        head.push_str("\r\n");
-        let mut req = head.into_bytes();
-        req.extend_from_slice(body);
-        // The server may answer (and close) before reading a refused body.
-        let _ = s.write_all(&req).await;
-        let mut raw = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
+        let addr = self.addr;
+        let (method, path) = (method.to_string(), format!("{}{path}", self.prefix));
+        let (token, ctype, body) = (token.to_string(), ctype.map(str::to_string), body.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let mut headers = vec![("X-Auth-Token", token.as_str())];
+            if let Some(c) = &ctype {
+                headers.push(("Content-Type", c.as_str()));
             }
-        }
-        let end = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("no response to {method} {path}"));
-        let head = String::from_utf8_lossy(&raw[..end]).to_string();
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers: HashMap<String, String> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        let mut body = raw[end + 4..].to_vec();
-        if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
-            body = dechunk(&body);
-        }
-        Resp {
-            status,
-            headers,
-            body,
-        }
+            http_client::http(addr, &method, &path, &headers, Some(&body))
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the test client's task failed: {e}"))
     }
 
     /// `GET`.

@@ -140,8 +140,8 @@ async fn image_lifecycle() {
 
     let r = s.get(&format!("/v2/images/{id}/file"), t).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.headers["content-md5"], md5);
-    assert_eq!(r.headers["content-type"], "application/octet-stream");
+    assert_eq!(r.header("content-md5"), Some(md5.as_str()));
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
     assert_eq!(r.body, data);
 
     // Patch: replace name, add and remove properties.
