@@ -1131,7 +1131,9 @@ mod tests {
             };
             super::super::fuzz::fuzz_blk_request(&input);
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        // A hang guard, not a benchmark: 3000 debug-build runs take ~8 s on an idle
+        // 2-core machine and more while other test binaries and builds share it.
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
     }
 
     #[test]
