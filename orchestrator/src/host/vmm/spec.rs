@@ -85,7 +85,7 @@ impl VmmSpec {
                 self.vcpus
             )));
         }
-        let min_mib = vmm::config::MIN_MEMORY_BYTES >> 20;
+        let min_mib = vmm_api::config::MIN_MEMORY_BYTES >> 20;
         if self.memory_mib < min_mib {
             return Err(bad(format!(
                 "memory_mib must be at least {min_mib}, not {}",
