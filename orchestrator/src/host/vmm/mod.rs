@@ -481,6 +481,7 @@ impl Agent {
                 Err(e) => return Err(io_err("cannot create the jail directory", &jail)(e)),
             }
         }
+        let args = spec.vmm_args(&dir.join(CONSOLE_FILE), &socket, &jail)?;
         let spec_path = dir.join(SPEC_FILE);
         let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| AgentError::InvalidSpec {
             server_id: id.to_owned(),
@@ -497,7 +498,6 @@ impl Agent {
             .mode(0o600)
             .open(&log_path)
             .map_err(io_err("cannot open", &log_path))?;
-        let args = spec.vmm_args(&dir.join(CONSOLE_FILE), &socket, &jail);
         writeln!(
             log,
             "{LOG_MARKER} for server {id} at {} ===",
