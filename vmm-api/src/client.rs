@@ -92,3 +92,37 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that accepts but never answers ends in a timeout, and a
+    /// missing one in a connect error.
+    #[tokio::test]
+    async fn silent_and_missing_sockets() {
+        let dir = std::env::temp_dir().join(format!("vmm-api-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("api.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let silent = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(stream);
+        });
+        let limit = Duration::from_millis(200);
+        let answer = request(&socket, "GET", "/vm", None, Some(limit)).await;
+        assert!(
+            matches!(answer, Err(ClientError::Timeout(l)) if l == limit),
+            "{answer:?}"
+        );
+        silent.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let answer = request(&socket, "GET", "/vm", None, None).await;
+        assert!(
+            matches!(answer, Err(ClientError::Connect { .. })),
+            "{answer:?}"
+        );
+    }
+}

@@ -444,4 +444,22 @@ mod tests {
             Err(ConfigError::VcpuCount(300))
         );
     }
+
+    #[test]
+    fn json_both_ways() {
+        let config = VmConfig::builder("/k/vmlinuz")
+            .initrd("/k/initrd")
+            .serial(SerialConfig::Socket("/d/c.sock".into()))
+            .disk("path=/i/a.qcow2,format=qcow2,id=a".parse().unwrap())
+            .net("tap=nubo0,mac=52:54:00:12:34:56".parse().unwrap())
+            .build()
+            .unwrap();
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(
+            json.contains(r#""serial":{"socket":"/d/c.sock"}"#),
+            "{json}"
+        );
+        assert!(json.contains(r#""format":"qcow2""#), "{json}");
+        assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), config);
+    }
 }
