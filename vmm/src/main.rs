@@ -119,22 +119,29 @@ enum Switch {
     Off,
 }
 
+impl RunArgs {
+    /// The guest these options describe.
+    fn vm_config(&self) -> Result<VmConfig, vmm::config::ConfigError> {
+        let mut builder = VmConfig::builder(&self.kernel)
+            .cmdline(self.cmdline.clone())
+            .vcpus(self.cpus)
+            .memory_bytes(self.memory.0)
+            .serial(self.serial.clone());
+        if let Some(initrd) = &self.initrd {
+            builder = builder.initrd(initrd);
+        }
+        for disk in self.disks.iter().cloned() {
+            builder = builder.disk(disk);
+        }
+        for net in self.nets.iter().cloned() {
+            builder = builder.net(net);
+        }
+        builder.build()
+    }
+}
+
 fn run(args: RunArgs) -> anyhow::Result<vmm::ExitReason> {
-    let mut builder = VmConfig::builder(&args.kernel)
-        .cmdline(args.cmdline)
-        .vcpus(args.cpus)
-        .memory_bytes(args.memory.0)
-        .serial(args.serial);
-    if let Some(initrd) = &args.initrd {
-        builder = builder.initrd(initrd);
-    }
-    for disk in args.disks.iter().cloned() {
-        builder = builder.disk(disk);
-    }
-    for net in args.nets.iter().cloned() {
-        builder = builder.net(net);
-    }
-    let config = builder.build()?;
+    let config = args.vm_config()?;
     let config_serial = config.serial.clone();
     vmm::seccomp::set_enabled(args.seccomp == Switch::On);
     // Everything that needs privileges or the host's file system is opened
@@ -290,6 +297,53 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("nubo-vmm: error: {}", one_line(&e));
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use vmm::config::{DiskConfig, ImageFormat, NetConfig};
+
+    /// vmm-api's renderer is the inverse of this parser.
+    #[test]
+    fn rendered_run_args_parse_back() {
+        let config = VmConfig::builder("/k/-vmlinuz")
+            .initrd("/k/initrd")
+            .cmdline("-console=ttyS0 root=/dev/vda")
+            .vcpus(3)
+            .memory_bytes((100 << 20) + 8192)
+            .serial(SerialConfig::File("/d/console.log".into()))
+            .disk(DiskConfig {
+                path: "/i/disk.qcow2".into(),
+                read_only: false,
+                id: None,
+                format: ImageFormat::Qcow2,
+            })
+            .disk(DiskConfig {
+                path: "/i/config.img".into(),
+                read_only: true,
+                id: Some("cfg".into()),
+                format: ImageFormat::Raw,
+            })
+            .net(
+                "tap=nubo0,mac=52:54:00:12:34:56"
+                    .parse::<NetConfig>()
+                    .unwrap(),
+            )
+            .net("fd=7".parse::<NetConfig>().unwrap())
+            .build()
+            .unwrap();
+        for socket in [None, Some(std::path::Path::new("/d/api.sock"))] {
+            let mut argv = vec![std::ffi::OsString::from("nubo-vmm")];
+            argv.extend(config.run_args(socket));
+            let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not a run command");
+            };
+            assert_eq!(args.vm_config(), Ok(config.clone()));
+            assert_eq!(args.api_socket.as_deref(), socket);
         }
     }
 }

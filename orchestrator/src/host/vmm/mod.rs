@@ -24,8 +24,10 @@
 //! namespace of its own. The VMM opens everything it needs before it jails
 //! itself, so every file here stays root's.
 //!
-//! The API is blocking (std threads, no tokio). From async code call it
-//! through `tokio::task::spawn_blocking`.
+//! The API is blocking. From async code call it through
+//! `tokio::task::spawn_blocking`: its VMM API requests run on the runtime
+//! it was created on ([`Agent::new`]) with `Handle::block_on`, which a
+//! runtime's worker thread may not call.
 //!
 //! Compute calls it only through the [`VmmHost`] trait, which the [`Agent`]
 //! implements; the API tests use a fake (`fake.rs`) instead.
@@ -262,6 +264,39 @@ pub struct Agent {
     /// The VMMs this agent spawned, by server id, with their pid; kept so
     /// they are reaped (no zombies) whoever checks on them first.
     children: Mutex<HashMap<String, (i32, SharedChild)>>,
+    /// Where the VMM API requests run.
+    client: ClientRuntime,
+}
+
+/// The tokio runtime the agent's VMM API requests run on: the daemon's,
+/// or, for an agent created outside a runtime (tests, tools), one of its
+/// own, made once.
+enum ClientRuntime {
+    /// The runtime the agent was created on.
+    Caller(tokio::runtime::Handle),
+    /// The agent's own small runtime.
+    Own(tokio::runtime::Runtime),
+}
+
+impl ClientRuntime {
+    fn new() -> std::io::Result<Self> {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            return Ok(Self::Caller(handle));
+        }
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("nubo-vmm-api")
+            .enable_all()
+            .build()
+            .map(Self::Own)
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match self {
+            Self::Caller(handle) => handle,
+            Self::Own(runtime) => runtime.handle(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Agent {
@@ -300,6 +335,10 @@ impl Agent {
         if !vmm_binary.is_file() {
             tracing::warn!(binary = %vmm_binary.display(), "the VMM binary does not exist");
         }
+        let client = ClientRuntime::new().map_err(io_err(
+            "cannot start the VMM API client runtime for",
+            &instances_dir,
+        ))?;
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         Ok(Agent {
@@ -308,6 +347,7 @@ impl Agent {
             vmm_uid_base: root.then_some(DEFAULT_VMM_UID_BASE),
             vmm_ids: Mutex::new(()),
             children: Mutex::new(HashMap::new()),
+            client,
         })
     }
 
@@ -441,6 +481,7 @@ impl Agent {
                 Err(e) => return Err(io_err("cannot create the jail directory", &jail)(e)),
             }
         }
+        let args = spec.vmm_args(&dir.join(CONSOLE_FILE), &socket, &jail)?;
         let spec_path = dir.join(SPEC_FILE);
         let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| AgentError::InvalidSpec {
             server_id: id.to_owned(),
@@ -457,7 +498,6 @@ impl Agent {
             .mode(0o600)
             .open(&log_path)
             .map_err(io_err("cannot open", &log_path))?;
-        let args = spec.vmm_args(&dir.join(CONSOLE_FILE), &socket, &jail);
         writeln!(
             log,
             "{LOG_MARKER} for server {id} at {} ===",
@@ -609,10 +649,9 @@ impl Agent {
         }
     }
 
-    /// One request to the server's API, bounded by [`API_TIMEOUT`]. The
-    /// client builds its own runtime, so it runs on a fresh thread (which
-    /// also keeps it off any caller's tokio runtime); a request that hangs
-    /// leaves that thread behind.
+    /// One request to the server's API, bounded by [`API_TIMEOUT`], on the
+    /// agent's client runtime; the calling thread waits for it (so it must
+    /// not be one of a runtime's worker threads).
     fn api(
         &self,
         server_id: &str,
@@ -621,26 +660,17 @@ impl Agent {
         body: Option<String>,
     ) -> Result<(u16, String), AgentError> {
         let socket = self.socket_path(server_id)?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("nubo-vmm-api".into())
-            .spawn(move || {
-                let _ = tx.send(vmm::client::request(&socket, method, path, body.as_deref()));
-            });
-        let api_err = |reason: String| AgentError::Api {
+        let answer = self.client.handle().block_on(vmm_api::client::request(
+            &socket,
+            method,
+            path,
+            body.as_deref(),
+            Some(API_TIMEOUT),
+        ));
+        answer.map_err(|e| AgentError::Api {
             server_id: server_id.to_owned(),
-            reason,
-        };
-        if let Err(e) = spawned {
-            return Err(api_err(format!("cannot start a client thread: {e}")));
-        }
-        match rx.recv_timeout(API_TIMEOUT) {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(api_err(format!("{method} {path}: {e}"))),
-            Err(_) => Err(api_err(format!(
-                "{method} {path}: no answer within {API_TIMEOUT:?}"
-            ))),
-        }
+            reason: format!("{method} {path}: {e}"),
+        })
     }
 
     /// The guest state from `GET /vm` (`starting`, `running`, `paused`,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use images::ImageFormat;
 use serde::{Deserialize, Serialize};
+use vmm_api::config::{DiskConfig, SerialConfig, VmConfig};
 
 use super::AgentError;
 
@@ -85,7 +86,7 @@ impl VmmSpec {
                 self.vcpus
             )));
         }
-        let min_mib = vmm::config::MIN_MEMORY_BYTES >> 20;
+        let min_mib = vmm_api::config::MIN_MEMORY_BYTES >> 20;
         if self.memory_mib < min_mib {
             return Err(bad(format!(
                 "memory_mib must be at least {min_mib}, not {}",
@@ -107,49 +108,52 @@ impl VmmSpec {
         Ok(())
     }
 
+    /// The guest this spec describes, with its console logged to
+    /// `console_log`.
+    pub fn vm_config(&self, console_log: &Path) -> Result<VmConfig, AgentError> {
+        let mut builder = VmConfig::builder(&self.kernel)
+            .cmdline(self.cmdline.clone())
+            .vcpus(self.vcpus.into())
+            .memory_bytes(self.memory_mib.saturating_mul(1 << 20))
+            .serial(SerialConfig::File(console_log.to_owned()));
+        if let Some(initrd) = &self.initrd {
+            builder = builder.initrd(initrd);
+        }
+        for disk in &self.disks {
+            builder = builder.disk(DiskConfig {
+                path: disk.path.clone(),
+                read_only: disk.readonly,
+                id: None,
+                format: disk.format,
+            });
+        }
+        builder.build().map_err(|e| AgentError::InvalidSpec {
+            server_id: self.server_id.clone(),
+            reason: e.to_string(),
+        })
+    }
+
     /// The arguments of `nubo-vmm` (after the binary) for this spec, with the
-    /// console log and API socket at the given paths; with a [`VmmSpec::vmm_uid`],
-    /// the VMM runs as that user and group, jailed in `jail_root`.
+    /// console log and API socket at the given paths: vmm-api's rendering of
+    /// [`VmmSpec::vm_config`], then how the process runs (restarting the
+    /// guest on reboot, with seccomp, and with a [`VmmSpec::vmm_uid`], as
+    /// that user and group, jailed in `jail_root`).
     pub(crate) fn vmm_args(
         &self,
         console_log: &Path,
         api_socket: &Path,
         jail_root: &Path,
-    ) -> Vec<OsString> {
-        // `--opt=value` everywhere, so a value starting with '-' is never
-        // taken for an option.
-        let opt = |name: &str, value: &Path| {
-            let mut s = OsString::from(format!("--{name}="));
-            s.push(value.as_os_str());
-            s
-        };
-        let mut args: Vec<OsString> = vec!["run".into(), opt("kernel", &self.kernel)];
-        if let Some(initrd) = &self.initrd {
-            args.push(opt("initrd", initrd));
-        }
-        args.push(format!("--cmdline={}", self.cmdline).into());
-        args.push(format!("--cpus={}", self.vcpus).into());
-        args.push(format!("--memory={}M", self.memory_mib).into());
-        let mut serial = OsString::from("--serial=file=");
-        serial.push(console_log.as_os_str());
-        args.push(serial);
-        args.push(opt("api-socket", api_socket));
-        for disk in &self.disks {
-            let mut d = OsString::from("--disk=path=");
-            d.push(disk.path.as_os_str());
-            d.push(format!(",format={}", disk.format.name()));
-            if disk.readonly {
-                d.push(",readonly=on");
-            }
-            args.push(d);
-        }
+    ) -> Result<Vec<OsString>, AgentError> {
+        let mut args = self.vm_config(console_log)?.run_args(Some(api_socket));
         args.push("--on-reboot=restart".into());
         args.push("--seccomp=on".into());
         if let Some(id) = self.vmm_uid {
             args.push(format!("--user={id}").into());
             args.push(format!("--group={id}").into());
-            args.push(opt("jail", jail_root));
+            let mut jail = OsString::from("--jail=");
+            jail.push(jail_root.as_os_str());
+            args.push(jail);
         }
-        args
+        Ok(args)
     }
 }

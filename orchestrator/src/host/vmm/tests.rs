@@ -165,6 +165,7 @@ fn spec_is_stored_as_json_and_becomes_vmm_arguments() {
             Path::new("/d/api.sock"),
             Path::new("/d/jail"),
         )
+        .unwrap()
         .into_iter()
         .map(|a| a.into_string().unwrap())
         .collect()

@@ -1,0 +1,16 @@
+//! What `nubo-vmm` shares with the programs that run it (Cloud
+//! Hypervisor's `vm_config` and `api_client` in one small crate): the
+//! [`VmConfig`] of a guest, serde both ways, with the CLI forms of its parts
+//! and the `nubo-vmm run` command line ([`VmConfig::run_args`]), and an
+//! async [`client`] for the API socket that runs on its caller's tokio
+//! runtime.
+
+mod args;
+pub mod client;
+pub mod config;
+
+pub use client::{request, ClientError};
+pub use config::{
+    ConfigError, DiskConfig, ImageFormat, MemorySize, NetConfig, SerialConfig, VmConfig,
+    VmConfigBuilder,
+};
