@@ -137,9 +137,10 @@ stats_after() {
         echo "TESTBED-STATS $name work_kb=${work_kb:-0} left_files=$(echo $left_files | wc -w)"
     fi
     leftover=''
-    [ -z "$left_procs" ] || leftover="${leftover}processes: $left_procs; "
-    [ -z "$left_links" ] || leftover="${leftover}network interfaces: $left_links; "
-    [ -z "$left_files" ] || leftover="${leftover}files: $left_files; "
+    # (unquoted echo: one space between words, none at the end)
+    [ -z "$left_procs" ] || leftover="${leftover}processes: $(echo $left_procs); "
+    [ -z "$left_links" ] || leftover="${leftover}network interfaces: $(echo $left_links); "
+    [ -z "$left_files" ] || leftover="${leftover}files: $(echo $left_files); "
     if [ -n "$leftover" ]; then
         echo "TESTBED-LEFTOVER $name ${leftover%; }"
         for l in $left_links; do ip link delete "$l" 2>/dev/null || true; done
