@@ -159,7 +159,8 @@ try:
     for cmd in sys.argv[2:]:
         s.sendall(cmd.encode() + b"\n")
         out = until_prompt().replace("\r", "")
-        lines = [l for l in out.split("\n") if l and not l.startswith("(qemu)") and l != cmd]
+        # (the monitor echoes the command with terminal escapes: dropped)
+        lines = [l for l in out.split("\n") if l and "\x1b" not in l and not l.startswith("(qemu)")]
         for l in lines:
             print(f"{cmd}: {l}")
 except OSError as e:

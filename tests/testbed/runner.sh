@@ -153,7 +153,7 @@ stats_after() {
 # scenario and a stuck L1 look different on the console.
 HEARTBEAT_PID=
 if in_l1; then
-    mkfifo /run/testbed-heartbeat 2>/dev/null
+    mkfifo /run/testbed-heartbeat 2>/dev/null || true
     (
         trap - EXIT
         while :; do
