@@ -132,10 +132,10 @@ RECYCLE_AFTER=${TESTBED_RECYCLE_AFTER:-8}
 RECYCLE_MEM_MB=${TESTBED_RECYCLE_MEM_MB:-512}
 PIDFILE=$OUTDIR/qemu.$$.pid
 # QEMU's human monitor: when the watchdog fires, run.sh shows where L1's
-# vCPUs are (RIP; L1 boots with nokaslr, so System.map of the guest kernel
-# .deb resolves them) and injects an NMI, which L1 turns into a panic with
-# every CPU's backtrace (unknown_nmi_panic, panic_all_cpu_backtrace),
-# after SysRq l and w through the emulated keyboard.
+# vCPUs are (RIP; L1 boots with nokaslr, so /proc/kallsyms of any L1
+# resolves them) and injects an NMI, which L1 turns into a panic with a
+# backtrace (unknown_nmi_panic), after SysRq l and w through the emulated
+# keyboard.
 MONSOCK=$OUTDIR/qemu.$$.mon
 rm -f "$PIDFILE" "$MONSOCK"
 monitor() { # monitor CMD...: run HMP commands, print their output
