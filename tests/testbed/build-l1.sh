@@ -4,7 +4,7 @@
 #   tests/testbed/build-l1.sh [OUTPUT]   (default target/testbed/l1-initramfs.cpio)
 #
 # Contents: static busybox, kvm/kvm-amd (+deps, + a few net modules) from the
-# Debian cloud kernel, nubo-vmm with its shared libraries, the L2 guest
+# Debian cloud kernel, nubo-vmm with its shared libraries, kvmhold, the L2 guest
 # artifacts (guest/build.sh), runner.sh + lib.sh + scenarios/, l1-init.sh as
 # /init. Optionally qemu-system-x86_64 with libraries and firmware.
 #
@@ -125,6 +125,17 @@ for tool in qemu-img debugfs; do
         copy_libs "$path"
     fi
 done
+
+# kvmhold (kvmhold.c): keeps one KVM VM open in L1 so that VMs coming and
+# going do not make L1's KVM live-patch its kernel (static keys), which
+# wedges L1 now and then under QEMU/TCG. Static, so no libraries.
+if command -v cc >/dev/null &&
+    cc -static -O2 -o "$STAGE/testbed/bin/kvmhold" "$HERE/kvmhold.c" 2>"$STAGE/kvmhold.err"; then
+    log "kvmhold: built"
+else
+    log "warning: cannot build kvmhold (cc -static): $(head -n3 "$STAGE/kvmhold.err" 2>/dev/null)"
+fi
+rm -f "$STAGE/kvmhold.err"
 
 # --- L2 artifacts, scenarios, runner.
 cp "$GUEST"/{bzImage,vmlinux,initramfs.cpio.gz,rootfs.ext4} "$STAGE/testbed/l2/"

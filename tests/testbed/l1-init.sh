@@ -36,6 +36,13 @@ param() { # param NAME DEFAULT - value of NAME= on the kernel command line
 
 read -r up _ </proc/uptime
 echo "TESTBED-L1-INIT uptime=$up"
+# When run.sh's watchdog finds L1 stuck it sends an NMI: L1 then panics with
+# every CPU's backtrace on the console. Lockups print all CPUs too.
+for kv in kernel.unknown_nmi_panic=1 kernel.panic_all_cpu_backtrace=1 \
+          kernel.softlockup_all_cpu_backtrace=1 kernel.sysrq=1; do
+    k=${kv%=*}
+    [ ! -w "/proc/sys/$(echo "$k" | tr . /)" ] || echo "${kv#*=}" >"/proc/sys/$(echo "$k" | tr . /)"
+done
 
 # kvm-amd under QEMU TCG (emulated SVM); kvm-intel for completeness.
 modprobe kvm
@@ -47,6 +54,13 @@ else
     dmesg | tail -n 20
 fi
 ip link set lo up 2>/dev/null
+
+# One KVM VM held open while L1 runs (kvmhold.c says why); testbed.kvmhold=0
+# (run.sh: TESTBED_KVMHOLD=0) leaves it out.
+if [ "$(param testbed.kvmhold 1)" = 1 ] && [ -x /testbed/bin/kvmhold ] && [ -c /dev/kvm ]; then
+    /testbed/bin/kvmhold &
+    echo $! >/run/kvmhold.pid
+fi
 
 . /testbed/env.sh     # L2_* and NUBO_VMM paths inside L1
 export L2_BZIMAGE L2_VMLINUX L2_INITRD L2_ROOTFS NUBO_VMM QEMU_DATA
@@ -92,6 +106,9 @@ if [ "$(param testbed.serve 0)" = 1 ]; then
 fi
 
 selected=$(param testbed.scenarios '*' | tr ',' ' ')
+TESTBED_RECYCLE_AFTER=$(param testbed.recycle_after 0)
+TESTBED_RECYCLE_MEM_MB=$(param testbed.recycle_mem_mb 0)
+export TESTBED_RECYCLE_AFTER TESTBED_RECYCLE_MEM_MB
 # Keep the glob from expanding against / : runner.sh expands it itself.
 set -f
 sh /testbed/runner.sh /testbed/scenarios $selected

@@ -273,6 +273,11 @@ fn run_testbed(only: &[String]) -> Outcome {
     let status = child.wait().ok();
     let err_lines = err_thread.join().unwrap_or_default();
     let (scenarios, done, kvm_line) = parse(&lines);
+    // run.sh replaced L1 by a fresh one between scenarios (its recycle rule,
+    // not a failure): said in the notes.
+    for line in lines.iter().filter(|l| l.contains("TESTBED-RECYCLE ")) {
+        notes.push(format!("a fresh L1 took over: {}", line.trim()));
+    }
     if !done {
         notes.push(format!(
             "testbed did not finish (no TESTBED-DONE); run.sh said:\n{}",
