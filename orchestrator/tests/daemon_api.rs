@@ -849,6 +849,8 @@ fn kernel_id_and_os_command_line_choose_the_guest_kernel() {
         &std::fs::read_to_string(c.instance_dir(&id).join("spec.json")).expect("spec.json"),
     )
     .expect("spec.json is JSON");
+    // The guest is stored as the VMM's own VmConfig.
+    let spec = &spec["vm"];
     assert!(
         spec["kernel"].as_str().is_some_and(|k| k.ends_with(&aki)),
         "the server must boot the aki image {aki}: {spec}"

@@ -36,7 +36,8 @@ pub fn images_in_use(db: &Db, vmm: &dyn VmmHost, images: &ImageStore) -> HashSet
         used.insert(image_id);
         match vmm.load_spec(&server_id) {
             Ok(Some(spec)) => {
-                let files = std::iter::once(spec.kernel.as_path()).chain(spec.initrd.as_deref());
+                let files =
+                    std::iter::once(spec.vm.kernel.as_path()).chain(spec.vm.initrd.as_deref());
                 used.extend(files.filter_map(|f| image_id_of(images, f)));
             }
             Ok(None) => {}

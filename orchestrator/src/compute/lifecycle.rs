@@ -13,10 +13,11 @@ use serde_json::json;
 
 use super::model::{power, status, Server};
 use super::Compute;
-use crate::host::vmm::{AgentError, DiskSpec, ExitInfo, VmmSpec};
+use crate::host::vmm::{AgentError, ExitInfo, VmmSpec};
 use crate::identity::AuthContext;
 use crate::placement::{self, ClaimError, Request};
 use crate::util::now_iso;
+use vmm_api::config::{DiskConfig, SerialConfig, VmConfig};
 
 #[cfg(test)]
 #[path = "lifecycle_tests.rs"]
@@ -166,16 +167,22 @@ fn spec_for(c: &Compute, s: &Server, disk: PathBuf) -> Result<VmmSpec, String> {
     let cmdline = prop("os_command_line").unwrap_or_else(|| c.cfg.default_cmdline.clone());
     Ok(VmmSpec {
         server_id: s.id.clone(),
-        kernel,
-        initrd,
-        cmdline,
-        vcpus: s.vcpus.clamp(1, 254) as u32,
-        memory_mib: s.ram.max(16) as u64,
-        disks: vec![DiskSpec {
-            path: disk,
-            format: images::ImageFormat::Qcow2,
-            readonly: false,
-        }],
+        vm: VmConfig {
+            kernel,
+            initrd,
+            cmdline,
+            vcpus: s.vcpus.clamp(1, 254) as u8,
+            memory_bytes: (s.ram.max(16) as u64) << 20,
+            // The agent points the console at the instance's log when it starts.
+            serial: SerialConfig::Off,
+            disks: vec![DiskConfig {
+                path: disk,
+                read_only: false,
+                id: None,
+                format: images::ImageFormat::Qcow2,
+            }],
+            nets: Vec::new(),
+        },
         vmm_uid: None,
     })
 }

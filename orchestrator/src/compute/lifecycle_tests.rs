@@ -119,7 +119,7 @@ fn the_build_boots_only_kernels_and_ramdisks_the_servers_project_may_see() {
     // The owner's admin boots it; once public, so does p2.
     let spec = spec_for(&c, &server(&admin, &admin_project, K_DISK), disk.clone())
         .expect("the admin may use every image");
-    assert!(spec.kernel.ends_with(KERNEL), "{spec:?}");
+    assert!(spec.vm.kernel.ends_with(KERNEL), "{spec:?}");
     db.lock()
         .execute(
             "UPDATE images SET visibility = 'public' WHERE id = ?1",
@@ -127,9 +127,12 @@ fn the_build_boots_only_kernels_and_ramdisks_the_servers_project_may_see() {
         )
         .expect("publish");
     let spec = spec_for(&c, &server(&user, "p2", R_DISK), disk).expect("a public ramdisk");
-    assert!(spec.kernel.ends_with(OWN_KERNEL), "{spec:?}");
+    assert!(spec.vm.kernel.ends_with(OWN_KERNEL), "{spec:?}");
     assert!(
-        spec.initrd.as_ref().is_some_and(|p| p.ends_with(RAMDISK)),
+        spec.vm
+            .initrd
+            .as_ref()
+            .is_some_and(|p| p.ends_with(RAMDISK)),
         "{spec:?}"
     );
 }

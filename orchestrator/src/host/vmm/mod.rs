@@ -55,7 +55,7 @@ use images::ImageFormat;
 
 pub use interface::VmmHost;
 pub use process::{ExitInfo, VmmProcess};
-pub use spec::{validate_server_id, DiskSpec, VmmSpec, MAX_SERVER_ID_LEN, MAX_VCPUS};
+pub use spec::{validate_server_id, VmmSpec, MAX_SERVER_ID_LEN, MAX_VCPUS};
 
 use process::{ChildState, SharedChild};
 
@@ -549,8 +549,8 @@ impl Agent {
             server_id = id,
             pid,
             vmm_uid = ?spec.vmm_uid,
-            vcpus = spec.vcpus,
-            memory_mib = spec.memory_mib,
+            vcpus = spec.vm.vcpus,
+            memory_mib = spec.vm.memory_bytes >> 20,
             "nubo-vmm started"
         );
         Ok(VmmProcess {

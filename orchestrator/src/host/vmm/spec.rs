@@ -31,45 +31,105 @@ pub fn validate_server_id(server_id: &str) -> Result<(), AgentError> {
     }
 }
 
-/// One virtio-blk disk of a server (the first one is the guest's `/dev/vda`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskSpec {
-    /// Image file (absolute path recommended: the VMM resolves it against the
-    /// daemon's working directory).
-    pub path: PathBuf,
-    /// Format of the file; never probed.
-    pub format: ImageFormat,
-    /// Whether the guest may only read the disk.
-    #[serde(default)]
-    pub readonly: bool,
-}
-
 /// Everything one server's `nubo-vmm` is started with; stored as
-/// `INSTANCE_DIR/spec.json`.
+/// `INSTANCE_DIR/spec.json`. The guest is vmm-api's [`VmConfig`], the type
+/// the VMM itself parses its command line into (its serial is set to the
+/// instance's console log when the VMM starts). A `spec.json` written before
+/// the guest was a `VmConfig` (kernel, initrd, cmdline, vcpus, memory_mib and
+/// disks at the top level) still loads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredSpec")]
 pub struct VmmSpec {
     /// The server's id (`[0-9a-f-]`, names the instance directory).
     pub server_id: String,
-    /// Guest kernel (bzImage or ELF vmlinux).
-    pub kernel: PathBuf,
-    /// Optional initial ramdisk.
-    #[serde(default)]
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line.
-    pub cmdline: String,
-    /// Number of vCPUs, 1 to [`MAX_VCPUS`].
-    pub vcpus: u32,
-    /// Guest RAM in MiB (lazily allocated by the VMM).
-    pub memory_mib: u64,
-    /// Disks, in guest order.
-    #[serde(default)]
-    pub disks: Vec<DiskSpec>,
+    /// The guest: kernel, initramfs, command line, vCPUs, memory, disks.
+    pub vm: VmConfig,
     /// The unprivileged user and group id the VMM runs as; the agent picks
     /// it when it starts the VMM (callers leave it `None`) and keeps it for
     /// the server's later starts. `None` in a stored spec: the VMM ran as
     /// the daemon's user.
     #[serde(default)]
     pub vmm_uid: Option<u32>,
+}
+
+/// A `spec.json` as written now or by an earlier version.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredSpec {
+    /// `{"server_id", "vm": VmConfig, "vmm_uid"}`.
+    Current {
+        server_id: String,
+        vm: VmConfig,
+        #[serde(default)]
+        vmm_uid: Option<u32>,
+    },
+    /// The guest's fields at the top level (before the guest was a VmConfig).
+    Legacy(LegacySpec),
+}
+
+/// The `spec.json` of servers created before [`VmmSpec::vm`] existed.
+#[derive(Deserialize)]
+struct LegacySpec {
+    server_id: String,
+    kernel: PathBuf,
+    #[serde(default)]
+    initrd: Option<PathBuf>,
+    cmdline: String,
+    vcpus: u32,
+    memory_mib: u64,
+    #[serde(default)]
+    disks: Vec<LegacyDisk>,
+    #[serde(default)]
+    vmm_uid: Option<u32>,
+}
+
+/// A disk of a [`LegacySpec`].
+#[derive(Deserialize)]
+struct LegacyDisk {
+    path: PathBuf,
+    format: ImageFormat,
+    #[serde(default)]
+    readonly: bool,
+}
+
+impl From<StoredSpec> for VmmSpec {
+    fn from(stored: StoredSpec) -> Self {
+        match stored {
+            StoredSpec::Current {
+                server_id,
+                vm,
+                vmm_uid,
+            } => VmmSpec {
+                server_id,
+                vm,
+                vmm_uid,
+            },
+            StoredSpec::Legacy(old) => VmmSpec {
+                server_id: old.server_id,
+                vm: VmConfig {
+                    kernel: old.kernel,
+                    initrd: old.initrd,
+                    cmdline: old.cmdline,
+                    // Out of range stays out of range: validate() refuses it.
+                    vcpus: u8::try_from(old.vcpus).unwrap_or(0),
+                    memory_bytes: old.memory_mib.saturating_mul(1 << 20),
+                    serial: SerialConfig::Off,
+                    disks: old
+                        .disks
+                        .into_iter()
+                        .map(|d| DiskConfig {
+                            path: d.path,
+                            read_only: d.readonly,
+                            id: None,
+                            format: d.format,
+                        })
+                        .collect(),
+                    nets: Vec::new(),
+                },
+                vmm_uid: old.vmm_uid,
+            },
+        }
+    }
 }
 
 impl VmmSpec {
@@ -80,20 +140,19 @@ impl VmmSpec {
             server_id: self.server_id.clone(),
             reason,
         };
-        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+        let vcpus = u32::from(self.vm.vcpus);
+        if vcpus == 0 || vcpus > MAX_VCPUS {
+            return Err(bad(format!("vcpus must be 1 to {MAX_VCPUS}, not {vcpus}")));
+        }
+        let min = vmm_api::config::MIN_MEMORY_BYTES;
+        if self.vm.memory_bytes < min {
             return Err(bad(format!(
-                "vcpus must be 1 to {MAX_VCPUS}, not {}",
-                self.vcpus
+                "memory must be at least {} MiB, not {} bytes",
+                min >> 20,
+                self.vm.memory_bytes
             )));
         }
-        let min_mib = vmm_api::config::MIN_MEMORY_BYTES >> 20;
-        if self.memory_mib < min_mib {
-            return Err(bad(format!(
-                "memory_mib must be at least {min_mib}, not {}",
-                self.memory_mib
-            )));
-        }
-        for disk in &self.disks {
+        for disk in &self.vm.disks {
             // `--disk path=...,format=...` is split on commas by the VMM.
             match disk.path.to_str() {
                 Some(p) if !p.contains(',') && !p.is_empty() => {}
@@ -110,27 +169,11 @@ impl VmmSpec {
 
     /// The guest this spec describes, with its console logged to
     /// `console_log`.
-    pub fn vm_config(&self, console_log: &Path) -> Result<VmConfig, AgentError> {
-        let mut builder = VmConfig::builder(&self.kernel)
-            .cmdline(self.cmdline.clone())
-            .vcpus(self.vcpus.into())
-            .memory_bytes(self.memory_mib.saturating_mul(1 << 20))
-            .serial(SerialConfig::File(console_log.to_owned()));
-        if let Some(initrd) = &self.initrd {
-            builder = builder.initrd(initrd);
+    pub fn vm_config(&self, console_log: &Path) -> VmConfig {
+        VmConfig {
+            serial: SerialConfig::File(console_log.to_owned()),
+            ..self.vm.clone()
         }
-        for disk in &self.disks {
-            builder = builder.disk(DiskConfig {
-                path: disk.path.clone(),
-                read_only: disk.readonly,
-                id: None,
-                format: disk.format,
-            });
-        }
-        builder.build().map_err(|e| AgentError::InvalidSpec {
-            server_id: self.server_id.clone(),
-            reason: e.to_string(),
-        })
     }
 
     /// The arguments of `nubo-vmm` (after the binary) for this spec, with the
@@ -144,7 +187,8 @@ impl VmmSpec {
         api_socket: &Path,
         jail_root: &Path,
     ) -> Result<Vec<OsString>, AgentError> {
-        let mut args = self.vm_config(console_log)?.run_args(Some(api_socket));
+        self.validate()?;
+        let mut args = self.vm_config(console_log).run_args(Some(api_socket));
         args.push("--on-reboot=restart".into());
         args.push("--seccomp=on".into());
         if let Some(id) = self.vmm_uid {

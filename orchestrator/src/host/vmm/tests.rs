@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use images::ImageFormat;
 use tempfile::TempDir;
 use vmm::tiny_guest::{elf, TinyEnd, TinyEntry, READY_LINE};
+use vmm_api::config::{DiskConfig, SerialConfig, VmConfig};
 
 use super::*;
 
@@ -48,12 +49,7 @@ impl Harness {
     fn spec(&self, id: &str, end: TinyEnd) -> VmmSpec {
         VmmSpec {
             server_id: id.to_owned(),
-            kernel: self.kernel(end),
-            initrd: None,
-            cmdline: "console=ttyS0".into(),
-            vcpus: 1,
-            memory_mib: 32,
-            disks: vec![],
+            vm: guest(self.kernel(end), None, "console=ttyS0", 1, 32, vec![]),
             vmm_uid: None,
         }
     }
@@ -137,23 +133,17 @@ fn invalid_server_ids_are_rejected() {
 fn spec_is_stored_as_json_and_becomes_vmm_arguments() {
     let spec = VmmSpec {
         server_id: ID.into(),
-        kernel: "/k/vmlinuz".into(),
-        initrd: Some("/k/initrd".into()),
-        cmdline: "-console=ttyS0 root=/dev/vda".into(),
-        vcpus: 2,
-        memory_mib: 512,
-        disks: vec![
-            DiskSpec {
-                path: "/i/disk.qcow2".into(),
-                format: ImageFormat::Qcow2,
-                readonly: false,
-            },
-            DiskSpec {
-                path: "/i/config.img".into(),
-                format: ImageFormat::Raw,
-                readonly: true,
-            },
-        ],
+        vm: guest(
+            "/k/vmlinuz".into(),
+            Some("/k/initrd".into()),
+            "-console=ttyS0 root=/dev/vda",
+            2,
+            512,
+            vec![
+                disk("/i/disk.qcow2", ImageFormat::Qcow2, false),
+                disk("/i/config.img", ImageFormat::Raw, true),
+            ],
+        ),
         vmm_uid: None,
     };
     let json = serde_json::to_string(&spec).unwrap();
@@ -200,16 +190,16 @@ fn spec_is_stored_as_json_and_becomes_vmm_arguments() {
     let json = serde_json::to_string(&jailed).unwrap();
     assert_eq!(serde_json::from_str::<VmmSpec>(&json).unwrap(), jailed);
     let mut bad = spec.clone();
-    bad.disks[0].path = "/a,b".into();
+    bad.vm.disks[0].path = "/a,b".into();
     assert!(matches!(
         bad.validate(),
         Err(AgentError::InvalidSpec { .. })
     ));
     let mut bad = spec.clone();
-    bad.vcpus = 0;
+    bad.vm.vcpus = 0;
     assert!(bad.validate().is_err());
     let mut bad = spec;
-    bad.memory_mib = 0;
+    bad.vm.memory_bytes = 0;
     assert!(bad.validate().is_err());
 }
 
@@ -392,7 +382,7 @@ fn a_vmm_that_fails_to_start_is_reported_with_its_log() {
     let h = Harness::new();
     let a = h.agent();
     let mut spec = h.spec(ID, TinyEnd::Halt);
-    spec.kernel = h.dir.path().join("no-such-kernel");
+    spec.vm.kernel = h.dir.path().join("no-such-kernel");
     a.spawn(&spec).unwrap();
     match a.wait_running(ID, Duration::from_secs(10)) {
         Err(AgentError::VmmExited { exit, log_tail, .. }) => {
@@ -476,12 +466,7 @@ fn helper_daemon_that_gets_killed() {
     let _p = agent
         .spawn(&VmmSpec {
             server_id: ID.into(),
-            kernel,
-            initrd: None,
-            cmdline: String::new(),
-            vcpus: 1,
-            memory_mib: 32,
-            disks: vec![],
+            vm: guest(kernel, None, "", 1, 32, vec![]),
             vmm_uid: None,
         })
         .unwrap();
@@ -610,11 +595,9 @@ fn a_vmm_runs_jailed_and_restarts_in_its_jail() {
     std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
     let disk = a.create_boot_disk(ID, &image, ImageFormat::Raw).unwrap();
     let mut spec = h.spec(ID, TinyEnd::Dots);
-    spec.disks.push(DiskSpec {
-        path: disk,
-        format: ImageFormat::Qcow2,
-        readonly: false,
-    });
+    spec.vm
+        .disks
+        .push(self::disk(disk, ImageFormat::Qcow2, false));
     let mut p = a.spawn(&spec).unwrap();
     a.wait_running(ID, Duration::from_secs(10)).unwrap();
     let lines = assert_jailed(p.pid, &h.instances().join(ID));
@@ -714,4 +697,71 @@ fn vmm_ids_come_from_the_configured_range() {
         full.vmm_uid_for("ffff"),
         Err(AgentError::NoFreeVmmId { .. })
     ));
+}
+
+/// A guest of `vcpus` vCPUs and `memory_mib` MiB (its serial is set when the
+/// VMM starts).
+fn guest(
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    cmdline: &str,
+    vcpus: u8,
+    memory_mib: u64,
+    disks: Vec<DiskConfig>,
+) -> VmConfig {
+    VmConfig {
+        kernel,
+        initrd,
+        cmdline: cmdline.into(),
+        vcpus,
+        memory_bytes: memory_mib << 20,
+        serial: SerialConfig::Off,
+        disks,
+        nets: vec![],
+    }
+}
+
+/// A disk without a serial.
+fn disk(path: impl Into<PathBuf>, format: ImageFormat, read_only: bool) -> DiskConfig {
+    DiskConfig {
+        path: path.into(),
+        read_only,
+        id: None,
+        format,
+    }
+}
+
+#[test]
+fn a_spec_json_from_before_the_vm_config_still_loads() {
+    // What servers created by an earlier daemon have in INSTANCE/spec.json.
+    let old = r#"{
+        "server_id": "0123abcd",
+        "kernel": "/k/vmlinuz",
+        "initrd": null,
+        "cmdline": "console=ttyS0",
+        "vcpus": 2,
+        "memory_mib": 256,
+        "disks": [{"path": "/i/disk.qcow2", "format": "qcow2", "readonly": false}],
+        "vmm_uid": 2000000003
+    }"#;
+    let spec: VmmSpec = serde_json::from_str(old).unwrap();
+    assert_eq!(
+        spec,
+        VmmSpec {
+            server_id: "0123abcd".into(),
+            vm: guest(
+                "/k/vmlinuz".into(),
+                None,
+                "console=ttyS0",
+                2,
+                256,
+                vec![disk("/i/disk.qcow2", ImageFormat::Qcow2, false)],
+            ),
+            vmm_uid: Some(2_000_000_003),
+        }
+    );
+    // Written again, it is the current shape, and reads back the same.
+    let json = serde_json::to_string(&spec).unwrap();
+    assert!(json.contains("\"vm\":{"), "{json}");
+    assert_eq!(serde_json::from_str::<VmmSpec>(&json).unwrap(), spec);
 }
