@@ -214,11 +214,10 @@ fn state_is_private_whatever_the_umask() {
         return;
     }
     // SAFETY: umask(2) only changes this process's mask, which the daemon
-    // inherits; the test restores nothing because every test sets what it needs.
+    // inherits; 022 is the usual default, so other tests are not affected.
     unsafe { libc::umask(0o022) };
     let mut c = Cloud::start(Opts::default());
-    let (t, _flavor, image) = c.basics();
-    let _ = t;
+    let (_token, _flavor, image) = c.basics();
     let check = |c: &Cloud| {
         let state = &c.state;
         assert_eq!(mode_of(state), 0o700, "state dir");
