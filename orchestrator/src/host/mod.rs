@@ -10,4 +10,5 @@
 //! multi-host split puts these traits behind an RPC; the services do not
 //! change.
 
+pub mod net;
 pub mod vmm;
