@@ -11,6 +11,7 @@ pub mod host;
 pub mod http;
 pub mod identity;
 pub mod image;
+pub mod network;
 pub mod placement;
 pub mod quota;
 pub mod serve;

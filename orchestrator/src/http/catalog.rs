@@ -19,6 +19,8 @@ pub enum ServiceKind {
     Compute,
     /// Glance's Image v2.
     Image,
+    /// Neutron's Networking v2.0.
+    Network,
 }
 
 /// One OpenStack service: where it is mounted and how it is listed.
@@ -39,7 +41,7 @@ pub struct Service {
 }
 
 /// Every service, in catalog order.
-pub const SERVICES: [Service; 3] = [
+pub const SERVICES: [Service; 4] = [
     Service {
         kind: ServiceKind::Identity,
         catalog_type: "identity",
@@ -63,6 +65,14 @@ pub const SERVICES: [Service; 3] = [
         prefix: "/image",
         endpoint: "/image",
         style: ErrorStyle::Image,
+    },
+    Service {
+        kind: ServiceKind::Network,
+        catalog_type: "network",
+        name: "neutron",
+        prefix: "/network",
+        endpoint: "/network",
+        style: ErrorStyle::Network,
     },
 ];
 

@@ -112,6 +112,8 @@ pub enum ErrorStyle {
     Compute,
     /// Glance: `{"code", "title", "message"}`... as webob renders it in JSON.
     Image,
+    /// Neutron: `{"NeutronError": {"type", "message", "detail"}}`.
+    Network,
 }
 
 fn title(status: StatusCode) -> &'static str {
@@ -135,6 +137,22 @@ fn nova_name(status: StatusCode) -> &'static str {
     }
 }
 
+/// Neutron names each fault; clients print only the message, so the type
+/// follows the status (as webob's `HTTP*` exceptions do).
+fn neutron_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "HTTPBadRequest",
+        401 => "HTTPUnauthorized",
+        403 => "HTTPForbidden",
+        404 => "HTTPNotFound",
+        405 => "HTTPMethodNotAllowed",
+        409 => "HTTPConflict",
+        413 => "HTTPRequestEntityTooLarge",
+        503 => "HTTPServiceUnavailable",
+        _ => "HTTPInternalServerError",
+    }
+}
+
 /// Renders an error in `style`.
 pub fn render(style: ErrorStyle, err: &ApiError) -> Response {
     let code = err.status.as_u16();
@@ -148,6 +166,9 @@ pub fn render(style: ErrorStyle, err: &ApiError) -> Response {
         ErrorStyle::Image => json!({
             "code": code, "title": title(err.status), "message": err.message,
             "error": { "code": code, "message": err.message, "title": title(err.status) }
+        }),
+        ErrorStyle::Network => json!({
+            "NeutronError": { "type": neutron_type(err.status), "message": err.message, "detail": "" }
         }),
     };
     (err.status, Json(body)).into_response()

@@ -19,6 +19,7 @@ fn routes(kind: ServiceKind) -> Router<AppState> {
         ServiceKind::Identity => crate::identity::api::router(),
         ServiceKind::Compute => crate::compute::api::router(),
         ServiceKind::Image => crate::image::api::router(),
+        ServiceKind::Network => crate::network::api::router(),
     }
 }
 

@@ -1,0 +1,3 @@
+//! Security groups and their rules (Neutron's `security-group` extension).
+
+pub mod api;
