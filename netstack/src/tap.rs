@@ -502,3 +502,10 @@ mod tests {
         assert_eq!(IfReq::new("0123456789abcde").unwrap().name().len(), 15);
     }
 }
+
+impl From<Tap> for OwnedFd {
+    /// The TAP's descriptor, to hand to a VMM (`--net fd=N`).
+    fn from(tap: Tap) -> OwnedFd {
+        tap.file.into()
+    }
+}

@@ -125,8 +125,19 @@ impl VmmHost for FakeVmmHost {
         )))
     }
 
-    fn spawn(&self, spec: &VmmSpec) -> Result<VmmProcess, AgentError> {
+    fn spawn_with_taps(
+        &self,
+        spec: &VmmSpec,
+        taps: &[std::os::fd::OwnedFd],
+    ) -> Result<VmmProcess, AgentError> {
         spec.validate()?;
+        let fd_nets = spec.vm.nets.iter().filter(|n| n.fd.is_some()).count();
+        if fd_nets != taps.len() {
+            return Err(AgentError::InvalidSpec {
+                server_id: spec.server_id.clone(),
+                reason: format!("{fd_nets} NICs by descriptor but {} TAPs", taps.len()),
+            });
+        }
         let id = spec.server_id.clone();
         let mut st = self.state();
         st.next_pid += 1;

@@ -26,7 +26,17 @@ pub trait VmmHost: Send + Sync {
 
     /// Starts the server's VMM from `spec` and records the spec (see
     /// [`Agent::spawn`]); returns once the process exists.
-    fn spawn(&self, spec: &VmmSpec) -> Result<VmmProcess, AgentError>;
+    fn spawn(&self, spec: &VmmSpec) -> Result<VmmProcess, AgentError> {
+        self.spawn_with_taps(spec, &[])
+    }
+
+    /// Starts a guest with NICs: `taps[i]` is inherited at
+    /// [`super::tap_fd`]`(i)` (see [`Agent::spawn_with_taps`]).
+    fn spawn_with_taps(
+        &self,
+        spec: &VmmSpec,
+        taps: &[std::os::fd::OwnedFd],
+    ) -> Result<VmmProcess, AgentError>;
 
     /// Waits until the guest runs; [`AgentError::VmmExited`] if the VMM
     /// ends first (see [`Agent::wait_running`]).
@@ -83,8 +93,12 @@ impl VmmHost for Agent {
         Agent::create_boot_disk(self, server_id, image_path, image_format)
     }
 
-    fn spawn(&self, spec: &VmmSpec) -> Result<VmmProcess, AgentError> {
-        Agent::spawn(self, spec)
+    fn spawn_with_taps(
+        &self,
+        spec: &VmmSpec,
+        taps: &[std::os::fd::OwnedFd],
+    ) -> Result<VmmProcess, AgentError> {
+        Agent::spawn_with_taps(self, spec, taps)
     }
 
     fn wait_running(&self, server_id: &str, timeout: Duration) -> Result<(), AgentError> {

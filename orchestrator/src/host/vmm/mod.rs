@@ -252,6 +252,12 @@ enum Liveness {
     NoProcess,
 }
 
+/// The descriptor number the `i`-th TAP of a guest is inherited at: a
+/// server's NIC `i` is `--net fd=tap_fd(i),mac=...`.
+pub fn tap_fd(i: usize) -> i32 {
+    process::INHERITED_FD_BASE + i32::try_from(i).unwrap_or(i32::MAX - process::INHERITED_FD_BASE)
+}
+
 /// Runs one `nubo-vmm` per server, each in its instance directory.
 pub struct Agent {
     vmm_binary: PathBuf,
@@ -451,7 +457,30 @@ impl Agent {
     /// `spec.json`. Returns as soon as the process exists; see
     /// [`Agent::wait_running`].
     pub fn spawn(&self, spec: &VmmSpec) -> Result<VmmProcess, AgentError> {
+        self.spawn_with_taps(spec, &[])
+    }
+
+    /// [`Agent::spawn`] for a guest with NICs: `taps[i]` is the open TAP of
+    /// the NIC whose `--net fd=` is [`tap_fd`]`(i)`; the VMM inherits each at
+    /// that number (so it needs no network privileges), the daemon's copies
+    /// stay the caller's.
+    pub fn spawn_with_taps(
+        &self,
+        spec: &VmmSpec,
+        taps: &[std::os::fd::OwnedFd],
+    ) -> Result<VmmProcess, AgentError> {
         spec.validate()?;
+        let fd_nets: Vec<i32> = spec.vm.nets.iter().filter_map(|n| n.fd).collect();
+        let expected: Vec<i32> = (0..taps.len()).map(tap_fd).collect();
+        if fd_nets != expected {
+            return Err(AgentError::InvalidSpec {
+                server_id: spec.server_id.clone(),
+                reason: format!(
+                    "the NICs name descriptors {fd_nets:?} but {} TAPs were given",
+                    taps.len()
+                ),
+            });
+        }
         let id = spec.server_id.as_str();
         if let Liveness::Alive(pid) = self.liveness(id)? {
             return Err(AgentError::AlreadyRunning {
@@ -525,12 +554,18 @@ impl Agent {
             }
         };
         let pid_path = dir.join(PID_FILE);
-        let child = process::spawn_detached(&self.vmm_binary, &args, &log, &pid_path, &lock)
-            .map_err(|source| AgentError::Spawn {
-                server_id: id.to_owned(),
-                binary: self.vmm_binary.clone(),
-                source,
-            })?;
+        let inherited: Vec<(std::os::fd::BorrowedFd<'_>, i32)> = taps
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (std::os::fd::AsFd::as_fd(t), tap_fd(i)))
+            .collect();
+        let child =
+            process::spawn_detached(&self.vmm_binary, &args, &log, &pid_path, &lock, &inherited)
+                .map_err(|source| AgentError::Spawn {
+                    server_id: id.to_owned(),
+                    binary: self.vmm_binary.clone(),
+                    source,
+                })?;
         let raw_pid = child.id();
         let child: SharedChild = Arc::new(Mutex::new(child));
         let Ok(pid) = i32::try_from(raw_pid) else {

@@ -107,14 +107,33 @@ impl std::fmt::Debug for VmmProcess {
 /// for exactly as long as the VMM lives: a VMM is findable from the moment it
 /// exists, whenever the daemon is killed. If either step fails, the child
 /// exits before exec and `spawn` fails.
+///
+/// `inherited` are descriptors the VMM gets at fixed numbers (the TAPs of
+/// its NICs, named by `--net fd=N`): each `(fd, n)` is duplicated to `n` in
+/// the child, without close-on-exec. The numbers must be at least
+/// [`INHERITED_FD_BASE`] and below [`HIGH_FD_BASE`].
 pub(crate) fn spawn_detached(
     binary: &Path,
     args: &[std::ffi::OsString],
     log: &File,
     pid_file: &Path,
     lock: &InstanceLock,
+    inherited: &[(std::os::fd::BorrowedFd<'_>, i32)],
 ) -> io::Result<Child> {
     let lock_fd = lock.file.as_raw_fd();
+    // Copies of the inherited descriptors above every target number, so
+    // that no dup2 in the child overwrites a source it still needs.
+    let mut high = Vec::with_capacity(inherited.len());
+    for (fd, target) in inherited {
+        if !(INHERITED_FD_BASE..HIGH_FD_BASE).contains(target) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("inherited descriptor number {target} out of range"),
+            ));
+        }
+        high.push((fd.try_clone_to_owned_above(HIGH_FD_BASE)?, *target));
+    }
+    let moves: Vec<(i32, i32)> = high.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
     let final_path = CString::new(pid_file.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut tmp = pid_file.as_os_str().as_bytes().to_vec();
@@ -141,10 +160,41 @@ pub(crate) fn spawn_detached(
             if libc::fcntl(lock_fd, libc::F_SETFD, 0) == -1 {
                 return Err(io::Error::last_os_error());
             }
+            // dup2 leaves the new descriptor without close-on-exec.
+            for &(src, target) in &moves {
+                if libc::dup2(src, target) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             write_own_pid(&tmp_path, &final_path)
         });
     }
     cmd.spawn()
+}
+
+/// The lowest descriptor number a VMM inherits a TAP at (`--net fd=N`).
+pub const INHERITED_FD_BASE: i32 = 256;
+
+/// Inherited descriptors are first copied at or above this number.
+const HIGH_FD_BASE: i32 = 1024;
+
+/// `F_DUPFD_CLOEXEC` at or above a number, for [`spawn_detached`].
+trait DupAbove {
+    fn try_clone_to_owned_above(&self, min: i32) -> io::Result<std::os::fd::OwnedFd>;
+}
+
+impl DupAbove for std::os::fd::BorrowedFd<'_> {
+    fn try_clone_to_owned_above(&self, min: i32) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor we borrow creates a new
+        // descriptor (or fails); nothing else is touched.
+        let fd = unsafe { libc::fcntl(self.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created by fcntl and is owned by no one else.
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    }
 }
 
 /// Writes the calling process's pid and a newline to `tmp`, then renames it

@@ -619,6 +619,58 @@ fn a_vmm_runs_jailed_and_restarts_in_its_jail() {
     assert_eq!(exit.and_then(|e| e.code), Some(0));
 }
 
+/// A jailed VMM gets its NICs' TAPs at the fixed descriptors its `--net
+/// fd=` names, and runs with them: it needs no network privilege of its own.
+#[test]
+fn a_jailed_vmm_inherits_its_taps() {
+    if !can_jail() {
+        return;
+    }
+    // The TAPs live in a namespace of the test's own, held by a thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        // SAFETY: unshare only changes this thread's network namespace.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        let taps: Vec<std::os::fd::OwnedFd> = ["nt0", "nt1"]
+            .iter()
+            .map(|n| netstack::Tap::open(n).unwrap().into())
+            .collect();
+        tx.send(taps).unwrap();
+        let _ = done_rx.recv();
+    });
+    let taps = rx.recv().unwrap();
+    let h = Harness::new();
+    let a = h.agent();
+    let mut spec = h.spec(ID, TinyEnd::Dots);
+    for i in 0..2 {
+        spec.vm.nets.push(vmm_api::config::NetConfig {
+            tap: None,
+            fd: Some(tap_fd(i)),
+            mac: Some([0xfa, 0x16, 0x3e, 0, 0, i as u8]),
+        });
+    }
+    assert!(
+        matches!(
+            a.spawn_with_taps(&spec, &taps[..1]),
+            Err(AgentError::InvalidSpec { .. })
+        ),
+        "a TAP short"
+    );
+    let mut p = a.spawn_with_taps(&spec, &taps).unwrap();
+    a.wait_running(ID, Duration::from_secs(10)).unwrap();
+    assert_jailed(p.pid, &h.instances().join(ID));
+    for i in 0..2 {
+        let link = std::fs::read_link(format!("/proc/{}/fd/{}", p.pid, tap_fd(i))).unwrap();
+        assert_eq!(link, Path::new("/dev/net/tun"), "fd {}", tap_fd(i));
+    }
+    a.stop(ID).unwrap();
+    let exit = a.wait_exit(&mut p, Duration::from_secs(2)).unwrap();
+    assert_eq!(exit.and_then(|e| e.code), Some(0));
+    drop(done_tx);
+    holder.join().unwrap();
+}
+
 /// Each server's VMM gets an id of its own, recorded in spec.json and kept
 /// across its restarts and a daemon restart.
 #[test]
