@@ -353,6 +353,13 @@ impl NetBackend for Tap {
     }
 }
 
+impl From<Tap> for OwnedFd {
+    /// The TAP's descriptor, to hand to a VMM (`--net fd=N`).
+    fn from(tap: Tap) -> OwnedFd {
+        tap.file.into()
+    }
+}
+
 /// Test support shared with the devices crate: runs `f` on a fresh thread
 /// inside a new, empty network namespace, so TAPs created there never touch
 /// the host's interfaces. Returns `None` (after printing why) when that is
@@ -500,12 +507,5 @@ mod tests {
         }
         assert_eq!(IfReq::new("nubo%d").unwrap().name(), "nubo%d");
         assert_eq!(IfReq::new("0123456789abcde").unwrap().name().len(), 15);
-    }
-}
-
-impl From<Tap> for OwnedFd {
-    /// The TAP's descriptor, to hand to a VMM (`--net fd=N`).
-    fn from(tap: Tap) -> OwnedFd {
-        tap.file.into()
     }
 }
