@@ -1834,6 +1834,9 @@ fn workflow(tb: &mut Testbed) -> Result<(), String> {
         Ok(())
     });
 
+    // --- networks (#11)
+    network::workflow(&mut steps, &cx, tb);
+
     // --- cleanup (best effort, not a check)
     for s in [&vm1, &vm2] {
         let _ = tb.osc_as(None, &["server", "delete", "--wait", s], 3 * minute);
@@ -1848,6 +1851,9 @@ fn workflow(tb: &mut Testbed) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[path = "openstack_cli/network.rs"]
+mod network;
 
 #[cfg(test)]
 mod unit {

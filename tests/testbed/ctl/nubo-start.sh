@@ -13,6 +13,7 @@
 #   NUBO_DEFAULT_KERNEL  /testbed/l2/bzImage
 #   NUBO_DEFAULT_INITRD  /testbed/l2/initramfs.cpio.gz
 #   NUBO_LOG_FILE        /var/log/nubo.log
+#   NUBO_NET_ARGS        networking flags (in L1: net-fixture.sh's; elsewhere: none)
 #   NUBO_PID_FILE        /run/nubo.pid
 #   NUBO_ADMIN_PASSWORD  passed through when set
 set -eu
@@ -33,6 +34,16 @@ kernel=${NUBO_DEFAULT_KERNEL:-/testbed/l2/bzImage}
 initrd=${NUBO_DEFAULT_INITRD:-/testbed/l2/initramfs.cpio.gz}
 logf=${NUBO_LOG_FILE:-/var/log/nubo.log}
 pidf=${NUBO_PID_FILE:-/run/nubo.pid}
+# Networking as net-fixture.sh prepared L1: VXLAN over its underlay with a
+# simulated second host, physnet1 on the trunk, and an external network
+# with masquerade — in L1 only (testbed.serve=1 on the kernel command line):
+# never on a real host, where the default is none.
+l1_netargs="--vxlan-local-ip 192.168.100.1 --vxlan-peer 192.168.100.2 --physical-interface-mappings physnet1:trunk0 --network-vlan-ranges physnet1:100:199 --external-network 203.0.113.0/24"
+if [ "$(param testbed.serve 0)" = 1 ]; then
+    netargs=${NUBO_NET_ARGS-$l1_netargs}
+else
+    netargs=${NUBO_NET_ARGS-}
+fi
 
 [ -x "$bin" ] || { echo "nubo-start: no nubo binary at $bin" >&2; exit 1; }
 if [ -s "$pidf" ]; then
@@ -44,11 +55,11 @@ if [ -s "$pidf" ]; then
     fi
 fi
 mkdir -p "$state" "$(dirname "$logf")" "$(dirname "$pidf")"
-echo "=== nubo-start: $bin serve --state-dir $state --listen $listen --public-url $public" >>"$logf"
+echo "=== nubo-start: $bin serve --state-dir $state --listen $listen --public-url $public $netargs" >>"$logf"
 # Not a process-group leader (no job control here), so setsid execs in place
 # and $! is the daemon's pid.
 setsid "$bin" serve --state-dir "$state" --listen "$listen" --vmm "$vmm" \
-    --default-kernel "$kernel" --default-initrd "$initrd" --public-url "$public" \
+    --default-kernel "$kernel" --default-initrd "$initrd" --public-url "$public" $netargs \
     </dev/null >>"$logf" 2>&1 &
 echo $! >"$pidf"
 echo "nubo-start: started nubo (pid $!), log $logf"
