@@ -15,6 +15,9 @@ declare -A NEED=(
     [time]=/usr/bin/time                            # peak RSS in benchmarks
     [python3]=/usr/bin/python3                      # benchmark drivers
     [binutils]=/usr/bin/readelf                     # checking the extracted vmlinux
+    [nftables]=/usr/sbin/nft                        # port filters and router NAT (netstack::nft), also in L1
+    [tcpdump]=/usr/bin/tcpdump                      # network tests, also in L1
+    [iproute2]=/usr/sbin/ip                         # network tests (ip netns, vlan, vxlan), also in L1
 )
 missing=()
 for pkg in "${!NEED[@]}"; do

@@ -3,7 +3,8 @@
 #
 #   tests/testbed/build-l1.sh [OUTPUT]   (default target/testbed/l1-initramfs.cpio)
 #
-# Contents: static busybox, kvm/kvm-amd (+deps, + a few net modules) from the
+# Contents: static busybox, kvm/kvm-amd (+deps, + the net modules of the nubo
+# agent: VLAN, VXLAN, bridge, nftables with bridge conntrack and NAT) from the
 # Debian cloud kernel, nubo-vmm with its shared libraries, kvmhold, the L2 guest
 # artifacts (guest/build.sh), runner.sh + lib.sh + scenarios/, l1-init.sh as
 # /init. Optionally qemu-system-x86_64 with libraries and firmware.
@@ -52,6 +53,13 @@ echo "root:x:0:0:root:/root:/bin/sh" >"$STAGE/etc/passwd"
 # --- kernel modules: the listed ones plus their modules.dep closure.
 # virtio_pci + virtio_net: the NIC of serve mode (serve.sh); nothing loads them otherwise.
 L1_MODULES="kvm kvm-amd kvm-intel tun veth bridge vhost_net virtio_pci virtio_net"
+# Networking of the nubo agent (VLAN segments, VXLAN, bridges, nftables port
+# filters with bridge-family conntrack, router NAT): l1-init.sh loads these
+# at boot (L1_NET_MODULES, written to /testbed/net-modules). Optional: a
+# module missing from this kernel is a warning, not an error.
+L1_NET_MODULES="8021q bridge br_netfilter vxlan veth nf_tables nft_ct nf_conntrack_bridge
+    nft_meta_bridge nft_nat nft_masq nft_chain_nat nf_nat nft_reject nft_reject_bridge
+    nft_fib_ipv4 nft_redir"
 declare -A copied=()
 copy_module() { # copy_module RELPATH (as in modules.dep) and, recursively, its deps
     local rel=$1 dep
@@ -68,6 +76,21 @@ for m in $L1_MODULES; do
     [ -n "$rel" ] || die "module $m not in $MODSRC/modules.dep"
     copy_module "$rel"
 done
+net_loaded=()
+for m in $L1_NET_MODULES; do
+    rel=$(awk -F: -v m="/$m.ko" 'substr($1, length($1) - length(m) + 1) == m { print $1; exit }' "$MODSRC/modules.dep")
+    if [ -z "$rel" ]; then
+        if grep -q "/$m.ko\$" "$MODSRC/modules.builtin" 2>/dev/null; then
+            log "net module $m is built in"
+        else
+            log "warning: net module $m not in $MODSRC/modules.dep; L1 goes without it"
+        fi
+        continue
+    fi
+    copy_module "$rel"
+    net_loaded+=("$m")
+done
+echo "${net_loaded[*]}" >"$STAGE/testbed/net-modules"
 cp "$MODSRC"/modules.builtin "$MODSRC"/modules.order "$STAGE/lib/modules/$KVER/"
 "$STAGE/bin/busybox" depmod -b "$STAGE" "$KVER"
 log "modules: ${!copied[*]}"
@@ -117,12 +140,30 @@ if [ "$WITH_QEMU" = 1 ]; then
 fi
 
 # Image and filesystem checkers for the disk scenarios (optional: a scenario
-# that needs one skips its check when it is missing).
-for tool in qemu-img debugfs; do
+# that needs one skips its check when it is missing); nft (the agent's port
+# filters and router NAT, netstack::nft) and tcpdump (network tests), from
+# scripts/deps.sh.
+for tool in qemu-img debugfs nft tcpdump; do
     if path=$(command -v "$tool"); then
         mkdir -p "$STAGE/usr/bin"
         cp "$path" "$STAGE/usr/bin/"
         copy_libs "$path"
+    fi
+done
+
+# iproute2's ip (netns, vlan, vxlan, veth, bridge: busybox's ip has none of
+# them) and bridge (FDB), for the network tests, in /usr/sbin; busybox's
+# applet links go, so programs that search PATH (Command::new("ip")) get
+# iproute2. But busybox sh runs its own applets before searching PATH:
+# scripts in L1 must call /usr/sbin/ip (or define `ip() { /usr/sbin/ip "$@"; }`).
+for tool in ip bridge; do
+    if path=$(command -v "$tool") && [ "$(readlink -f "$path")" != "$(readlink -f /bin/busybox)" ]; then
+        rm -f "$STAGE/bin/$tool"
+        mkdir -p "$STAGE/usr/sbin"
+        cp "$path" "$STAGE/usr/sbin/"
+        copy_libs "$path"
+    else
+        log "warning: no iproute2 $tool: L1 keeps busybox's (no netns, vlan or vxlan)"
     fi
 done
 

@@ -55,6 +55,17 @@ else
 fi
 ip link set lo up 2>/dev/null
 
+# The nubo agent's networking modules (build-l1.sh: VLAN, VXLAN, bridge,
+# nftables, bridge conntrack, NAT), in both modes, before the daemon starts.
+# A module that fails to load is logged; the scenarios or tests needing it fail.
+if [ -r /testbed/net-modules ]; then
+    failed=''
+    for m in $(cat /testbed/net-modules); do
+        modprobe "$m" 2>/dev/null || failed="$failed $m"
+    done
+    if [ -n "$failed" ]; then echo "TESTBED-NETMOD failed:$failed"; else echo "TESTBED-NETMOD ok"; fi
+fi
+
 # One KVM VM held open while L1 runs (kvmhold.c says why); testbed.kvmhold=0
 # (run.sh: TESTBED_KVMHOLD=0) leaves it out.
 if [ "$(param testbed.kvmhold 1)" = 1 ] && [ -x /testbed/bin/kvmhold ] && [ -c /dev/kvm ]; then
