@@ -195,6 +195,7 @@ install -m 0755 "$HERE/l1-init.sh" "$STAGE/init"
 mkdir -p "$STAGE/testbed/ctl/cgi-bin" "$STAGE/var/lib/nubo" "$STAGE/var/log"
 install -m 0755 "$HERE/ctl/cgi-bin/exec" "$STAGE/testbed/ctl/cgi-bin/exec"
 install -m 0755 "$HERE/ctl/nubo-start.sh" "$STAGE/testbed/nubo-start.sh"
+install -m 0755 "$HERE/ctl/net-fixture.sh" "$STAGE/testbed/net-fixture.sh"
 
 mkdir -p "$(dirname "$OUTFILE")"
 (cd "$STAGE" && find . -mindepth 1 | LC_ALL=C sort |

@@ -91,6 +91,9 @@ serve_mode() {
     export NUBO_STATE_DIR=/var/lib/nubo NUBO_LOG_FILE=/var/log/nubo.log \
         NUBO_PID_FILE=/run/nubo.pid NUBO_START=/testbed/nubo-start.sh
     httpd -f -p 8775 -h /testbed/ctl &
+    # The underlay, trunk and second "host" the daemon's networks use
+    # (nubo-start.sh's L1 flags name them).
+    [ -x /testbed/net-fixture.sh ] && /testbed/net-fixture.sh up
     if [ -x /testbed/bin/nubo ]; then
         /testbed/nubo-start.sh
     else

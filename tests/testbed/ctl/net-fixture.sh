@@ -17,6 +17,8 @@
 # The daemon's external network (--external-network 203.0.113.0/24) is the
 # daemon's own doing; tests add an "outside" host to it themselves.
 set -u
+# busybox sh would run its own `ip` applet: use iproute2's.
+ip() { /usr/sbin/ip "$@"; }
 case "${1:-up}" in
 up)
     set -e
