@@ -124,8 +124,8 @@ fn router_table_apply_list_reapply_delete() {
     let router = listed.iter().find(|t| t.name == "nubo_router").unwrap();
     assert_eq!(router.family, Family::Ip);
     assert_eq!(router.hash.as_deref(), Some(table.hash().as_str()));
-    // dnat + 1:1 snat + SNAT, masquerade
-    assert_eq!(rule_count(r).unwrap(), 4);
+    // dnat + 1:1 snat + SNAT + 3 forward rules, masquerade
+    assert_eq!(rule_count(r).unwrap(), 7);
 
     // Same rules again: same hash (the agent skips it); applying anyway
     // leaves the same thing.

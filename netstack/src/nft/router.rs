@@ -6,7 +6,9 @@
 //! interface, so the inside reaches a floating IP too); `postrouting`
 //! SNATs a fixed IP with a floating IP to it 1:1 when it leaves through the
 //! gateway, then (with `enable_snat`) every other inside source to the
-//! gateway leg's address. IP forwarding (the sysctl) is the agent's job.
+//! gateway leg's address; `forward` lets in from the gateway only replies
+//! and what a floating IP's DNAT admitted, so a route to a fixed address
+//! from outside is no way in. IP forwarding (the sysctl) is the agent's job.
 //!
 //! External: `postrouting` masquerades the external subnet when it leaves
 //! through anything but its own bridge. About the host's `forward` policy:
@@ -82,6 +84,15 @@ pub fn router_table(r: &RouterNat) -> Result<Table, NftError> {
         );
     }
     b.push_str("\t}\n");
+    // From the outside, only what a floating IP's DNAT let in (or replies)
+    // crosses the router: routing to a fixed address is not a way in.
+    let _ = write!(
+        b,
+        "\n\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tiifname \"{gw}\" ct state established,related accept\n\
+         \t\tiifname \"{gw}\" ct status dnat accept\n\
+         \t\tiifname \"{gw}\" drop comment \"only floating IPs come in\"\n\t}}\n"
+    );
     Table::new(Family::Ip, ROUTER_TABLE, b)
 }
 
@@ -147,7 +158,11 @@ mod tests {
              \n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              \t\tip saddr 10.0.0.5 oifname \"qg-0123abcd-01\" snat to 203.0.113.20 comment \"fip-1\"\n\
              \t\tip saddr 10.0.0.6 oifname \"qg-0123abcd-01\" snat to 203.0.113.21 comment \"fip-2\"\n\
-             \t\tip saddr @inside oifname \"qg-0123abcd-01\" snat to 203.0.113.10 comment \"SNAT\"\n\t}\n"
+             \t\tip saddr @inside oifname \"qg-0123abcd-01\" snat to 203.0.113.10 comment \"SNAT\"\n\t}\n\
+             \n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tiifname \"qg-0123abcd-01\" ct state established,related accept\n\
+             \t\tiifname \"qg-0123abcd-01\" ct status dnat accept\n\
+             \t\tiifname \"qg-0123abcd-01\" drop comment \"only floating IPs come in\"\n\t}\n"
         );
     }
 
