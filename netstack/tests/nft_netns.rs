@@ -131,7 +131,7 @@ fn router_table_apply_list_reapply_delete() {
     // leaves the same thing.
     apply_tables(r, std::slice::from_ref(&table)).unwrap();
     assert_eq!(list_tables(r).unwrap(), listed);
-    assert_eq!(rule_count(r).unwrap(), 4);
+    assert_eq!(rule_count(r).unwrap(), 7);
 
     // A change is seen as a different hash.
     let changed = router_table(&router_nat(vec![])).unwrap();
