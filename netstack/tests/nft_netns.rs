@@ -139,7 +139,7 @@ fn router_table_apply_list_reapply_delete() {
     let now = list_tables(r).unwrap();
     let router = now.iter().find(|t| t.name == "nubo_router").unwrap();
     assert_eq!(router.hash.as_deref(), Some(changed.hash().as_str()));
-    assert_eq!(rule_count(r).unwrap(), 2);
+    assert_eq!(rule_count(r).unwrap(), 5);
 
     delete_table(r, Family::Ip, "nubo_router").unwrap();
     delete_table(r, Family::Ip, "nubo_router").unwrap(); // idempotent
