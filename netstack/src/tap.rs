@@ -44,6 +44,7 @@ mod ioctls {
     use std::os::raw::{c_int, c_uint};
     const TUNTAP: c_uint = 0x54;
     vmm_sys_util::ioctl_iow_nr!(TUNSETIFF, TUNTAP, 202, c_int);
+    vmm_sys_util::ioctl_iow_nr!(TUNSETPERSIST, TUNTAP, 203, c_int);
     vmm_sys_util::ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, c_uint);
     vmm_sys_util::ioctl_ior_nr!(TUNGETIFF, TUNTAP, 210, c_uint);
     vmm_sys_util::ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, c_int);
@@ -122,6 +123,15 @@ pub enum TapError {
         name: String,
         /// Its `ifr_flags`.
         flags: i16,
+    },
+    /// `TUNSETPERSIST` failed.
+    #[error("cannot change the persistence of TAP {name:?} (TUNSETPERSIST): {source}")]
+    SetPersist {
+        /// Interface name.
+        name: String,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
     },
     /// `TUNSETVNETHDRSZ` failed.
     #[error("cannot set the vnet header size (TUNSETVNETHDRSZ): {0}")]
@@ -290,6 +300,38 @@ impl Tap {
             return Err(err(io::Error::last_os_error()));
         }
         Ok(())
+    }
+
+    /// Makes the TAP persistent (it outlives its descriptors, so it can be
+    /// enslaved to a bridge before a VMM attaches, and survives a VMM
+    /// restart) or not (deleted with its last descriptor). A persistent
+    /// TAP is removed with `link::Netlink::delete_link`.
+    pub fn set_persistent(&self, persistent: bool) -> Result<(), TapError> {
+        // SAFETY: TUNSETPERSIST takes its argument by value; no memory is
+        // passed.
+        let ret = unsafe {
+            ioctl_with_val(
+                &self.file,
+                ioctls::TUNSETPERSIST(),
+                libc::c_ulong::from(persistent),
+            )
+        };
+        if ret < 0 {
+            return Err(TapError::SetPersist {
+                name: self.name.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Gives up the descriptor, e.g. for a VMM to inherit (`--net fd=N`).
+    /// It is non-blocking, attached with `IFF_TAP | IFF_NO_PI |
+    /// IFF_VNET_HDR` and has `FD_CLOEXEC` set: the spawner clears
+    /// close-on-exec on the child's copy (or `dup2`s it into place, which
+    /// clears it), so the descriptor never leaks into other children.
+    pub fn into_fd(self) -> OwnedFd {
+        OwnedFd::from(self.file)
     }
 
     /// The interface name (the actual one when opened with a pattern).
@@ -461,6 +503,21 @@ mod tests {
 
             // Closing the last descriptor deletes the (non-persistent) TAP.
             drop(tap);
+            assert!(thread_netns_packets(&name).is_none());
+
+            // A persistent TAP outlives its descriptor and can be reopened
+            // by name (what the agent does before handing it to a VMM).
+            let tap = Tap::open("nubotest%d").unwrap();
+            let name = tap.name().to_string();
+            tap.set_persistent(true).unwrap();
+            let fd = tap.into_fd();
+            drop(fd);
+            assert!(thread_netns_packets(&name).is_some());
+            let again = Tap::open(&name).unwrap();
+            let adopted = Tap::from_fd(again.into_fd()).unwrap();
+            assert_eq!(adopted.name(), name);
+            adopted.set_persistent(false).unwrap();
+            drop(adopted);
             assert!(thread_netns_packets(&name).is_none());
         });
     }
