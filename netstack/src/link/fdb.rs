@@ -43,6 +43,11 @@ fn parse_fdb(msg: &NeighbourMessage) -> Option<FdbEntry> {
                 mac = <[u8; 6]>::try_from(l.as_slice()).ok();
             }
             NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
+            // In an AF_BRIDGE message the library cannot tell the
+            // address family of NDA_DST: four bytes are an IPv4 VTEP.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+                dst = <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from);
+            }
             _ => {}
         }
     }
@@ -135,6 +140,11 @@ impl Netlink {
     /// Deletes the flooding entry to `vtep` from VXLAN device `dev`.
     /// Returns `false` if it was not there.
     pub fn fdb_delete_flood(&self, dev: &str, vtep: Ipv4Addr) -> Result<bool> {
+        // The kernel answers success for a missing remote of an existing
+        // MAC: look first.
+        if !self.flood_vteps(dev)?.contains(&vtep) {
+            return Ok(false);
+        }
         let index = self.index_of(dev)?;
         let msg = RouteNetlinkMessage::DelNeighbour(flood_message(index, vtep));
         match self.block(Self::neigh_request(
