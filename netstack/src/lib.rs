@@ -1,8 +1,10 @@
 //! Host networking for Nubo guests.
 //!
-//! For now this is the TAP device a virtio-net device sends and receives
-//! through ([`tap::Tap`]), and the [`NetBackend`] abstraction the device uses
-//! so it can be tested without a TAP. Bridges, VXLAN and NAT come later.
+//! The TAP device a virtio-net device sends and receives through
+//! ([`tap::Tap`]), the [`NetBackend`] abstraction the device uses so it can
+//! be tested without a TAP, named network namespaces ([`netns`]) and the
+//! layer 2/3 plumbing over netlink ([`link`]: bridges, VXLAN, VLAN, veth,
+//! addresses, routes, FDB) the host agent builds networks from.
 
 pub mod link;
 pub mod netns;

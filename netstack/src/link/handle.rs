@@ -7,7 +7,9 @@
 //! method blocks on that runtime, so it may be called from any thread that
 //! is not running async code: plain threads and `spawn_blocking` threads of
 //! another runtime included. Calling it from inside an async task would
-//! panic (tokio forbids nested `block_on`): use `spawn_blocking`.
+//! panic (tokio forbids nested `block_on`): use `spawn_blocking`. Drop it
+//! outside async code too (it drops its runtime). Its socket keeps the
+//! namespace alive after [`crate::netns::delete`] until it is dropped.
 
 use std::fs::File;
 use std::future::Future;
@@ -137,3 +139,9 @@ impl Netlink {
             .ok_or_else(|| Error::NoSuchLink(name.to_string()))
     }
 }
+
+/// The agent shares one handle between threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Netlink>();
+};
