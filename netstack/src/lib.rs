@@ -13,7 +13,9 @@ pub mod tap;
 use std::io;
 use std::os::fd::AsRawFd;
 
-pub use tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO};
+pub use tap::{
+    set_cloexec, Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO,
+};
 
 /// Size of `struct virtio_net_hdr_v1` (with `num_buffers`), which every
 /// frame read from or written to a [`NetBackend`] starts with.

@@ -352,6 +352,27 @@ impl Tap {
     }
 }
 
+/// Sets or clears `FD_CLOEXEC` on `fd`: a spawner clears it on the TAP
+/// descriptor it hands a VMM (in the child, from `pre_exec`, so no other
+/// child inherits it; `fcntl` is async-signal-safe).
+pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD on a valid descriptor takes no pointer argument.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let new = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: F_SETFD on a valid descriptor takes an int argument.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, new) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: F_GETFL on a valid descriptor takes no pointer argument.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
@@ -545,6 +566,18 @@ mod tests {
             Tap::from_fd(OwnedFd::from(null)),
             Err(TapError::GetIff(_))
         ));
+    }
+
+    #[test]
+    fn cloexec_toggles() {
+        let f = File::open("/dev/null").unwrap();
+        // SAFETY: F_GETFD on an open descriptor.
+        let get = |f: &File| unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(get(&f) & libc::FD_CLOEXEC, 0, "std opens with O_CLOEXEC");
+        set_cloexec(f.as_fd(), false).unwrap();
+        assert_eq!(get(&f) & libc::FD_CLOEXEC, 0);
+        set_cloexec(f.as_fd(), true).unwrap();
+        assert_ne!(get(&f) & libc::FD_CLOEXEC, 0);
     }
 
     #[test]
