@@ -1,16 +1,23 @@
 //! Host networking for Nubo guests.
 //!
-//! For now this is the TAP device a virtio-net device sends and receives
-//! through ([`tap::Tap`]), and the [`NetBackend`] abstraction the device uses
-//! so it can be tested without a TAP. Bridges, VXLAN and NAT come later.
+//! The TAP device a virtio-net device sends and receives through
+//! ([`tap::Tap`]), the [`NetBackend`] abstraction the device uses so it can
+//! be tested without a TAP, named network namespaces ([`netns`]) and the
+//! layer 2/3 plumbing over netlink ([`link`]: bridges, VXLAN, VLAN, veth,
+//! addresses, routes, FDB) and the nftables rulesets ([`nft`]: security
+//! groups, anti-spoofing, router NAT) the host agent builds networks from.
 
+pub mod link;
+pub mod netns;
 pub mod nft;
 pub mod tap;
 
 use std::io;
 use std::os::fd::AsRawFd;
 
-pub use tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO};
+pub use tap::{
+    set_cloexec, Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO,
+};
 
 /// Size of `struct virtio_net_hdr_v1` (with `num_buffers`), which every
 /// frame read from or written to a [`NetBackend`] starts with.

@@ -44,6 +44,7 @@ mod ioctls {
     use std::os::raw::{c_int, c_uint};
     const TUNTAP: c_uint = 0x54;
     vmm_sys_util::ioctl_iow_nr!(TUNSETIFF, TUNTAP, 202, c_int);
+    vmm_sys_util::ioctl_iow_nr!(TUNSETPERSIST, TUNTAP, 203, c_int);
     vmm_sys_util::ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, c_uint);
     vmm_sys_util::ioctl_ior_nr!(TUNGETIFF, TUNTAP, 210, c_uint);
     vmm_sys_util::ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, c_int);
@@ -122,6 +123,15 @@ pub enum TapError {
         name: String,
         /// Its `ifr_flags`.
         flags: i16,
+    },
+    /// `TUNSETPERSIST` failed.
+    #[error("cannot change the persistence of TAP {name:?} (TUNSETPERSIST): {source}")]
+    SetPersist {
+        /// Interface name.
+        name: String,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
     },
     /// `TUNSETVNETHDRSZ` failed.
     #[error("cannot set the vnet header size (TUNSETVNETHDRSZ): {0}")]
@@ -292,6 +302,38 @@ impl Tap {
         Ok(())
     }
 
+    /// Makes the TAP persistent (it outlives its descriptors, so it can be
+    /// enslaved to a bridge before a VMM attaches, and survives a VMM
+    /// restart) or not (deleted with its last descriptor). A persistent
+    /// TAP is removed with `link::Netlink::delete_link`.
+    pub fn set_persistent(&self, persistent: bool) -> Result<(), TapError> {
+        // SAFETY: TUNSETPERSIST takes its argument by value; no memory is
+        // passed.
+        let ret = unsafe {
+            ioctl_with_val(
+                &self.file,
+                ioctls::TUNSETPERSIST(),
+                libc::c_ulong::from(persistent),
+            )
+        };
+        if ret < 0 {
+            return Err(TapError::SetPersist {
+                name: self.name.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Gives up the descriptor, e.g. for a VMM to inherit (`--net fd=N`).
+    /// It is non-blocking, attached with `IFF_TAP | IFF_NO_PI |
+    /// IFF_VNET_HDR` and has `FD_CLOEXEC` set: the spawner clears
+    /// close-on-exec on the child's copy (or `dup2`s it into place, which
+    /// clears it), so the descriptor never leaks into other children.
+    pub fn into_fd(self) -> OwnedFd {
+        OwnedFd::from(self.file)
+    }
+
     /// The interface name (the actual one when opened with a pattern).
     pub fn name(&self) -> &str {
         &self.name
@@ -308,6 +350,27 @@ impl Tap {
     pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
         (&self.file).write(buf)
     }
+}
+
+/// Sets or clears `FD_CLOEXEC` on `fd`: a spawner clears it on the TAP
+/// descriptor it hands a VMM (in the child, from `pre_exec`, so no other
+/// child inherits it; `fcntl` is async-signal-safe).
+pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD on a valid descriptor takes no pointer argument.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let new = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: F_SETFD on a valid descriptor takes an int argument.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, new) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -469,6 +532,21 @@ mod tests {
             // Closing the last descriptor deletes the (non-persistent) TAP.
             drop(tap);
             assert!(thread_netns_packets(&name).is_none());
+
+            // A persistent TAP outlives its descriptor and can be reopened
+            // by name (what the agent does before handing it to a VMM).
+            let tap = Tap::open("nubotest%d").unwrap();
+            let name = tap.name().to_string();
+            tap.set_persistent(true).unwrap();
+            let fd = tap.into_fd();
+            drop(fd);
+            assert!(thread_netns_packets(&name).is_some());
+            let again = Tap::open(&name).unwrap();
+            let adopted = Tap::from_fd(again.into_fd()).unwrap();
+            assert_eq!(adopted.name(), name);
+            adopted.set_persistent(false).unwrap();
+            drop(adopted);
+            assert!(thread_netns_packets(&name).is_none());
         });
     }
 
@@ -495,6 +573,18 @@ mod tests {
             Tap::from_fd(OwnedFd::from(null)),
             Err(TapError::GetIff(_))
         ));
+    }
+
+    #[test]
+    fn cloexec_toggles() {
+        let f = File::open("/dev/null").unwrap();
+        // SAFETY: F_GETFD on an open descriptor.
+        let get = |f: &File| unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(get(&f) & libc::FD_CLOEXEC, 0, "std opens with O_CLOEXEC");
+        set_cloexec(f.as_fd(), false).unwrap();
+        assert_eq!(get(&f) & libc::FD_CLOEXEC, 0);
+        set_cloexec(f.as_fd(), true).unwrap();
+        assert_ne!(get(&f) & libc::FD_CLOEXEC, 0);
     }
 
     #[test]
