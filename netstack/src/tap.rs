@@ -416,13 +416,6 @@ impl NetBackend for Tap {
     }
 }
 
-impl From<Tap> for OwnedFd {
-    /// The TAP's descriptor, to hand to a VMM (`--net fd=N`).
-    fn from(tap: Tap) -> OwnedFd {
-        tap.file.into()
-    }
-}
-
 /// Test support shared with the devices crate: runs `f` on a fresh thread
 /// inside a new, empty network namespace, so TAPs created there never touch
 /// the host's interfaces. Returns `None` (after printing why) when that is

@@ -634,7 +634,7 @@ fn a_jailed_vmm_inherits_its_taps() {
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
         let taps: Vec<std::os::fd::OwnedFd> = ["nt0", "nt1"]
             .iter()
-            .map(|n| netstack::Tap::open(n).unwrap().into())
+            .map(|n| netstack::Tap::open(n).unwrap().into_fd())
             .collect();
         tx.send(taps).unwrap();
         let _ = done_rx.recv();
