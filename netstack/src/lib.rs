@@ -4,6 +4,7 @@
 //! through ([`tap::Tap`]), and the [`NetBackend`] abstraction the device uses
 //! so it can be tested without a TAP. Bridges, VXLAN and NAT come later.
 
+pub mod dhcp;
 pub mod tap;
 
 use std::io;
