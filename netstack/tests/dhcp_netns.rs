@@ -297,6 +297,9 @@ fn udhcpc_gets_exactly_its_static_lease() {
         "DISCOVER -> ACK took {took:?}"
     );
 
+    guest_script_applies_the_lease(&bb, &b, &dir);
+    unicast_renewal_is_acked(&bb, &b, &dir);
+
     // Broadcast replies when the client asks for them (-B).
     let bound = udhcpc(&bb, &b, "vB", &dir, &["-B"]);
     assert!(bound.contains("ip=10.77.0.42 "), "{bound}");
@@ -327,4 +330,139 @@ fn udhcpc_gets_exactly_its_static_lease() {
     assert!(server.remove("br0"));
     server.stop();
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// guest/udhcpc.script (what the guest runs) under busybox sh with busybox
+/// applets first in PATH, its state dir and console redirected into `dir`.
+fn guest_script_applies_the_lease(bb: &Path, ns: &str, dir: &Path) {
+    let applets = dir.join("bin");
+    fs::create_dir_all(&applets).unwrap();
+    for a in [
+        "ip", "sed", "sort", "tr", "cat", "mkdir", "mv", "hostname", "sh",
+    ] {
+        let l = applets.join(a);
+        let _ = fs::remove_file(&l);
+        std::os::unix::fs::symlink(bb, &l).unwrap();
+    }
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/udhcpc.script");
+    let wrapper = dir.join("guest-wrapper.sh");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} sh {} \"$@\"\n",
+            bb.display(),
+            guest.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let run = dir.join("run");
+    let console = dir.join("console");
+    let _ = fs::remove_dir_all(&run);
+    let _ = fs::remove_file(&console);
+    let st = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            bb.to_str().unwrap(),
+            "udhcpc",
+            "-i",
+            "vB",
+        ])
+        .args(["-q", "-n", "-f", "-t", "3", "-T", "1", "-s"])
+        .arg(&wrapper)
+        .env("NUBO_RUN", &run)
+        .env("NUBO_CONSOLE", &console)
+        .env("NUBO_SET_HOSTNAME", "0")
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let line = fs::read_to_string(&console).unwrap();
+    eprintln!("guest script: {line}");
+    assert_eq!(
+        line,
+        "NUBO-NET vB mac=fa:16:3e:12:34:56 ip=10.77.0.42/24 gw=10.77.0.1 mtu=1400\n"
+    );
+    assert_eq!(
+        fs::read_to_string(run.join("resolv.conf")).unwrap(),
+        "search nubo.test\nnameserver 10.77.0.53\nnameserver 9.9.9.9\n"
+    );
+    assert_eq!(
+        fs::read_to_string(run.join("www/index.html")).unwrap(),
+        "vm-42\n"
+    );
+    let show = |what: &[&str]| {
+        let o = Command::new("ip")
+            .args(["-n", ns])
+            .args(what)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let addrs = show(&["-4", "addr", "show", "dev", "vB"]);
+    assert!(addrs.contains("inet 10.77.0.42/24"), "{addrs}");
+    assert!(addrs.contains("mtu 1400"), "{addrs}");
+    let routes = show(&["-4", "route"]);
+    eprintln!("guest routes:\n{routes}");
+    assert!(
+        routes.contains("default via 10.77.0.1 dev vB metric 200"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("192.168.50.0/24 via 10.77.0.254 dev vB metric 200"),
+        "{routes}"
+    );
+}
+
+/// A bound client renews by unicast to the server identifier (after
+/// resolving it by ARP): the server must answer both.
+fn unicast_renewal_is_acked(bb: &Path, ns: &str, dir: &Path) {
+    let out = dir.join("events.txt");
+    let script = dir.join("script.sh");
+    let _ = fs::remove_file(&out);
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            bb.to_str().unwrap(),
+            "udhcpc",
+            "-i",
+            "vB",
+        ])
+        .args(["-f", "-t", "3", "-T", "1", "-s"])
+        .arg(&script)
+        .env("OUT", &out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &str| {
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if fs::read_to_string(&out).unwrap_or_default().contains(what) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+    let bound = wait_for("event=bound");
+    // `ip netns exec` execs udhcpc, so the child's pid is udhcpc's.
+    // SAFETY: signals a child we spawned and still own.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    let renewed = wait_for("event=renew");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(bound, "no lease");
+    assert!(
+        renewed,
+        "no renewal ACK: {}",
+        fs::read_to_string(&out).unwrap_or_default()
+    );
 }
