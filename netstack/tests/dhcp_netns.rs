@@ -304,6 +304,16 @@ fn udhcpc_gets_exactly_its_static_lease() {
     let bound = udhcpc(&bb, &b, "vB", &dir, &["-B"]);
     assert!(bound.contains("ip=10.77.0.42 "), "{bound}");
 
+    // The bridge deleted and created again: the next set_scopes notices
+    // (new ifindex) and opens a new socket.
+    ip(&["-n", &a, "link", "del", "br0"]);
+    ip(&["-n", &a, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", &a, "link", "set", "br0", "up"]);
+    ip(&["-n", &a, "link", "set", "vA", "master", "br0", "up"]);
+    server.set_scopes("br0", vec![scope()]).unwrap();
+    let bound = udhcpc(&bb, &b, "vB", &dir, &[]);
+    assert!(bound.contains("ip=10.77.0.42 "), "{bound}");
+
     // Leases change atomically while running: the MAC is no longer known,
     // so the client gets no answer.
     let mut s = scope();

@@ -12,6 +12,9 @@
 //! closed only when no snapshot holds it) and is woken by an `eventfd`
 //! whenever the set changes.
 //!
+//! A bridge deleted and created again under the same name is noticed by
+//! the next `set_scopes` (its ifindex changed) and gets a new socket.
+//!
 //! Sockets are opened in the daemon's network namespace, or in the one
 //! [`ServerConfig::netns`] names (from a short-lived thread that `setns`'d
 //! into it: a socket stays in the namespace it was created in), which is how
@@ -30,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use thiserror::Error;
-use tracing::{debug, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use super::{respond, Scope};
 
@@ -84,6 +87,9 @@ pub struct ServerConfig {
 
 struct Bridge {
     name: String,
+    /// The interface the socket is bound to: a bridge deleted and created
+    /// again under the same name has another, and gets a new socket.
+    ifindex: u32,
     sock: OwnedFd,
     scopes: Mutex<Arc<Vec<Scope>>>,
     /// Set after a socket error that keeps repeating (bridge deleted): the
@@ -167,24 +173,30 @@ impl DhcpServer {
     /// atomically (a frame is answered with the old or the new set, never
     /// a mix).
     pub fn set_scopes(&self, bridge: &str, scopes: Vec<Scope>) -> Result<(), DhcpError> {
+        let name = bridge.to_owned();
+        let ifindex = in_netns(&self.config, move || ifindex_here(&name))?;
         {
             let map = self.shared.bridges();
             if let Some(b) = map.get(bridge) {
-                if !b.broken.load(Ordering::Acquire) {
+                if !b.broken.load(Ordering::Acquire) && b.ifindex == ifindex {
                     *b.scopes.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(scopes);
                     return Ok(());
                 }
             }
         }
-        let sock = open_socket(bridge, &self.config)?;
+        let name = bridge.to_owned();
+        let promisc = self.config.promiscuous;
+        let (sock, ifindex) = in_netns(&self.config, move || open_socket_here(&name, promisc))?;
         let b = Arc::new(Bridge {
             name: bridge.to_owned(),
+            ifindex,
             sock,
             scopes: Mutex::new(Arc::new(scopes)),
             broken: AtomicBool::new(false),
         });
         self.shared.bridges().insert(bridge.to_owned(), b);
         self.shared.wake();
+        info!(bridge, ifindex, "dhcp: serving bridge");
         Ok(())
     }
 
@@ -193,6 +205,7 @@ impl DhcpServer {
         let removed = self.shared.bridges().remove(bridge).is_some();
         if removed {
             self.shared.wake();
+            info!(bridge, "dhcp: bridge no longer served");
         }
         removed
     }
@@ -348,32 +361,48 @@ fn filter() -> [libc::sock_filter; 12] {
     ]
 }
 
-fn open_socket(bridge: &str, config: &ServerConfig) -> Result<OwnedFd, DhcpError> {
+/// Runs `f` in the configured namespace: in a throwaway thread that
+/// `setns`'d into it (setns affects only the calling thread), or here.
+fn in_netns<T, F>(config: &ServerConfig, f: F) -> Result<T, DhcpError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, DhcpError> + Send + 'static,
+{
     let Some(ns) = config.netns.clone() else {
-        return open_socket_here(bridge, config.promiscuous);
+        return f();
     };
-    let name = bridge.to_owned();
-    let promisc = config.promiscuous;
-    // setns affects only the calling thread: do it in a throwaway one.
     std::thread::Builder::new()
         .name("dhcp-netns".into())
         .spawn(move || {
-            let f = File::open(&ns).map_err(|source| DhcpError::Netns {
+            let file = File::open(&ns).map_err(|source| DhcpError::Netns {
                 path: ns.clone(),
                 source,
             })?;
             // SAFETY: plain syscall on a descriptor we own.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(DhcpError::Netns {
                     path: ns,
                     source: io::Error::last_os_error(),
                 });
             }
-            open_socket_here(&name, promisc)
+            f()
         })
         .map_err(io_err("spawn the netns thread"))?
         .join()
         .map_err(|_| io_err("netns thread")(io::Error::other("panicked")))?
+}
+
+/// The ifindex of `name` in the calling thread's namespace.
+fn ifindex_here(name: &str) -> Result<u32, DhcpError> {
+    let cname = CString::new(name).map_err(|_| DhcpError::BadName(name.into()))?;
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(DhcpError::BadName(name.into()));
+    }
+    // SAFETY: `cname` is a valid C string.
+    match unsafe { libc::if_nametoindex(cname.as_ptr()) } {
+        0 => Err(DhcpError::NoSuchInterface(name.into())),
+        i => Ok(i),
+    }
 }
 
 fn setsockopt<T>(
@@ -400,16 +429,8 @@ fn setsockopt<T>(
 }
 
 /// Opens and binds the socket of `bridge` in the calling thread's netns.
-fn open_socket_here(bridge: &str, promisc: bool) -> Result<OwnedFd, DhcpError> {
-    let cname = CString::new(bridge).map_err(|_| DhcpError::BadName(bridge.into()))?;
-    if bridge.is_empty() || bridge.len() >= libc::IFNAMSIZ {
-        return Err(DhcpError::BadName(bridge.into()));
-    }
-    // SAFETY: `cname` is a valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if ifindex == 0 {
-        return Err(DhcpError::NoSuchInterface(bridge.into()));
-    }
+fn open_socket_here(bridge: &str, promisc: bool) -> Result<(OwnedFd, u32), DhcpError> {
+    let ifindex = ifindex_here(bridge)?;
     let proto = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain syscall; the result is checked before use.
     let fd = unsafe {
@@ -469,7 +490,7 @@ fn open_socket_here(bridge: &str, promisc: bool) -> Result<OwnedFd, DhcpError> {
             "PACKET_MR_PROMISC",
         )?;
     }
-    Ok(sock)
+    Ok((sock, ifindex))
 }
 
 #[cfg(test)]
