@@ -20,10 +20,12 @@
 //!
 //! The server also answers ARP requests for its own address (the subnet's
 //! DHCP port IP): a client renews by unicast to the server identifier, so it
-//! must be able to resolve it. For the unicast frames to reach the socket the
-//! bridge is put in promiscuous mode (a `PACKET_MR_PROMISC` membership of the
-//! socket, dropped with it); the BPF filter keeps the cost of that in the
-//! kernel.
+//! must be able to resolve it. Those unicast frames reach the socket only if
+//! the bridge delivers the server's MAC locally: [`ServerConfig::promiscuous`]
+//! (a `PACKET_MR_PROMISC` membership of the socket, dropped with it; the BPF
+//! filter keeps its cost in the kernel) or a local FDB entry for the MAC.
+//! Without either, clients renew by broadcast when rebinding (7/8 of the
+//! lease), which always works.
 //!
 //! * [`packet`]: framing (parse untrusted frames with bounds checks; build).
 //! * [`responder`]: pure, `respond(frame, scopes) -> Option<frame>`.
@@ -109,4 +111,21 @@ pub struct Scope {
     pub lease_secs: u32,
     /// The static leases, by MAC.
     pub leases: Vec<Lease>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netmasks() {
+        let p = |len| Prefix::from((Ipv4Addr::new(10, 1, 2, 3), len));
+        assert_eq!(p(0).netmask(), Ipv4Addr::new(0, 0, 0, 0));
+        assert_eq!(p(12).netmask(), Ipv4Addr::new(255, 240, 0, 0));
+        assert_eq!(p(24).netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(p(32).netmask(), Ipv4Addr::new(255, 255, 255, 255));
+        assert_eq!(p(99).netmask(), Ipv4Addr::new(255, 255, 255, 255));
+        assert_eq!(p(12).network(), Ipv4Addr::new(10, 0, 0, 0));
+        assert_eq!(p(0).network(), Ipv4Addr::UNSPECIFIED);
+    }
 }
