@@ -9,6 +9,7 @@
 #   vmlinux            ELF extracted from the bzImage (has a PVH entry note)
 #   initramfs.cpio.gz  busybox + virtio/evdev/button modules + guest/init.sh as /init
 #                      + the acpid power-button handler (/etc/acpi/PWRF/00000080)
+#                      + guest/udhcpc.script as /etc/udhcpc/default.script
 #   rootfs.ext4        same content as an ext4 image (for root=/dev/vda)
 #   KERNEL_VERSION     e.g. 6.1.0-57-cloud-amd64
 #   modules/lib/modules/$KVER   full module tree with modules.dep (for the testbed)
@@ -49,7 +50,8 @@ BB_VER=$(pkg_version busybox-static)
 # Everything that influences the outputs goes into the stamp.
 STAMP="kernel=$KPKG=$KPKG_VER busybox=$BB_VER
 build=$(sha256sum "$HERE/build.sh" | cut -d' ' -f1)
-init=$(sha256sum "$HERE/init.sh" | cut -d' ' -f1)"
+init=$(sha256sum "$HERE/init.sh" | cut -d' ' -f1)
+udhcpc=$(sha256sum "$HERE/udhcpc.script" | cut -d' ' -f1)"
 
 OUTPUTS=(bzImage vmlinux initramfs.cpio.gz rootfs.ext4 KERNEL_VERSION busybox)
 print_outputs() {
@@ -143,7 +145,7 @@ GUEST_MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev
                virtio_pci virtio_blk failover net_failover virtio_net evdev button"
 stage_root() {
     local root=$1 m f
-    mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,root,lib/nubo-modules,usr/bin,usr/sbin}
+    mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,run,root,lib/nubo-modules,usr/bin,usr/sbin}
     cp "$WORK/busybox/bin/busybox" "$root/bin/busybox"
     for applet in $("$root/bin/busybox" --list); do
         [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
@@ -153,6 +155,11 @@ stage_root() {
         if [ -n "$f" ]; then cp "$f" "$root/lib/nubo-modules/"; else log "module $m: not found (built in?)"; fi
     done
     install -m 0755 "$HERE/init.sh" "$root/init"
+    # DHCP (init.sh runs udhcpc on every eth*): the event script, and
+    # resolv.conf on the tmpfs /run since the rootfs may be mounted read-only.
+    mkdir -p "$root/etc/udhcpc"
+    install -m 0755 "$HERE/udhcpc.script" "$root/etc/udhcpc/default.script"
+    ln -sf ../run/resolv.conf "$root/etc/resolv.conf"
     # The kernel opens /dev/console before devtmpfs is mounted.
     mknod -m 600 "$root/dev/console" c 5 1
     mknod -m 666 "$root/dev/null" c 1 3

@@ -16,6 +16,23 @@
 #    /etc/acpi/PWRF/00000080 (from guest/build.sh): it prints
 #    NUBO-GUEST-POWER-BUTTON and powers off. `nubo.ignore_power=1` skips
 #    acpid, so the button is ignored.
+#  * also before the readiness line, in the background so boot is not
+#    serialized: DHCP on EVERY eth* NIC (busybox udhcpc with
+#    /etc/udhcpc/default.script = guest/udhcpc.script: MTU from option 26,
+#    address, routes from option 121 `staticroutes` or option 3, DNS into
+#    /etc/resolv.conf -> /run/resolv.conf, hostname from option 12). Eight
+#    DISCOVERs a second apart (~8 s) before a NIC is reported failed; udhcpc
+#    keeps retrying and renewing afterwards. ONE console line per NIC, on
+#    its first outcome:
+#      NUBO-NET <ifname> mac=<mac> ip=<addr>/<prefix> gw=<gw|none> mtu=<mtu>
+#      NUBO-NET <ifname> mac=<mac> dhcp=failed
+#    No DHCP with `nubo.dhcp=0` or `nubo.then=netcheck` (which configures
+#    eth0 statically from nubo.ip). udhcpc needs AF_PACKET: built into the
+#    Debian cloud kernel (CONFIG_PACKET=y, see modules.builtin).
+#  * and busybox httpd on port 80 serving /run/www/index.html: the guest's
+#    hostname and a newline (the DHCP hostname once a lease arrives), so
+#    tests can check TCP reachability (security groups, floating IPs)
+#    without logging in.
 #
 # Deliberately no `set -e`: PID 1 must never exit (that panics the kernel).
 
@@ -101,6 +118,32 @@ start_acpid() {
     while [ ! -s /dev/.acpid.pid ] && [ $i -lt 100 ]; do usleep 10000; i=$((i + 1)); done
 }
 [ "$(param nubo.ignore_power 0)" = 1 ] || start_acpid
+
+# Writable even on a read-only rootfs: DHCP state, resolv.conf, www. (Not
+# in the initramfs before switch_root: this is the final init.)
+mnt tmpfs /run
+# DHCP on every eth* NIC, one background udhcpc each (see the header).
+start_dhcp() {
+    [ "$(param nubo.dhcp 1)" = 0 ] && return
+    [ "$(param nubo.then poweroff)" = netcheck ] && return
+    for d in /sys/class/net/eth*; do
+        [ -e "$d" ] || continue
+        ifname=${d##*/}
+        ip link set dev "$ifname" up
+        # -t 8 -T 1: eight DISCOVERs 1 s apart, then `leasefail` (reported
+        # once); -A 10: retry every 10 s after that. No -q: it stays to renew.
+        udhcpc -i "$ifname" -f -t 8 -T 1 -A 10 -O mtu -O staticroutes \
+            -s /etc/udhcpc/default.script </dev/null >/dev/null 2>&1 &
+    done
+}
+start_dhcp
+
+# The page tests fetch on port 80 (udhcpc.script rewrites it with the DHCP
+# hostname).
+mkdir -p /run/www
+[ -s /run/www/index.html ] || hostname >/run/www/index.html
+httpd -p 80 -h /run/www </dev/null >/dev/null 2>&1 ||
+    echo "NUBO-GUEST-NOTE httpd did not start"
 
 MEMKB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
 read -r UPTIME _ </proc/uptime

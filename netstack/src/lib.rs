@@ -5,8 +5,10 @@
 //! be tested without a TAP, named network namespaces ([`netns`]) and the
 //! layer 2/3 plumbing over netlink ([`link`]: bridges, VXLAN, VLAN, veth,
 //! addresses, routes, FDB) and the nftables rulesets ([`nft`]: security
-//! groups, anti-spoofing, router NAT) the host agent builds networks from.
+//! groups, anti-spoofing, router NAT) and the DHCP server ([`dhcp`]) the
+//! host agent builds networks from.
 
+pub mod dhcp;
 pub mod link;
 pub mod netns;
 pub mod nft;
