@@ -93,7 +93,8 @@ pub fn group_visible(
 /// The IPv4 rules of the groups `group_ids`, resolved for the host: the
 /// protocol as a number, a remote group as its members' addresses (asked
 /// of `members`), duplicates (the same rule in two groups) once, sorted by
-/// rule id. IPv6 rules are dropped (the data plane is IPv4).
+/// rule id. IPv6 rules are dropped (the data plane is IPv4). A prefix of
+/// `0.0.0.0/0` is [`Remote::Any`].
 ///
 /// ICMP: `port_range` is `(type, code)`; a rule with a type and no code
 /// gets code 255 (no ICMP code is 255, so the host must read 255 as "any
@@ -149,7 +150,10 @@ fn resolve_one(
         (None, Some(_)) => return None,
     };
     let remote = match (&rule.remote_ip_prefix, &rule.remote_group_id) {
-        (Some(prefix), _) => Remote::Prefix(parse_v4_cidr(prefix)?),
+        (Some(prefix), _) => match parse_v4_cidr(prefix)? {
+            any if any.prefix_len == 0 => Remote::Any,
+            cidr => Remote::Prefix(cidr),
+        },
         (None, Some(group)) => Remote::Group {
             group_id: group.clone(),
             members: members(group),
@@ -184,6 +188,16 @@ fn parse_v4_cidr(prefix: &str) -> Option<Ipv4Cidr> {
 /// in use; [`remove_default_group`] removes it with the project).
 pub fn groups_in_project(conn: &Connection, project_id: &str) -> rusqlite::Result<usize> {
     Ok(store::count_groups(conn, project_id, false)?.max(0) as usize)
+}
+
+/// What `project_id` uses of its security group quotas, for `quota show`:
+/// (groups, rules), the default group and its rules included (Neutron
+/// counts them too).
+pub fn quota_usage(conn: &Connection, project_id: &str) -> rusqlite::Result<(i64, i64)> {
+    Ok((
+        store::count_groups(conn, project_id, true)?,
+        store::count_rules(conn, project_id)?,
+    ))
 }
 
 /// Removes `project_id`'s default group and its rules (when the project
@@ -442,13 +456,22 @@ pub fn delete_group(conn: &Connection, ctx: &AuthContext, id: &str) -> ApiResult
     Ok(())
 }
 
+/// A remote prefix as the duplicate check compares it: by network, and
+/// "anywhere" (`0.0.0.0/0`, `::/0`) the same as none (Neutron's
+/// `_rule_to_key`).
+fn prefix_key(prefix: Option<&str>) -> Option<String> {
+    prefix
+        .and_then(super::model::normalized_cidr)
+        .filter(|p| p != "0.0.0.0/0" && p != "::/0")
+}
+
 /// Whether two rules of one group match the same traffic (Neutron's
 /// duplicate check: everything but id and description, protocols compared
-/// by number, prefixes by network).
+/// by number, prefixes by network, "anywhere" the same as no prefix).
 fn same_rule(a: &SecurityGroupRule, b: &RuleRequest) -> bool {
     let proto =
         |p: Option<&str>| p.map(|p| protocol_number(p).map_or(p.to_string(), |n| n.to_string()));
-    let cidr = |p: Option<&str>| p.and_then(super::model::normalized_cidr);
+    let cidr = prefix_key;
     a.direction == b.direction
         && a.ethertype == b.ethertype
         && proto(a.protocol.as_deref()) == proto(b.protocol.as_deref())

@@ -78,8 +78,18 @@ fn the_default_group_is_made_once_with_neutrons_four_rules() {
     assert!(rules
         .iter()
         .all(|r| r.belongs_to_default_sg && r.protocol.is_none()));
-    // Not a reason to keep a project: the default group is lazy.
+    // Not a reason to keep a project: the default group is lazy. It counts
+    // in the quota usage, though.
     assert_eq!(service::groups_in_project(&conn, "p").unwrap(), 0);
+    assert_eq!(service::quota_usage(&conn, "p").unwrap(), (1, 4));
+    assert_eq!(
+        service::quota_limit(&conn, "p", service::QUOTA_SECURITY_GROUP).unwrap(),
+        10
+    );
+    assert_eq!(
+        service::quota_limit(&conn, "p", service::QUOTA_SECURITY_GROUP_RULE).unwrap(),
+        100
+    );
     // A second default row cannot exist, whatever the path.
     let dup = conn.execute(
         "INSERT INTO security_groups (id, project_id, name, is_default, created_at, updated_at) \
@@ -120,7 +130,20 @@ fn resolve_rules_gives_ipv4_rules_resolved_deduplicated_and_sorted() {
     from_c.remote_group_id = Some("gc".into());
     let v6 = rule("ga", "r0", "egress", "IPv6");
     let other_group = rule("gc", "r5", "egress", "IPv4");
-    for r in [&ssh, &ssh_again, &ping, &vrrp, &from_c, &v6, &other_group] {
+    // The same as `vrrp` (anywhere is no prefix): once.
+    let mut vrrp_anywhere = vrrp.clone();
+    vrrp_anywhere.id = "r8".into();
+    vrrp_anywhere.remote_ip_prefix = Some("0.0.0.0/0".into());
+    for r in [
+        &ssh,
+        &ssh_again,
+        &ping,
+        &vrrp,
+        &from_c,
+        &v6,
+        &other_group,
+        &vrrp_anywhere,
+    ] {
         store::insert_rule(&conn, r).unwrap();
     }
     let members = |g: &str| -> Vec<Ipv4Addr> {
@@ -710,6 +733,27 @@ async fn rules_are_checked_in_neutrons_words() {
     assert_eq!(
         neutron_message(&r, 409),
         format!("Security group rule already exists. Rule id is {rule_id}.")
+    );
+    // "Anywhere" is no prefix (what the CLI sends without --remote-ip).
+    let egress = g["security_group_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ethertype"] == "IPv4")
+        .unwrap()["id"]
+        .clone();
+    let r = s
+        .new_rule(
+            &s.alice,
+            with(json!({ "direction": "egress", "remote_ip_prefix": "0.0.0.0/0" })),
+        )
+        .await;
+    assert_eq!(
+        neutron_message(&r, 409),
+        format!(
+            "Security group rule already exists. Rule id is {}.",
+            egress.as_str().unwrap()
+        )
     );
     // The group shows it; filters find it; delete takes it away.
     let r = s
