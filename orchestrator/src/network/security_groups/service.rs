@@ -42,7 +42,11 @@ pub const DEFAULT_SECURITY_GROUP_RULE_QUOTA: i64 = 100;
 /// four rules: egress IPv4 and IPv6 anywhere, ingress IPv4 and IPv6 from
 /// the group itself) if the project has none. Safe inside or outside the
 /// caller's transaction (a savepoint), and only one default group per
-/// project ever exists (a unique index). Not counted against quotas.
+/// project ever exists (a unique index). Made whatever the project's
+/// quotas say (as in Neutron), though it counts in their usage.
+///
+/// Call it before a port of the project is given its groups (a port with
+/// no `security_groups` gets this one).
 pub fn ensure_default_group(conn: &Connection, project_id: &str) -> rusqlite::Result<String> {
     if let Some(id) = store::default_group_id(conn, project_id)? {
         return Ok(id);
