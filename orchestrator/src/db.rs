@@ -103,6 +103,39 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (flavor_id, project_id));
     CREATE INDEX flavor_projects_project ON flavor_projects(project_id);
     "#,
+    // PLACEHOLDER: migration 4 comes from the h-api branch (the networks,
+    // subnets and ports); only the table migration 5's service reads is here.
+    r#"
+    CREATE TABLE port_security_groups (
+        port_id TEXT NOT NULL, security_group_id TEXT NOT NULL,
+        PRIMARY KEY (port_id, security_group_id));
+    "#,
+    // 5: security groups and their rules. At most one default group per
+    // project (the partial unique index), however many requests race to
+    // create it. A group's rules, and the rules of other groups that name it
+    // as their remote group, go with it (as in Neutron).
+    r#"
+    CREATE TABLE security_groups (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL, name TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '', is_default INTEGER NOT NULL DEFAULT 0,
+        revision_number INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE INDEX security_groups_project ON security_groups(project_id);
+    CREATE UNIQUE INDEX security_groups_one_default
+        ON security_groups(project_id) WHERE is_default = 1;
+    CREATE TABLE security_group_rules (
+        id TEXT PRIMARY KEY,
+        security_group_id TEXT NOT NULL REFERENCES security_groups(id) ON DELETE CASCADE,
+        project_id TEXT NOT NULL, direction TEXT NOT NULL, ethertype TEXT NOT NULL,
+        protocol TEXT, port_range_min INTEGER, port_range_max INTEGER,
+        remote_ip_prefix TEXT,
+        remote_group_id TEXT REFERENCES security_groups(id) ON DELETE CASCADE,
+        description TEXT NOT NULL DEFAULT '', revision_number INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE INDEX security_group_rules_group ON security_group_rules(security_group_id);
+    CREATE INDEX security_group_rules_remote ON security_group_rules(remote_group_id);
+    CREATE INDEX security_group_rules_project ON security_group_rules(project_id);
+    "#,
 ];
 
 /// A shared handle on the state database. Statements are short; one
