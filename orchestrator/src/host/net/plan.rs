@@ -173,7 +173,8 @@ pub struct SgRule {
     /// IP protocol number (6 tcp, 17 udp, 1 icmp, ...); `None`: any.
     pub protocol: Option<u8>,
     /// TCP/UDP destination port range (`port_range_min..=max`); for ICMP,
-    /// `min` is the type and `max` the code (Neutron's convention).
+    /// `min` is the type and `max` the code (Neutron's convention), a code
+    /// above 255 meaning any code.
     pub port_range: Option<(u16, u16)>,
     /// The other end.
     pub remote: Remote,

@@ -94,6 +94,10 @@ pub fn group_visible(
     Ok(store::load_group(conn, group_id)?.is_some_and(|g| is_admin || g.project_id == project_id))
 }
 
+/// The `port_range.1` of an ICMP rule with a type and no code: any code
+/// (`netstack::nft::L4::from_neutron` reads a code above 255 so).
+pub const ANY_ICMP_CODE: u16 = 256;
+
 /// The IPv4 rules of the groups `group_ids`, resolved for the host: the
 /// protocol as a number, a remote group as its members' addresses (asked
 /// of `members`), duplicates (the same rule in two groups) once, sorted by
@@ -101,8 +105,8 @@ pub fn group_visible(
 /// `0.0.0.0/0` is [`Remote::Any`].
 ///
 /// ICMP: `port_range` is `(type, code)`; a rule with a type and no code
-/// gets code 255 (no ICMP code is 255, so the host must read 255 as "any
-/// code"). A rule whose stored fields do not parse is skipped (and
+/// gets code [`ANY_ICMP_CODE`] (256: above every code, which the host's
+/// nftables generator reads as "any code"). A rule whose stored fields do not parse is skipped (and
 /// logged): rules only allow, so skipping one never opens anything.
 pub fn resolve_rules(
     conn: &Connection,
@@ -150,7 +154,7 @@ fn resolve_one(
     let port_range = match (rule.port_range_min, rule.port_range_max) {
         (None, None) => None,
         (Some(min), Some(max)) => Some((port(min)?, port(max)?)),
-        (Some(min), None) => Some((port(min)?, 255)),
+        (Some(min), None) => Some((port(min)?, ANY_ICMP_CODE)),
         (None, Some(_)) => return None,
     };
     let remote = match (&rule.remote_ip_prefix, &rule.remote_group_id) {

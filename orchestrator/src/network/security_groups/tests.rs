@@ -158,7 +158,7 @@ fn resolve_rules_gives_ipv4_rules_resolved_deduplicated_and_sorted() {
                 id: "r1".into(),
                 direction: Direction::Ingress,
                 protocol: Some(1),
-                port_range: Some((8, 255)),
+                port_range: Some((8, 256)),
                 remote: Remote::Any,
             },
             SgRule {
