@@ -10,7 +10,7 @@
 #  * then does what `nubo.then=` says: poweroff (default) | reboot | halt |
 #    blkcheck (report and exercise virtio-blk disks, then power off) |
 #    netcheck (configure eth0, ping the host, receive a TCP stream) |
-#    shell | counter (prints "COUNTER n uptime" every 0.1 s, n = 1, 2, ...)
+#    net (stay up; probes, see below) | shell | counter (prints "COUNTER n uptime" every 0.1 s, n = 1, 2, ...)
 #  * just before the readiness line, starts busybox acpid so an ACPI power
 #    button press (PNP0C0C, button.ko -> /dev/input/event*) runs
 #    /etc/acpi/PWRF/00000080 (from guest/build.sh): it prints
@@ -141,7 +141,8 @@ start_dhcp
 # The page tests fetch on port 80 (udhcpc.script rewrites it with the DHCP
 # hostname).
 mkdir -p /run/www
-[ -s /run/www/index.html ] || hostname >/run/www/index.html
+[ -s /run/www/index.html ] ||
+    echo "$(hostname) mac=$(cat /sys/class/net/eth0/address 2>/dev/null)" >/run/www/index.html
 httpd -p 80 -h /run/www </dev/null >/dev/null 2>&1 ||
     echo "NUBO-GUEST-NOTE httpd did not start"
 
@@ -198,6 +199,39 @@ case "$(param nubo.then poweroff)" in
         nc -l -p 5000 >/tmp/recv
         echo "NUBO-NET-RECV bytes=$(wc -c </tmp/recv) md5=$(md5sum </tmp/recv | cut -d' ' -f1)"
         sync; poweroff -f ;;
+    net)
+        # Stay up as a networked guest (DHCP and httpd run already). With
+        # nubo.probe=IP:PORT[,IP:PORT...], fetch http://IP:PORT/ every
+        # second and print, whenever a target's state changes:
+        #   NUBO-PROBE IP:PORT ok <first line of the answer> | NUBO-PROBE IP:PORT fail
+        # With nubo.spoof=SRC,DST, also ping DST every second from SRC, an
+        # address that is not ours (anti-spoofing must drop it).
+        probes=$(param nubo.probe "" | tr , ' ')
+        spoof=$(param nubo.spoof "")
+        if [ -n "$spoof" ]; then
+            src=${spoof%%,*} dst=${spoof#*,}
+            (
+                while ! ip -4 addr show dev eth0 | grep -q inet; do sleep 1; done
+                ip addr add "$src/32" dev eth0
+                while :; do ping -c 1 -W 1 -I "$src" "$dst" >/dev/null 2>&1; sleep 1; done
+            ) &
+        fi
+        if [ -n "$probes" ]; then
+            mkdir -p /run/probe
+            while :; do
+                for t in $probes; do
+                    a=$(wget -T 2 -q -O - "http://$t/" 2>/dev/null | head -n 1)
+                    if [ -n "$a" ]; then now="ok $a"; else now=fail; fi
+                    f=/run/probe/$(echo "$t" | tr .: __)
+                    if [ "$(cat "$f" 2>/dev/null)" != "$now" ]; then
+                        echo "$now" >"$f"
+                        echo "NUBO-PROBE $t $now"
+                    fi
+                done
+                sleep 1
+            done
+        fi
+        while :; do sleep 3600; done ;;
     shell)  while :; do setsid cttyhack sh || sh; done ;;
     *)      sync; poweroff -f ;;
 esac

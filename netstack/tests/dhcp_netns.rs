@@ -404,7 +404,7 @@ fn guest_script_applies_the_lease(bb: &Path, ns: &str, dir: &Path) {
     );
     assert_eq!(
         fs::read_to_string(run.join("www/index.html")).unwrap(),
-        "vm-42\n"
+        "vm-42 mac=fa:16:3e:12:34:56\n"
     );
     let show = |what: &[&str]| {
         let o = Command::new("ip")
