@@ -6,9 +6,11 @@
 //! layer 2/3 plumbing over netlink ([`link`]: bridges, VXLAN, VLAN, veth,
 //! addresses, routes, FDB) and the nftables rulesets ([`nft`]: security
 //! groups, anti-spoofing, router NAT) and the DHCP server ([`dhcp`]) the
-//! host agent builds networks from.
+//! host agent builds networks from. One IPv4 prefix type serves them all:
+//! [`Ipv4Net`].
 
 pub mod dhcp;
+pub mod ipv4net;
 pub mod link;
 pub mod netns;
 pub mod nft;
@@ -16,6 +18,8 @@ pub mod tap;
 
 use std::io;
 use std::os::fd::AsRawFd;
+
+pub use ipv4net::{Ipv4Net, Ipv4NetError};
 
 pub use tap::{
     set_cloexec, Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO,

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netstack::dhcp::{DhcpError, DhcpServer, Lease, Prefix, Scope, ServerConfig};
+use netstack::dhcp::{DhcpError, DhcpServer, Lease, Scope, ServerConfig};
+use netstack::Ipv4Net;
 
 const CLIENT_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0x12, 0x34, 0x56];
 
@@ -71,14 +72,14 @@ fn skip_reason() -> Option<String> {
 
 fn scope() -> Scope {
     Scope {
-        cidr: Prefix::from((Ipv4Addr::new(10, 77, 0, 0), 24)),
+        cidr: Ipv4Net::from((Ipv4Addr::new(10, 77, 0, 0), 24)),
         server_ip: Ipv4Addr::new(10, 77, 0, 2),
         server_mac: [0xfa, 0x16, 0x3e, 0, 0, 2],
         gateway: Some(Ipv4Addr::new(10, 77, 0, 1)),
         dns: vec![Ipv4Addr::new(10, 77, 0, 53), Ipv4Addr::new(9, 9, 9, 9)],
         domain: Some("nubo.test".into()),
         host_routes: vec![(
-            Prefix::from((Ipv4Addr::new(192, 168, 50, 0), 24)),
+            Ipv4Net::from((Ipv4Addr::new(192, 168, 50, 0), 24)),
             Ipv4Addr::new(10, 77, 0, 254),
         )],
         mtu: Some(1400),

@@ -7,8 +7,9 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
 use netstack::link::links::VxlanSpec;
-use netstack::link::{self, Error, Ipv4Net, LinkKind, Netlink, RouteProto, RouteSpec};
+use netstack::link::{self, Error, LinkKind, Netlink, RouteProto, RouteSpec};
 use netstack::netns::{self, TempNetns};
+use netstack::Ipv4Net;
 
 fn root() -> bool {
     // SAFETY: geteuid(2) has no arguments and cannot fail.
@@ -31,8 +32,7 @@ fn sandbox() -> (TempNetns, Netlink) {
 }
 
 fn net(s: &str) -> Ipv4Net {
-    let (a, p) = s.split_once('/').unwrap();
-    Ipv4Net::new(a.parse().unwrap(), p.parse().unwrap()).unwrap()
+    s.parse().unwrap()
 }
 
 fn ip(s: &str) -> Ipv4Addr {

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use netstack::nft::{
     apply_tables, check_tables, delete_table, external_table, list_tables, port_table,
-    router_table, rule_count, Direction, ExternalNat, Family, FilterRule, FloatingNat, Ipv4Net,
-    NftError, PortFilter, Remote, RouterNat, L4,
+    router_table, rule_count, Direction, ExternalNat, Family, FilterRule, FloatingNat, NftError,
+    PortFilter, Remote, RouterNat, L4,
 };
+use netstack::Ipv4Net;
 
 /// Network namespaces made for one test, deleted on drop.
 struct Namespaces(Vec<String>);

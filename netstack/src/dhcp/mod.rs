@@ -40,38 +40,11 @@ use std::net::Ipv4Addr;
 pub use responder::respond;
 pub use server::{DhcpError, DhcpServer, ServerConfig};
 
+use crate::Ipv4Net;
+
 /// Default lease time in seconds (option 51): one day. Leases are static,
 /// so this only says how often clients check in.
 pub const DEFAULT_LEASE_SECS: u32 = 86_400;
-
-/// An IPv4 prefix: an address and a prefix length (0–32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Prefix {
-    /// The address (for a subnet, its network address).
-    pub addr: Ipv4Addr,
-    /// Prefix length, 0–32 (larger values are treated as 32).
-    pub len: u8,
-}
-
-impl Prefix {
-    /// The netmask (`/24` → 255.255.255.0).
-    pub fn netmask(&self) -> Ipv4Addr {
-        let len = u32::from(self.len.min(32));
-        let bits = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-        Ipv4Addr::from(bits)
-    }
-
-    /// The network address (the address with the host bits cleared).
-    pub fn network(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) & u32::from(self.netmask()))
-    }
-}
-
-impl From<(Ipv4Addr, u8)> for Prefix {
-    fn from((addr, len): (Ipv4Addr, u8)) -> Self {
-        Prefix { addr, len }
-    }
-}
 
 /// A static lease: a port's MAC, its fixed IP and its hostname.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +63,7 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
     /// The subnet (option 1 is its mask).
-    pub cidr: Prefix,
+    pub cidr: Ipv4Net,
     /// The address the server answers from (option 54, IPv4 source).
     pub server_ip: Ipv4Addr,
     /// The MAC the server answers from (Ethernet source).
@@ -104,28 +77,11 @@ pub struct Scope {
     /// Option 121: destination and next hop. When not empty, the gateway
     /// is sent in it too as `0.0.0.0/0` (RFC 3442: a client that gets
     /// option 121 ignores option 3).
-    pub host_routes: Vec<(Prefix, Ipv4Addr)>,
+    pub host_routes: Vec<(Ipv4Net, Ipv4Addr)>,
     /// Option 26, the network's MTU, if known.
     pub mtu: Option<u16>,
     /// Option 51 (58 and 59 are 1/2 and 7/8 of it).
     pub lease_secs: u32,
     /// The static leases, by MAC.
     pub leases: Vec<Lease>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn netmasks() {
-        let p = |len| Prefix::from((Ipv4Addr::new(10, 1, 2, 3), len));
-        assert_eq!(p(0).netmask(), Ipv4Addr::new(0, 0, 0, 0));
-        assert_eq!(p(12).netmask(), Ipv4Addr::new(255, 240, 0, 0));
-        assert_eq!(p(24).netmask(), Ipv4Addr::new(255, 255, 255, 0));
-        assert_eq!(p(32).netmask(), Ipv4Addr::new(255, 255, 255, 255));
-        assert_eq!(p(99).netmask(), Ipv4Addr::new(255, 255, 255, 255));
-        assert_eq!(p(12).network(), Ipv4Addr::new(10, 0, 0, 0));
-        assert_eq!(p(0).network(), Ipv4Addr::UNSPECIFIED);
-    }
 }

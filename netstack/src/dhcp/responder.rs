@@ -22,7 +22,8 @@ use std::net::Ipv4Addr;
 
 use dhcproto::v4::{DhcpOption, DhcpOptions, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
-use ipnet::Ipv4Net;
+// dhcproto's option 121 takes `ipnet`'s prefix type.
+use ipnet::Ipv4Net as IpnetV4;
 
 use super::packet::{self, UdpOut, BROADCAST_MAC, DHCP_CLIENT_PORT, DHCP_SERVER_PORT};
 use super::{Lease, Scope};
@@ -141,16 +142,16 @@ fn request(msg: &Message, scopes: &[Scope], scope: &Scope, lease: &Lease) -> Opt
 
 /// Option 121's routes: the scope's host routes, then its gateway as the
 /// default route (RFC 3442). Invalid prefix lengths are skipped.
-fn classless_routes(scope: &Scope) -> Vec<(Ipv4Net, Ipv4Addr)> {
-    let mut routes: Vec<(Ipv4Net, Ipv4Addr)> = scope
+fn classless_routes(scope: &Scope) -> Vec<(IpnetV4, Ipv4Addr)> {
+    let mut routes: Vec<(IpnetV4, Ipv4Addr)> = scope
         .host_routes
         .iter()
-        .filter_map(|(p, via)| Some((Ipv4Net::new(p.network(), p.len).ok()?, *via)))
+        .filter_map(|(p, via)| Some((IpnetV4::new(p.network(), p.prefix_len).ok()?, *via)))
         .collect();
     if let Some(gw) = scope.gateway {
         let has_default = routes.iter().any(|(n, _)| n.prefix_len() == 0);
         if !has_default {
-            routes.push((Ipv4Net::default(), gw));
+            routes.push((IpnetV4::default(), gw));
         }
     }
     routes

@@ -108,5 +108,12 @@ impl Error {
     }
 }
 
+impl From<crate::Ipv4NetError> for Error {
+    /// A bad prefix is a bad argument.
+    fn from(e: crate::Ipv4NetError) -> Self {
+        Self::Invalid(e.to_string())
+    }
+}
+
 /// `Result` with this module's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

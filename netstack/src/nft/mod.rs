@@ -63,8 +63,7 @@ pub use exec::{apply_tables, check_tables, delete_table, list_tables, rule_count
 pub use port::{port_table, port_table_name};
 pub use router::{external_table, router_table, EXTERNAL_TABLE, ROUTER_TABLE};
 pub use types::{
-    Direction, ExternalNat, FilterRule, FloatingNat, Ipv4Net, Mac, PortFilter, Remote, RouterNat,
-    L4,
+    Direction, ExternalNat, FilterRule, FloatingNat, Mac, PortFilter, Remote, RouterNat, L4,
 };
 
 /// Every table nubo owns is named with this prefix ([`list_tables`] and

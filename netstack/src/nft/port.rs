@@ -27,11 +27,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use super::types::fmt_mac;
+use super::types::{fmt_mac, NftPrefix};
 use super::{
-    check_ifname, comment, Direction, Family, FilterRule, Ipv4Net, Mac, NftError, PortFilter,
-    Remote, Table, L4,
+    check_ifname, comment, Direction, Family, FilterRule, Mac, NftError, PortFilter, Remote, Table,
+    L4,
 };
+use crate::Ipv4Net;
 
 /// The name of a port's table: `nubo_p_<tap>`.
 pub fn port_table_name(tap: &str) -> String {
@@ -55,7 +56,7 @@ fn normalize(nets: &[Ipv4Net]) -> Vec<Ipv4Net> {
 }
 
 fn set_of(nets: &[Ipv4Net]) -> String {
-    let items: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+    let items: Vec<String> = nets.iter().map(|n| NftPrefix(*n).to_string()).collect();
     format!("{{ {} }}", items.join(", "))
 }
 
@@ -140,7 +141,7 @@ fn rule_line(r: &FilterRule, sets: &BTreeMap<String, (String, Vec<Ipv4Addr>)>) -
     let mut parts = Vec::new();
     match &r.remote {
         Remote::Any => {}
-        Remote::Prefix(p) => parts.push(format!("ip {field} {p}")),
+        Remote::Prefix(p) => parts.push(format!("ip {field} {}", NftPrefix(*p))),
         Remote::Group { group_id, .. } => {
             if let Some((name, _)) = sets.get(group_id) {
                 parts.push(format!("ip {field} @{name}"));
@@ -157,11 +158,11 @@ pub fn port_table(p: &PortFilter) -> Result<Table, NftError> {
     check_ifname(&p.tap)?;
     let tap = &p.tap;
     for (net, _) in &p.allowed_pairs {
-        net.check()?;
+        net.checked()?;
     }
     for r in &p.rules {
         if let Remote::Prefix(net) = r.remote {
-            net.check()?;
+            net.checked()?;
         }
     }
 

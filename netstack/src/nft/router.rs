@@ -22,6 +22,7 @@
 
 use std::fmt::Write as _;
 
+use super::types::NftPrefix;
 use super::{check_ifname, comment, ExternalNat, Family, FloatingNat, NftError, RouterNat, Table};
 
 /// The name of a router's NAT table (one per router namespace).
@@ -34,7 +35,7 @@ pub const EXTERNAL_TABLE: &str = "nubo_external";
 pub fn router_table(r: &RouterNat) -> Result<Table, NftError> {
     check_ifname(&r.gateway_if)?;
     for s in &r.snat_sources {
-        s.check()?;
+        s.checked()?;
     }
     let gw = &r.gateway_if;
     let mut fips: Vec<&FloatingNat> = r.floating_ips.iter().collect();
@@ -43,7 +44,11 @@ pub fn router_table(r: &RouterNat) -> Result<Table, NftError> {
     // Writing to a String cannot fail: the results are ignored below.
     let snat = r.enable_snat && !r.snat_sources.is_empty();
     if snat {
-        let items: Vec<String> = r.snat_sources.iter().map(|s| s.to_string()).collect();
+        let items: Vec<String> = r
+            .snat_sources
+            .iter()
+            .map(|s| NftPrefix(*s).to_string())
+            .collect();
         let _ = write!(
             b,
             "\n\tset inside {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\tauto-merge\n\
@@ -100,11 +105,12 @@ pub fn router_table(r: &RouterNat) -> Result<Table, NftError> {
 /// (`table ip nubo_external`).
 pub fn external_table(e: &ExternalNat) -> Result<Table, NftError> {
     check_ifname(&e.bridge)?;
-    e.cidr.check()?;
+    e.cidr.checked()?;
     let b = format!(
         "\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {} oifname != \"{}\" masquerade\n\t}}\n",
-        e.cidr, e.bridge
+        NftPrefix(e.cidr),
+        e.bridge
     );
     Table::new(Family::Ip, EXTERNAL_TABLE, b)
 }
@@ -112,7 +118,7 @@ pub fn external_table(e: &ExternalNat) -> Result<Table, NftError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::Ipv4Net;
+    use crate::Ipv4Net;
     use std::net::Ipv4Addr;
 
     fn ip(s: &str) -> Ipv4Addr {

@@ -6,68 +6,27 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use super::NftError;
+use crate::Ipv4Net;
 
-/// An IPv4 prefix (`10.0.0.0/24`, or `10.0.0.5/32` for one address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ipv4Net {
-    /// The address (host bits are masked off when rendered).
-    pub addr: Ipv4Addr,
-    /// Prefix length, 0–32.
-    pub prefix_len: u8,
-}
+/// How nft spells a prefix: `a.b.c.d` for a `/32`, `network/len`
+/// otherwise (host bits cleared; nft refuses them in a prefix).
+pub(crate) struct NftPrefix(pub(crate) Ipv4Net);
 
-impl Ipv4Net {
-    /// A prefix; `prefix_len` above 32 is an error.
-    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Result<Self, NftError> {
-        if prefix_len > 32 {
-            return Err(NftError::invalid(
-                "prefix",
-                format!("{addr}/{prefix_len}: length above 32"),
-            ));
-        }
-        Ok(Self { addr, prefix_len })
-    }
-
-    /// One address (`/32`).
-    pub fn host(addr: Ipv4Addr) -> Self {
-        Self {
-            addr,
-            prefix_len: 32,
-        }
-    }
-
-    fn mask(self) -> u32 {
-        match self.prefix_len {
-            0 => 0,
-            n if n >= 32 => u32::MAX,
-            n => u32::MAX << (32 - n),
-        }
-    }
-
-    /// The network address (host bits cleared).
-    pub fn network(self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) & self.mask())
-    }
-
-    /// Whether `other` lies inside this prefix.
-    pub fn contains(self, other: Ipv4Net) -> bool {
-        other.prefix_len >= self.prefix_len
-            && u32::from(other.addr) & self.mask() == u32::from(self.addr) & self.mask()
-    }
-
-    pub(crate) fn check(self) -> Result<Self, NftError> {
-        Self::new(self.addr, self.prefix_len)
-    }
-}
-
-impl fmt::Display for Ipv4Net {
-    /// `a.b.c.d` for a `/32`, `network/len` otherwise (nft's own spelling).
+impl fmt::Display for NftPrefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.prefix_len >= 32 {
-            write!(f, "{}", self.addr)
+        let n = self.0;
+        if n.prefix_len >= 32 {
+            write!(f, "{}", n.addr)
         } else {
-            write!(f, "{}/{}", self.network(), self.prefix_len)
+            write!(f, "{}/{}", n.network(), n.prefix_len)
         }
+    }
+}
+
+impl From<crate::Ipv4NetError> for NftError {
+    /// A bad prefix is invalid input.
+    fn from(e: crate::Ipv4NetError) -> Self {
+        NftError::invalid("prefix", e.to_string())
     }
 }
 

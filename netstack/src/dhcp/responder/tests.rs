@@ -1,5 +1,6 @@
 use super::*;
-use crate::dhcp::{Prefix, DEFAULT_LEASE_SECS};
+use crate::dhcp::DEFAULT_LEASE_SECS;
+use crate::Ipv4Net;
 use dhcproto::v4::Flags;
 
 const CLIENT: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 1];
@@ -268,16 +269,16 @@ fn option_121_is_rfc3442_with_the_default_route() {
     let mut s = scope();
     s.host_routes = vec![
         (
-            Prefix::from((Ipv4Addr::new(192, 168, 0, 0), 16)),
+            Ipv4Net::from((Ipv4Addr::new(192, 168, 0, 0), 16)),
             Ipv4Addr::new(10, 0, 0, 254),
         ),
         (
-            Prefix::from((Ipv4Addr::new(10, 9, 8, 7), 32)),
+            Ipv4Net::from((Ipv4Addr::new(10, 9, 8, 7), 32)),
             Ipv4Addr::new(10, 0, 0, 253),
         ),
         // Host bits set in a prefix are cleared.
         (
-            Prefix::from((Ipv4Addr::new(172, 16, 5, 1), 12)),
+            Ipv4Net::from((Ipv4Addr::new(172, 16, 5, 1), 12)),
             Ipv4Addr::new(10, 0, 0, 252),
         ),
     ];

@@ -11,6 +11,10 @@
 
 use std::net::Ipv4Addr;
 
+/// Prefixes in the plan (subnets, routes, addresses, allowed address
+/// pairs, security group remotes) are netstack's one IPv4 prefix type,
+/// serialized as `{"addr": "a.b.c.d", "prefix_len": n}`.
+pub use netstack::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 /// Linux interface names hold at most 15 bytes; ids are cut to this many
@@ -49,20 +53,10 @@ pub fn router_leg_name(port_id: &str, gateway: bool) -> String {
     format!("{prefix}{}", short(port_id))
 }
 
-/// An IPv4 prefix (`10.0.0.0/24`): a network address and its length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Ipv4Cidr {
-    /// The address (for a subnet, its network address).
-    pub addr: Ipv4Addr,
-    /// Prefix length, 0–32.
-    pub prefix_len: u8,
-}
-
-impl std::fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
+/// The former name of [`Ipv4Net`] here: an alias, not a second type, kept
+/// only because the security groups service still spells it so. New code
+/// names [`Ipv4Net`]; delete this once no caller is left.
+pub type Ipv4Cidr = Ipv4Net;
 
 /// How a network's layer 2 leaves the host (Neutron's provider types).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -107,7 +101,7 @@ pub struct DhcpSubnet {
     /// The subnet's id.
     pub subnet_id: String,
     /// The subnet's CIDR.
-    pub cidr: Ipv4Cidr,
+    pub cidr: Ipv4Net,
     /// The address the DHCP server answers from (the subnet's DHCP port,
     /// Neutron's `network:dhcp` port).
     pub server_ip: Ipv4Addr,
@@ -118,7 +112,7 @@ pub struct DhcpSubnet {
     /// Option 6.
     pub dns_nameservers: Vec<Ipv4Addr>,
     /// Option 121 (classless static routes): destination and next hop.
-    pub host_routes: Vec<(Ipv4Cidr, Ipv4Addr)>,
+    pub host_routes: Vec<(Ipv4Net, Ipv4Addr)>,
     /// MAC → address, one per port with an address on this subnet.
     pub leases: Vec<DhcpLease>,
 }
@@ -151,7 +145,7 @@ pub enum Remote {
     /// Anywhere (no `remote_ip_prefix`, no `remote_group_id`).
     Any,
     /// `remote_ip_prefix`.
-    Prefix(Ipv4Cidr),
+    Prefix(Ipv4Net),
     /// `remote_group_id`, resolved to the group's members' addresses (fixed
     /// IPs and allowed address pairs of every port in the group), at the
     /// time of the plan.
@@ -213,7 +207,7 @@ pub struct PortPlan {
     pub port_security: bool,
     /// `allowed_address_pairs`: more (address or prefix, MAC) the port may
     /// send from; the MAC defaults to the port's.
-    pub allowed_address_pairs: Vec<(Ipv4Cidr, Option<[u8; 6]>)>,
+    pub allowed_address_pairs: Vec<(Ipv4Net, Option<[u8; 6]>)>,
     /// The rules of all its security groups, resolved.
     pub rules: Vec<SgRule>,
 }
@@ -229,7 +223,7 @@ pub struct RouterLeg {
     pub mac: [u8; 6],
     /// The leg's address and the subnet's prefix length (for example the
     /// inside subnet's `gateway_ip`/24).
-    pub addrs: Vec<Ipv4Cidr>,
+    pub addrs: Vec<Ipv4Net>,
 }
 
 /// A floating IP of a router: 1:1 NAT between the external address and a
@@ -254,7 +248,7 @@ pub struct RouterGateway {
     /// `enable_snat`: masquerade the inside subnets behind the leg's address.
     pub enable_snat: bool,
     /// The inside subnets that SNAT applies to.
-    pub snat_sources: Vec<Ipv4Cidr>,
+    pub snat_sources: Vec<Ipv4Net>,
 }
 
 /// One router on this host: a namespace with forwarding on.
@@ -271,7 +265,7 @@ pub struct RouterPlan {
     /// Floating IPs through this router (only with a gateway).
     pub floating_ips: Vec<FloatingIpPlan>,
     /// The router's extra `routes`: destination and next hop.
-    pub routes: Vec<(Ipv4Cidr, Ipv4Addr)>,
+    pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
 }
 
 /// Everything nubo wants on this host's network.
@@ -302,5 +296,26 @@ mod tests {
         }
         assert_eq!(bridge_name(id), "brq0123456789a");
         assert_eq!(tap_name("abc"), "tapabc");
+    }
+
+    #[test]
+    fn prefixes_serialize_as_before() {
+        // The JSON `plan::Ipv4Cidr` had: a struct of addr and prefix_len.
+        let route = (
+            Ipv4Net::new(Ipv4Addr::new(192, 168, 0, 0), 16).unwrap(),
+            Ipv4Addr::new(10, 0, 0, 1),
+        );
+        let j = serde_json::to_string(&route).unwrap();
+        assert_eq!(j, r#"[{"addr":"192.168.0.0","prefix_len":16},"10.0.0.1"]"#);
+        assert_eq!(
+            serde_json::from_str::<(Ipv4Net, Ipv4Addr)>(&j).unwrap(),
+            route
+        );
+        let remote = Remote::Prefix("10.0.0.0/8".parse().unwrap());
+        let j = serde_json::to_string(&remote).unwrap();
+        assert_eq!(j, r#"{"prefix":{"addr":"10.0.0.0","prefix_len":8}}"#);
+        assert_eq!(serde_json::from_str::<Remote>(&j).unwrap(), remote);
+        // A length above 32 is refused, not carried along.
+        assert!(serde_json::from_str::<Ipv4Net>(r#"{"addr":"10.0.0.0","prefix_len":33}"#).is_err());
     }
 }
