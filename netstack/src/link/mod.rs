@@ -42,6 +42,7 @@ use std::net::Ipv4Addr;
 pub use error::{Error, Result};
 pub use fdb::FdbEntry;
 pub use handle::Netlink;
+pub use links::VxlanSpec;
 pub use probe::{probe_bridge, probe_vlan, probe_vxlan};
 pub use route::{Route, RouteProto, RouteSpec};
 

@@ -30,8 +30,7 @@ struct NicLine {
 fn nic_line(console: &str, ifname: &str) -> Option<NicLine> {
     let line = console
         .lines()
-        .filter(|l| l.contains(&format!("NUBO-NET {ifname} ")))
-        .next_back()?;
+        .rfind(|l| l.contains(&format!("NUBO-NET {ifname} ")))?;
     let get = |k: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(&format!("{k}=")))
@@ -63,7 +62,10 @@ fn l1(tb: &Testbed, script: &str) -> Result<String, String> {
     if rc == 0 {
         Ok(out)
     } else {
-        Err(format!("L1 script failed ({rc}):\n{script}\n--- output ---\n{}", tail(&out, 30)))
+        Err(format!(
+            "L1 script failed ({rc}):\n{script}\n--- output ---\n{}",
+            tail(&out, 30)
+        ))
     }
 }
 
@@ -177,9 +179,13 @@ impl Ctx<'_> {
     }
 
     fn wait_nic(&self, who: Option<&Creds>, server: &str) -> Result<NicLine, String> {
-        self.wait_console(who, server, "NUBO-NET eth0 line", Duration::from_secs(240), |c| {
-            nic_line(c, "eth0")
-        })
+        self.wait_console(
+            who,
+            server,
+            "NUBO-NET eth0 line",
+            Duration::from_secs(240),
+            |c| nic_line(c, "eth0"),
+        )
     }
 
     fn wait_probe(
@@ -190,13 +196,17 @@ impl Ctx<'_> {
         want_ok: bool,
         limit: Duration,
     ) -> Result<Option<String>, String> {
-        self.wait_console(who, server, &format!("probe of {target} ok={want_ok}"), limit, |c| {
-            match probe_state(c, target) {
+        self.wait_console(
+            who,
+            server,
+            &format!("probe of {target} ok={want_ok}"),
+            limit,
+            |c| match probe_state(c, target) {
                 Ok(Some(a)) if want_ok => Some(Some(a)),
                 Ok(None) if !want_ok => Some(None),
                 _ => None,
-            }
-        })
+            },
+        )
     }
 }
 
@@ -206,13 +216,17 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
     if !matches!(tb.mode, Mode::L1) {
         progress("network steps: only in the testbed's L1 (TESTBED_MODE=host builds no networks)");
         if in_ci() {
-            steps.failed.push("network steps skipped under CI=true".into());
+            steps
+                .failed
+                .push("network steps skipped under CI=true".into());
         }
         return;
     }
     let minute = Duration::from_secs(60);
     let (Some(u1), Some(u2)) = (cx.u1.clone(), cx.u2.clone()) else {
-        steps.failed.push("network steps need the two projects' users".into());
+        steps
+            .failed
+            .push("network steps need the two projects' users".into());
         return;
     };
     let (u1, u2) = (&u1, &u2);
@@ -266,14 +280,22 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         ensure(json_str(&net, &["mtu"]) == "1450", || {
             format!("a VXLAN tenant network's MTU is not 1450: {net}")
         })?;
-        ensure(json_str(&net, &["provider:network_type"]).is_empty(), || {
-            format!("a member sees provider attributes: {net}")
-        })?;
+        ensure(
+            json_str(&net, &["provider:network_type"]).is_empty(),
+            || format!("a member sees provider attributes: {net}"),
+        )?;
         let sub = tb.osc_json_as(
             Some(u1),
             &[
-                "subnet", "create", "--network", &n1, "--subnet-range", "10.10.0.0/24",
-                "--dns-nameserver", "10.10.0.254", &s1,
+                "subnet",
+                "create",
+                "--network",
+                &n1,
+                "--subnet-range",
+                "10.10.0.0/24",
+                "--dns-nameserver",
+                "10.10.0.254",
+                &s1,
             ],
         )?;
         ensure(json_str(&sub, &["gateway_ip"]) == "10.10.0.1", || {
@@ -285,7 +307,10 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         // Bad input, Neutron's way.
         for (args, what) in [
             (vec!["--subnet-range", "10.10.0.0/33"], "a /33"),
-            (vec!["--subnet-range", "10.10.0.0/25"], "an overlapping CIDR"),
+            (
+                vec!["--subnet-range", "10.10.0.0/25"],
+                "an overlapping CIDR",
+            ),
         ] {
             let mut a = vec!["subnet", "create", "--network", n1.as_str()];
             a.extend(args);
@@ -296,7 +321,11 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         }
         tb.osc_json_as(Some(u1), &["router", "create", &r1])?;
         tb.osc_as(Some(u1), &["router", "add", "subnet", &r1, &s1], minute)?;
-        tb.osc_as(Some(u1), &["router", "set", "--external-gateway", "public", &r1], minute)?;
+        tb.osc_as(
+            Some(u1),
+            &["router", "set", "--external-gateway", "public", &r1],
+            minute,
+        )?;
         let r = tb.osc_json_as(Some(u1), &["router", "show", &r1])?;
         let gw_ip = r
             .get("external_gateway_info")
@@ -312,7 +341,8 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         state.n1_vni = json_str(&admin_view, &["provider:segmentation_id"]);
         state.n1_id = field(&admin_view, "id").to_string();
         ensure(
-            json_str(&admin_view, &["provider:network_type"]) == "vxlan" && !state.n1_vni.is_empty(),
+            json_str(&admin_view, &["provider:network_type"]) == "vxlan"
+                && !state.n1_vni.is_empty(),
             || format!("admin's network show: {admin_view}"),
         )
     });
@@ -321,19 +351,39 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         let b = tb.osc_json_as(
             Some(u1),
             &[
-                "server", "create", "--image", &img, "--flavor", "m1.tiny", "--nic",
-                &format!("net-id={n1},v4-fixed-ip={B_IP}"), "--wait", &vmb,
+                "server",
+                "create",
+                "--image",
+                &img,
+                "--flavor",
+                "m1.tiny",
+                "--nic",
+                &format!("net-id={n1},v4-fixed-ip={B_IP}"),
+                "--wait",
+                &vmb,
             ],
         )?;
-        ensure(field(&b, "status") == "ACTIVE", || format!("server create {vmb}: {b}"))?;
+        ensure(field(&b, "status") == "ACTIVE", || {
+            format!("server create {vmb}: {b}")
+        })?;
         let a = tb.osc_json_as(
             Some(u1),
             &[
-                "server", "create", "--image", &probe_img, "--flavor", "m1.tiny", "--network",
-                &n1, "--wait", &vma,
+                "server",
+                "create",
+                "--image",
+                &probe_img,
+                "--flavor",
+                "m1.tiny",
+                "--network",
+                &n1,
+                "--wait",
+                &vma,
             ],
         )?;
-        ensure(field(&a, "status") == "ACTIVE", || format!("server create {vma}: {a}"))?;
+        ensure(field(&a, "status") == "ACTIVE", || {
+            format!("server create {vma}: {a}")
+        })?;
         for (vm, fixed) in [(&vmb, Some(B_IP)), (&vma, None)] {
             let nic = cx.wait_nic(Some(u1), vm)?;
             let show = cx.server_show(Some(u1), vm)?;
@@ -344,15 +394,24 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
             if let Some(f) = fixed {
                 ensure(ip == f, || format!("{vm}: DHCP gave {ip}, asked for {f}"))?;
             }
-            ensure(nic.mtu == "1450", || format!("{vm}: MTU by DHCP {} (want 1450)", nic.mtu))?;
+            ensure(nic.mtu == "1450", || {
+                format!("{vm}: MTU by DHCP {} (want 1450)", nic.mtu)
+            })?;
             let ports = tb.osc_json_as(Some(u1), &["port", "list", "--server", vm])?;
             let rows = ports.as_array().cloned().unwrap_or_default();
-            ensure(rows.len() == 1, || format!("port list --server {vm}: {ports}"))?;
+            ensure(rows.len() == 1, || {
+                format!("port list --server {vm}: {ports}")
+            })?;
             ensure(
-                rows[0].to_string().to_ascii_lowercase().contains(&nic.mac.to_ascii_lowercase()),
+                rows[0]
+                    .to_string()
+                    .to_ascii_lowercase()
+                    .contains(&nic.mac.to_ascii_lowercase()),
                 || format!("{vm}: console MAC {} not in {ports}", nic.mac),
             )?;
-            state.nics.push((vm.to_string(), nic, field(&rows[0], "ID").to_string()));
+            state
+                .nics
+                .push((vm.to_string(), nic, field(&rows[0], "ID").to_string()));
         }
         // Same network, same (default) group: vmA reaches vmB's httpd.
         let mac_b = state.mac(&vmb);
@@ -361,7 +420,9 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
             format!("{vma} reached {B_IP} but the answer is not {vmb}'s ({mac_b}): {got:?}")
         })?;
         let p = tb.osc_json_as(Some(u1), &["port", "show", &state.port(&vmb)])?;
-        ensure(field(&p, "status") == "ACTIVE", || format!("{vmb}'s port: {p}"))
+        ensure(field(&p, "status") == "ACTIVE", || {
+            format!("{vmb}'s port: {p}")
+        })
     });
 
     steps.run(tb, "net-isolation", false, || {
@@ -369,33 +430,64 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         tb.osc_json_as(Some(u2), &["network", "create", &n2])?;
         tb.osc_json_as(
             Some(u2),
-            &["subnet", "create", "--network", &n2, "--subnet-range", "10.10.0.0/24", &s2],
+            &[
+                "subnet",
+                "create",
+                "--network",
+                &n2,
+                "--subnet-range",
+                "10.10.0.0/24",
+                &s2,
+            ],
         )?;
         let n2_id = field(&tb.osc_json(&["network", "show", &n2])?, "id").to_string();
         tb.osc_json_as(
             Some(u2),
             &[
-                "server", "create", "--image", &img, "--flavor", "m1.tiny", "--nic",
-                &format!("net-id={n2},v4-fixed-ip={B_IP}"), "--wait", &vmc,
+                "server",
+                "create",
+                "--image",
+                &img,
+                "--flavor",
+                "m1.tiny",
+                "--nic",
+                &format!("net-id={n2},v4-fixed-ip={B_IP}"),
+                "--wait",
+                &vmc,
             ],
         )?;
         let nic_c = cx.wait_nic(Some(u2), &vmc)?;
         ensure(nic_c.ip.starts_with(B_IP), || format!("{vmc}: {nic_c:?}"))?;
         // Project 1 cannot see project 2's network.
-        ensure(tb.osc_as(Some(u1), &["network", "show", &n2_id], minute).is_err(), || {
-            format!("{} sees {n2}", u1.user)
-        })?;
+        ensure(
+            tb.osc_as(Some(u1), &["network", "show", &n2_id], minute)
+                .is_err(),
+            || format!("{} sees {n2}", u1.user),
+        )?;
         // vmA keeps probing 10.10.0.50: nothing of project 1 reaches
         // project 2's bridge, and nothing of project 2 reaches project 1's.
         let mac_a = state.mac(&vma);
         let br1 = format!("brq{}", &state.n1_id[..11]);
         let br2 = format!("brq{}", &n2_id[..11]);
         let crossed = capture(tb, "", &br2, &format!("ether host {mac_a}"), 8, "sleep 6")?;
-        ensure(crossed == 0, || format!("{crossed} frames of {vma} on project 2's bridge {br2}"))?;
-        let crossed = capture(tb, "", &br1, &format!("ether host {}", nic_c.mac), 8, "sleep 6")?;
-        ensure(crossed == 0, || format!("{crossed} frames of {vmc} on project 1's bridge {br1}"))?;
+        ensure(crossed == 0, || {
+            format!("{crossed} frames of {vma} on project 2's bridge {br2}")
+        })?;
+        let crossed = capture(
+            tb,
+            "",
+            &br1,
+            &format!("ether host {}", nic_c.mac),
+            8,
+            "sleep 6",
+        )?;
+        ensure(crossed == 0, || {
+            format!("{crossed} frames of {vmc} on project 1's bridge {br1}")
+        })?;
         let seen = capture(tb, "", &br1, &format!("ether host {mac_a}"), 8, "sleep 6")?;
-        ensure(seen > 0, || format!("the capture on {br1} saw nothing of {vma}: the isolation check proves nothing"))
+        ensure(seen > 0, || {
+            format!("the capture on {br1} saw nothing of {vma}: the isolation check proves nothing")
+        })
     });
 
     steps.run(tb, "net-vxlan", false, || {
@@ -457,15 +549,25 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
             "sleep 10",
         )?;
         let got = cx.wait_probe(Some(u1), &vma, &format!("{OUTSIDE}:80"), true, 2 * minute)?;
-        ensure(got.as_deref() == Some("outside-host"), || format!("{vma} -> outside: {got:?}"))?;
-        ensure(seen > 0, || format!("the outside host saw no TCP from the router's address {gw}"))?;
+        ensure(got.as_deref() == Some("outside-host"), || {
+            format!("{vma} -> outside: {got:?}")
+        })?;
+        ensure(seen > 0, || {
+            format!("the outside host saw no TCP from the router's address {gw}")
+        })?;
         // The outside reaches vmB only through its floating IP, and only once
         // a rule lets TCP 80 in.
         let fip = tb.osc_json_as(Some(u1), &["floating", "ip", "create", "public"])?;
         let fip_ip = field(&fip, "floating_ip_address").to_string();
-        tb.osc_as(Some(u1), &["server", "add", "floating", "ip", &vmb, &fip_ip], minute)?;
+        tb.osc_as(
+            Some(u1),
+            &["server", "add", "floating", "ip", &vmb, &fip_ip],
+            minute,
+        )?;
         let show = cx.server_show(Some(u1), &vmb)?;
-        ensure(show.to_string().contains(&fip_ip), || format!("server show {vmb} lacks {fip_ip}: {show}"))?;
+        ensure(show.to_string().contains(&fip_ip), || {
+            format!("server show {vmb} lacks {fip_ip}: {show}")
+        })?;
         let url = format!("http://{fip_ip}/");
         std::thread::sleep(Duration::from_secs(3));
         ensure(wget_from(tb, "outside", &url).is_none(), || {
@@ -474,8 +576,18 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         tb.osc_json_as(
             Some(u1),
             &[
-                "security", "group", "rule", "create", "--ingress", "--protocol", "tcp",
-                "--dst-port", "80", "--remote-ip", "0.0.0.0/0", "default",
+                "security",
+                "group",
+                "rule",
+                "create",
+                "--ingress",
+                "--protocol",
+                "tcp",
+                "--dst-port",
+                "80",
+                "--remote-ip",
+                "0.0.0.0/0",
+                "default",
             ],
         )?;
         let mac_b = state.mac(&vmb);
@@ -484,17 +596,27 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
             match wget_from(tb, "outside", &url) {
                 Some(b) if b.contains(&mac_b) => break,
                 other if start.elapsed() > minute => {
-                    return Err(format!("{url} does not reach {vmb} after the rule: {other:?}"))
+                    return Err(format!(
+                        "{url} does not reach {vmb} after the rule: {other:?}"
+                    ))
                 }
                 _ => std::thread::sleep(Duration::from_secs(2)),
             }
         }
         // Not through the router to the fixed address directly.
-        l1(tb, &format!("ip -n outside route replace 10.10.0.0/24 via {gw}"))?;
-        ensure(wget_from(tb, "outside", &format!("http://{B_IP}/")).is_none(), || {
-            format!("the outside reaches {B_IP} without a floating IP")
-        })?;
-        tb.osc_as(Some(u1), &["server", "remove", "floating", "ip", &vmb, &fip_ip], minute)?;
+        l1(
+            tb,
+            &format!("ip -n outside route replace 10.10.0.0/24 via {gw}"),
+        )?;
+        ensure(
+            wget_from(tb, "outside", &format!("http://{B_IP}/")).is_none(),
+            || format!("the outside reaches {B_IP} without a floating IP"),
+        )?;
+        tb.osc_as(
+            Some(u1),
+            &["server", "remove", "floating", "ip", &vmb, &fip_ip],
+            minute,
+        )?;
         std::thread::sleep(Duration::from_secs(3));
         ensure(wget_from(tb, "outside", &url).is_none(), || {
             format!("{url} still answers after the floating IP was removed")
@@ -506,8 +628,12 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         let tap_b = format!("tap{}", &state.port(&vmb)[..11]);
         let sent = capture(tb, "", &tap_a, "src host 10.10.0.99", 6, "sleep 4")?;
         let arrived = capture(tb, "", &tap_b, "src host 10.10.0.99", 6, "sleep 4")?;
-        ensure(sent > 0, || format!("{vma} sent nothing from the spoofed 10.10.0.99 on {tap_a}"))?;
-        ensure(arrived == 0, || format!("{arrived} spoofed packets reached {vmb}"))
+        ensure(sent > 0, || {
+            format!("{vma} sent nothing from the spoofed 10.10.0.99 on {tap_a}")
+        })?;
+        ensure(arrived == 0, || {
+            format!("{arrived} spoofed packets reached {vmb}")
+        })
     });
 
     steps.run(tb, "net-vlan", false, || {
@@ -515,13 +641,27 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         // trunk1 in namespace `switch`).
         for (net, vid) in [(&v101, "101"), (&v102, "102")] {
             let n = tb.osc_json(&[
-                "network", "create", "--provider-network-type", "vlan",
-                "--provider-physical-network", "physnet1", "--provider-segment", vid,
-                "--disable-port-security", net,
+                "network",
+                "create",
+                "--provider-network-type",
+                "vlan",
+                "--provider-physical-network",
+                "physnet1",
+                "--provider-segment",
+                vid,
+                "--disable-port-security",
+                net,
             ])?;
-            ensure(json_str(&n, &["provider:segmentation_id"]) == vid, || format!("{n}"))?;
+            ensure(json_str(&n, &["provider:segmentation_id"]) == vid, || {
+                format!("{n}")
+            })?;
             tb.osc_json(&[
-                "subnet", "create", "--network", net, "--subnet-range", "172.16.1.0/24",
+                "subnet",
+                "create",
+                "--network",
+                net,
+                "--subnet-range",
+                "172.16.1.0/24",
                 &format!("{net}-sub"),
             ])?;
         }
@@ -534,8 +674,16 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
              ip -n switch addr add 172.16.1.201/24 dev trunk1.101",
         )?;
         tb.osc_json(&[
-            "server", "create", "--image", &img, "--flavor", "m1.tiny", "--network", &v101,
-            "--wait", &vmd,
+            "server",
+            "create",
+            "--image",
+            &img,
+            "--flavor",
+            "m1.tiny",
+            "--network",
+            &v101,
+            "--wait",
+            &vmd,
         ])?;
         let nic = cx.wait_nic(None, &vmd)?;
         let ip = nic.ip.split('/').next().unwrap_or("").to_string();
@@ -548,7 +696,9 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
             8,
             &format!("ip netns exec switch arping -c 3 -I trunk1.101 {ip} >/dev/null 2>&1 || true"),
         )?;
-        ensure(tagged > 0, || format!("no frame of {vmd} tagged 101 on the trunk"))?;
+        ensure(tagged > 0, || {
+            format!("no frame of {vmd} tagged 101 on the trunk")
+        })?;
         let wrong = capture(
             tb,
             "switch",
@@ -564,7 +714,9 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
             match wget_from(tb, "switch", &format!("http://{ip}/")) {
                 Some(b) if b.contains(&mac) => break,
                 other if start.elapsed() > minute => {
-                    return Err(format!("VLAN 101 on the trunk does not reach {vmd}: {other:?}"))
+                    return Err(format!(
+                        "VLAN 101 on the trunk does not reach {vmd}: {other:?}"
+                    ))
                 }
                 _ => std::thread::sleep(Duration::from_secs(2)),
             }
@@ -585,8 +737,7 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
             let log = tb.daemon_log_tail(200);
             if let Some(n) = log
                 .lines()
-                .filter(|l| l.contains("network reconcile done"))
-                .next_back()
+                .rfind(|l| l.contains("network reconcile done"))
                 .and_then(|l| l.split("changes=").nth(1))
                 .and_then(|r| r.split_whitespace().next())
                 .and_then(|n| n.parse::<usize>().ok())
@@ -594,11 +745,15 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
                 break n;
             }
             if start.elapsed() > minute {
-                return Err(format!("no 'network reconcile done' after the restart:\n{log}"));
+                return Err(format!(
+                    "no 'network reconcile done' after the restart:\n{log}"
+                ));
             }
             std::thread::sleep(Duration::from_secs(2));
         };
-        ensure(changes == 0, || format!("reconcile after a restart changed {changes} things"))?;
+        ensure(changes == 0, || {
+            format!("reconcile after a restart changed {changes} things")
+        })?;
         let mac_b = state.mac(&vmb);
         ensure(
             wget_from(tb, "h2vm", &format!("http://{B_IP}/")).is_some_and(|b| b.contains(&mac_b)),

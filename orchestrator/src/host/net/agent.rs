@@ -199,9 +199,19 @@ impl NetAgent {
             *changes += 1;
         }
         let what = "configuring the external leg";
-        count(changes, nl.ensure_addrs(EXTERNAL_HOST_IF, &[gw]).map_err(failed(what))?);
-        count(changes, nl.ensure_up(EXTERNAL_HOST_IF).map_err(failed(what))?);
-        count(changes, nl.ensure_up(EXTERNAL_BRIDGE_IF).map_err(failed(what))?);
+        count(
+            changes,
+            nl.ensure_addrs(EXTERNAL_HOST_IF, &[gw])
+                .map_err(failed(what))?,
+        );
+        count(
+            changes,
+            nl.ensure_up(EXTERNAL_HOST_IF).map_err(failed(what))?,
+        );
+        count(
+            changes,
+            nl.ensure_up(EXTERNAL_BRIDGE_IF).map_err(failed(what))?,
+        );
         if netns::sysctl_read(None, "net.ipv4.ip_forward")
             .map_err(ns_failed(what))?
             .trim()
@@ -260,14 +270,22 @@ impl NetAgent {
         changes: &mut usize,
     ) -> Result<(), NetHostError> {
         let what = format!("building bridge {bridge} of network {}", net.id);
-        count(changes, nl.ensure_bridge(bridge, Some(net.mtu)).map_err(failed(&what))?);
-        count(changes, nl.ensure_mtu(bridge, net.mtu).map_err(failed(&what))?);
+        count(
+            changes,
+            nl.ensure_bridge(bridge, Some(net.mtu))
+                .map_err(failed(&what))?,
+        );
+        count(
+            changes,
+            nl.ensure_mtu(bridge, net.mtu).map_err(failed(&what))?,
+        );
         let dev = segment_device(&net.segment, &self.cfg)?;
         match &net.segment {
             Segment::Vxlan { vni } => {
                 let local = self.cfg.vxlan_local_ip.ok_or_else(|| {
                     NetHostError::Unsupported(
-                        "VXLAN networks need this host's underlay address (--vxlan-local-ip)".into(),
+                        "VXLAN networks need this host's underlay address (--vxlan-local-ip)"
+                            .into(),
                     )
                 })?;
                 let spec = VxlanSpec {
@@ -279,16 +297,27 @@ impl NetAgent {
                     mtu: Some(net.mtu),
                 };
                 count(changes, nl.ensure_vxlan(&spec).map_err(failed(&what))?);
-                count(changes, nl.ensure_fdb(&dev, &self.cfg.vxlan_peers).map_err(failed(&what))?);
+                count(
+                    changes,
+                    nl.ensure_fdb(&dev, &self.cfg.vxlan_peers)
+                        .map_err(failed(&what))?,
+                );
             }
             Segment::Vlan { physnet, vid } => {
                 let parent = physical_if(&self.cfg, physnet)?;
                 count(changes, nl.ensure_up(&parent).map_err(failed(&what))?);
-                count(changes, nl.ensure_vlan(&parent, *vid, &dev).map_err(failed(&what))?);
+                count(
+                    changes,
+                    nl.ensure_vlan(&parent, *vid, &dev).map_err(failed(&what))?,
+                );
             }
             Segment::Flat { .. } => {}
         }
-        count(changes, nl.ensure_master(&dev, Some(bridge)).map_err(failed(&what))?);
+        count(
+            changes,
+            nl.ensure_master(&dev, Some(bridge))
+                .map_err(failed(&what))?,
+        );
         count(changes, nl.ensure_up(&dev).map_err(failed(&what))?);
         count(changes, nl.ensure_up(bridge).map_err(failed(&what))?);
         Ok(())
@@ -325,21 +354,37 @@ impl NetAgent {
             let ns_end = router_leg_name(&leg.port_id, *gateway);
             wanted.insert(ns_end.clone());
             let net_mtu = mtu.get(&leg.network_id).copied().unwrap_or(1500);
-            count(changes, nl.ensure_veth(&host_end, &ns, &ns_end).map_err(failed(&what))?);
+            count(
+                changes,
+                nl.ensure_veth(&host_end, &ns, &ns_end)
+                    .map_err(failed(&what))?,
+            );
             count(
                 changes,
                 nl.ensure_master(&host_end, Some(&bridge_name(&leg.network_id)))
                     .map_err(failed(&what))?,
             );
-            count(changes, nl.ensure_mtu(&host_end, net_mtu).map_err(failed(&what))?);
+            count(
+                changes,
+                nl.ensure_mtu(&host_end, net_mtu).map_err(failed(&what))?,
+            );
             count(changes, nl.ensure_up(&host_end).map_err(failed(&what))?);
             let mut addrs: Vec<Ipv4Net> = leg.addrs.clone();
             if *gateway {
                 addrs.extend(r.floating_ips.iter().map(|f| Ipv4Net::host(f.floating_ip)));
             }
-            count(changes, inner.ensure_mac(&ns_end, leg.mac).map_err(failed(&what))?);
-            count(changes, inner.ensure_mtu(&ns_end, net_mtu).map_err(failed(&what))?);
-            count(changes, inner.ensure_addrs(&ns_end, &addrs).map_err(failed(&what))?);
+            count(
+                changes,
+                inner.ensure_mac(&ns_end, leg.mac).map_err(failed(&what))?,
+            );
+            count(
+                changes,
+                inner.ensure_mtu(&ns_end, net_mtu).map_err(failed(&what))?,
+            );
+            count(
+                changes,
+                inner.ensure_addrs(&ns_end, &addrs).map_err(failed(&what))?,
+            );
             count(
                 changes,
                 inner
@@ -349,7 +394,8 @@ impl NetAgent {
         }
         // Legs of removed interfaces (their host ends go with them).
         for l in inner.links().map_err(failed(&what))? {
-            if (l.name.starts_with("qr-") || l.name.starts_with("qg-")) && !wanted.contains(&l.name) {
+            if (l.name.starts_with("qr-") || l.name.starts_with("qg-")) && !wanted.contains(&l.name)
+            {
                 count(changes, inner.delete_link(&l.name).map_err(failed(&what))?);
             }
         }
@@ -361,19 +407,22 @@ impl NetAgent {
         if let Some(gw) = r.gateway.as_ref().and_then(|g| g.default_route) {
             routes.push(RouteSpec::default_via(gw));
         }
-        count(changes, inner.ensure_routes(&routes).map_err(failed(&what))?);
+        count(
+            changes,
+            inner.ensure_routes(&routes).map_err(failed(&what))?,
+        );
         let ns_opt = Some(ns.as_str());
         match &r.gateway {
             Some(gw) => {
-                let gateway_ip = gw
-                    .leg
-                    .addrs
-                    .first()
-                    .map(|a| a.addr)
-                    .ok_or_else(|| NetHostError::Failed {
-                        what: what.clone(),
-                        reason: "the gateway leg has no address".into(),
-                    })?;
+                let gateway_ip =
+                    gw.leg
+                        .addrs
+                        .first()
+                        .map(|a| a.addr)
+                        .ok_or_else(|| NetHostError::Failed {
+                            what: what.clone(),
+                            reason: "the gateway leg has no address".into(),
+                        })?;
                 let table = nft::router_table(&RouterNat {
                     gateway_if: router_leg_name(&gw.leg.port_id, true),
                     gateway_ip,
@@ -448,7 +497,9 @@ impl NetAgent {
                         .and_then(|i| index_name.get(&i));
                     parent.is_some_and(|p| mapped.contains(p)) && !segment_devs.contains(&l.name)
                 }
-                LinkKind::Tun | LinkKind::Veth => l.name.starts_with("tap") && !taps.contains(&l.name),
+                LinkKind::Tun | LinkKind::Veth => {
+                    l.name.starts_with("tap") && !taps.contains(&l.name)
+                }
                 _ => false,
             };
             if stale {
@@ -458,7 +509,11 @@ impl NetAgent {
         }
         // A flat network's interface leaves a removed bridge by itself (the
         // bridge is gone); nothing to do.
-        let routers: BTreeSet<String> = plan.routers.iter().map(|r| router_namespace(&r.id)).collect();
+        let routers: BTreeSet<String> = plan
+            .routers
+            .iter()
+            .map(|r| router_namespace(&r.id))
+            .collect();
         for ns in netns::list().map_err(ns_failed(what))? {
             if ns.starts_with("qrouter-") && !routers.contains(&ns) {
                 tracing::info!(namespace = %ns, "removing a stale router");
@@ -526,10 +581,13 @@ impl NetAgent {
             }
         }
         let tables: Vec<Table> = wanted.values().cloned().collect();
-        count(changes, apply_if_changed(None, &tables)? );
+        count(changes, apply_if_changed(None, &tables)?);
         let names: BTreeSet<&str> = tables.iter().map(|t| t.name()).collect();
         for t in nft::list_tables(None).map_err(nft_failed("listing port filters"))? {
-            if t.family == Family::Bridge && t.name.starts_with("nubo_p_") && !names.contains(t.name.as_str()) {
+            if t.family == Family::Bridge
+                && t.name.starts_with("nubo_p_")
+                && !names.contains(t.name.as_str())
+            {
                 nft::delete_table(None, Family::Bridge, &t.name)
                     .map_err(nft_failed("removing a port filter"))?;
                 *changes += 1;
@@ -681,18 +739,30 @@ impl NetHost for NetAgent {
         }
         for p in plan.ports.iter().filter(|p| p.kind == PortKind::Vm) {
             let tap = tap_name(&p.id);
-            if nl.link(&tap).map_err(failed(format!("reading {tap}")))?.is_none() {
+            if nl
+                .link(&tap)
+                .map_err(failed(format!("reading {tap}")))?
+                .is_none()
+            {
                 continue; // its server is not running: plugged when it starts
             }
             let what = format!("plugging {tap}");
             let bridge = bridge_name(&p.network_id);
-            count(&mut changes, nl.ensure_master(&tap, Some(&bridge)).map_err(failed(&what))?);
+            count(
+                &mut changes,
+                nl.ensure_master(&tap, Some(&bridge))
+                    .map_err(failed(&what))?,
+            );
             if let Some(m) = mtu.get(&p.network_id) {
-                count(&mut changes, nl.ensure_mtu(&tap, *m).map_err(failed(&what))?);
+                count(
+                    &mut changes,
+                    nl.ensure_mtu(&tap, *m).map_err(failed(&what))?,
+                );
             }
             count(
                 &mut changes,
-                nl.ensure_admin_state(&tap, p.admin_state_up).map_err(failed(&what))?,
+                nl.ensure_admin_state(&tap, p.admin_state_up)
+                    .map_err(failed(&what))?,
             );
         }
         self.ensure_filters(plan, &mut changes)?;
@@ -720,7 +790,8 @@ impl NetHost for NetAgent {
         })?;
         let nl = self.host()?;
         let bridge = bridge_name(&port.network_id);
-        nl.ensure_master(&name, Some(&bridge)).map_err(failed(&what))?;
+        nl.ensure_master(&name, Some(&bridge))
+            .map_err(failed(&what))?;
         if let Some(m) = self.state().mtu.get(&port.network_id).copied() {
             nl.ensure_mtu(&name, m).map_err(failed(&what))?;
         }

@@ -60,3 +60,6 @@ pub trait NetHost: Send + Sync {
     /// last applied plan.
     fn open_tap(&self, port: &PortPlan) -> Result<OwnedFd, NetHostError>;
 }
+
+#[cfg(test)]
+mod agent_tests;

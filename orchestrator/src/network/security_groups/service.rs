@@ -21,7 +21,7 @@ use super::model::{
 };
 use super::store;
 use super::validate::{protocol_number, GroupRequest, RuleRequest};
-use crate::host::net::plan::{Direction, Ipv4Cidr, Remote, SgRule};
+use crate::host::net::plan::{Direction, Ipv4Net, Remote, SgRule};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::policy;
 use crate::identity::AuthContext;
@@ -178,14 +178,14 @@ fn resolve_one(
 }
 
 /// `10.0.0.5/24` → 10.0.0.0/24.
-fn parse_v4_cidr(prefix: &str) -> Option<Ipv4Cidr> {
+fn parse_v4_cidr(prefix: &str) -> Option<Ipv4Net> {
     let (addr, len) = prefix.split_once('/')?;
     let addr: Ipv4Addr = addr.parse().ok()?;
     let prefix_len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
     let mask = u32::MAX
         .checked_shl(32 - u32::from(prefix_len))
         .unwrap_or(0);
-    Some(Ipv4Cidr {
+    Some(Ipv4Net {
         addr: Ipv4Addr::from(u32::from(addr) & mask),
         prefix_len,
     })

@@ -9,7 +9,7 @@ use super::model::SecurityGroupRule;
 use super::{service, store};
 use crate::api_test::{self, Resp, Server};
 use crate::db::Db;
-use crate::host::net::plan::{Direction, Ipv4Cidr, Remote, SgRule};
+use crate::host::net::plan::{Direction, Ipv4Net, Remote, SgRule};
 
 // ------------------------------------------------------ on the database
 
@@ -173,7 +173,7 @@ fn resolve_rules_gives_ipv4_rules_resolved_deduplicated_and_sorted() {
                 direction: Direction::Ingress,
                 protocol: Some(6),
                 port_range: Some((22, 22)),
-                remote: Remote::Prefix(Ipv4Cidr {
+                remote: Remote::Prefix(Ipv4Net {
                     addr: Ipv4Addr::new(10, 0, 0, 0),
                     prefix_len: 24
                 }),
