@@ -7,6 +7,7 @@
 //! the real agent drives `netstack` (netlink, nftables, DHCP), the fake keeps
 //! the last plan in memory for the API tests.
 
+pub mod fake;
 pub mod plan;
 
 use std::os::fd::OwnedFd;
