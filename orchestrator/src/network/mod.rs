@@ -7,6 +7,7 @@ pub mod api;
 pub mod ipam;
 pub mod l3;
 pub mod model;
+pub mod nics;
 pub mod plan;
 pub mod security_groups;
 pub mod service;

@@ -21,6 +21,11 @@ use crate::identity::AuthContext;
 use crate::quota;
 use crate::util::{new_id, now_iso};
 
+pub use super::nics::{
+    check_nics, create_server_ports, release_server_ports, server_addresses, server_interfaces,
+    NicRequest, NicsAsked,
+};
+
 /// Who asks, with what configuration, on which host.
 pub struct Cx<'a> {
     /// The caller.
@@ -389,9 +394,11 @@ pub fn prepare_network(
     let max = max_mtu(&network_type);
     let mtu = match get_int(m, "mtu")? {
         Some(v) if (68..=max).contains(&v) => v,
-        Some(v) => return Err(ApiError::bad_request(format!(
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
             "Invalid input for operation: Requested MTU is too big, maximum is {max} (asked {v})."
-        ))),
+        )))
+        }
         None => max,
     };
     Ok(Network {

@@ -683,3 +683,188 @@ async fn extensions_resources_and_quotas() {
     assert_eq!(r.status, 204);
     network(&s, &s.alice, json!({ "name": "two" })).await;
 }
+
+/// The image and flavor servers boot with (the fake host reads no file).
+const IMAGE: &str = "00000000-0000-0000-0000-0000000000aa";
+
+async fn image_and_flavor(s: &Server) {
+    s.db.lock()
+        .execute(
+            "INSERT INTO images (id, owner, status, visibility, disk_format, created_at, updated_at) \
+             VALUES (?1, ?2, 'active', 'public', 'raw', '', '')",
+            rusqlite::params![IMAGE, s.admin_project],
+        )
+        .unwrap();
+    let flavor =
+        json!({ "flavor": { "name": "tiny", "id": "tiny", "ram": 64, "vcpus": 1, "disk": 0 } });
+    assert_eq!(
+        s.post("/compute/v2.1/flavors", &s.admin, flavor)
+            .await
+            .status,
+        200
+    );
+}
+
+async fn boot(s: &Server, token: &str, networks: Value) -> api_test::Resp {
+    let body = json!({ "server": { "name": "vm", "imageRef": IMAGE, "flavorRef": "tiny",
+                                   "networks": networks } });
+    s.post("/compute/v2.1/servers", token, body).await
+}
+
+#[tokio::test]
+async fn servers_get_ports_addresses_and_lose_them_on_delete() {
+    let s = api_test::start("", 1 << 20).await;
+    image_and_flavor(&s).await;
+    // auto with no network: 400.
+    let r = boot(&s, &s.alice, json!("auto")).await;
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("Unable to automatically allocate"));
+    let r = s
+        .post(
+            "/network/v2.0/networks",
+            &s.alice,
+            json!({ "network": { "name": "n1" } }),
+        )
+        .await;
+    let n1 = r.json()["network"]["id"].as_str().unwrap().to_string();
+    let r = s
+        .post(
+            "/network/v2.0/subnets",
+            &s.alice,
+            json!({ "subnet": {
+        "network_id": n1, "ip_version": 4, "cidr": "10.0.0.0/24" } }),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    // Unknown network: 400 in Nova's words; fixed IP with max_count 2: 400.
+    let r = boot(&s, &s.alice, json!([{ "uuid": "nope" }])).await;
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("Network nope could not be found."));
+    let body = json!({ "server": { "name": "vm", "imageRef": IMAGE, "flavorRef": "tiny",
+        "max_count": 2, "networks": [{ "uuid": n1, "fixed_ip": "10.0.0.9" }] } });
+    assert_eq!(
+        s.post("/compute/v2.1/servers", &s.alice, body).await.status,
+        400
+    );
+    // A network with a fixed IP, and a given port.
+    let r = s
+        .post(
+            "/network/v2.0/ports",
+            &s.alice,
+            json!({ "port": { "network_id": n1 } }),
+        )
+        .await;
+    let given = r.json()["port"]["id"].as_str().unwrap().to_string();
+    let r = boot(
+        &s,
+        &s.alice,
+        json!([{ "uuid": n1, "fixed_ip": "10.0.0.9" }, { "port": given }]),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let sid = r.json()["server"]["id"].as_str().unwrap().to_string();
+    // The given port is now in use.
+    let r = boot(&s, &s.alice, json!([{ "port": given }])).await;
+    assert_eq!(r.status, 409);
+    let r = s
+        .get(&format!("/compute/v2.1/servers/{sid}"), &s.alice)
+        .await;
+    let addrs = r.json()["server"]["addresses"]["n1"].clone();
+    assert_eq!(addrs.as_array().unwrap().len(), 2, "{addrs}");
+    assert_eq!(addrs[0]["addr"], "10.0.0.9");
+    assert_eq!(addrs[0]["OS-EXT-IPS:type"], "fixed");
+    assert!(addrs[0]["OS-EXT-IPS-MAC:mac_addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("fa:16:3e"));
+    let r = s.get("/compute/v2.1/servers/detail", &s.alice).await;
+    assert_eq!(
+        r.json()["servers"][0]["addresses"]["n1"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // os-interface.
+    let r = s
+        .get(
+            &format!("/compute/v2.1/servers/{sid}/os-interface"),
+            &s.alice,
+        )
+        .await;
+    let ifs = r.json()["interfaceAttachments"].as_array().unwrap().clone();
+    assert_eq!(ifs.len(), 2);
+    assert_eq!(ifs[1]["port_id"], given.as_str());
+    let r = s
+        .get(
+            &format!("/compute/v2.1/servers/{sid}/os-interface/{given}"),
+            &s.alice,
+        )
+        .await;
+    assert_eq!(r.json()["interfaceAttachment"]["net_id"], n1.as_str());
+    let r = s
+        .post(
+            &format!("/compute/v2.1/servers/{sid}/os-interface"),
+            &s.alice,
+            json!({ "interfaceAttachment": { "net_id": n1 } }),
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    // The ports are in the plan, bound here, in NIC order for the integrator.
+    let ports = crate::network::service::server_ports(&s.db.lock(), &sid).unwrap();
+    assert_eq!(ports.len(), 2);
+    assert_eq!(ports[1].id, given);
+    assert_eq!(ports[0].kind, crate::host::net::plan::PortKind::Vm);
+    let plan = s.net.last_plan().unwrap();
+    assert_eq!(
+        plan.ports
+            .iter()
+            .filter(|p| p.kind == crate::host::net::plan::PortKind::Vm)
+            .count(),
+        2
+    );
+    assert_eq!(plan.networks[0].dhcp[0].leases.len(), 2);
+    // ?device_id= as `port list --server` sends it.
+    let r = s
+        .get(&format!("/network/v2.0/ports?device_id={sid}"), &s.alice)
+        .await;
+    assert_eq!(r.json()["ports"].as_array().unwrap().len(), 2);
+    // auto with two networks: 409.
+    s.post(
+        "/network/v2.0/networks",
+        &s.alice,
+        json!({ "network": { "name": "n2" } }),
+    )
+    .await;
+    let r = boot(&s, &s.alice, json!("auto")).await;
+    assert_eq!(r.status, 409);
+    // Delete: the created port goes, the given one is unbound.
+    let r = s
+        .call(
+            "DELETE",
+            &format!("/compute/v2.1/servers/{sid}"),
+            &s.alice,
+            None,
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = s
+            .get(&format!("/network/v2.0/ports?network_id={n1}"), &s.alice)
+            .await;
+        let ports = r.json()["ports"].as_array().unwrap().clone();
+        if ports.len() == 2 {
+            let p = ports.iter().find(|p| p["id"] == given.as_str()).unwrap();
+            assert_eq!(p["device_id"], "");
+            assert_eq!(p["binding:host_id"], "");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ports not released: {ports:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
