@@ -265,3 +265,120 @@ pub fn host_plan(conn: &Connection, host: &str) -> rusqlite::Result<NetPlan> {
         routers,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    fn exec(conn: &Connection, sql: &str) {
+        conn.execute_batch(sql).unwrap();
+    }
+
+    /// A network with a DHCP subnet, a DHCP port, two VM ports (one bound
+    /// here, one elsewhere), a router with an interface and a gateway on an
+    /// external network, and a floating IP.
+    fn seeded() -> Db {
+        let db = Db::open_in_memory().unwrap();
+        let conn = db.lock();
+        exec(
+            &conn,
+            "INSERT INTO networks (id, project_id, mtu, network_type, segmentation_id, created_at, updated_at) \
+               VALUES ('n1', 'p', 1450, 'vxlan', 1000, 't', 't'), \
+                      ('ext', 'admin', 1500, 'flat', NULL, 't', 't');
+             UPDATE networks SET physnet = 'physnet1', external = 1 WHERE id = 'ext';
+             INSERT INTO subnets (id, project_id, network_id, cidr, gateway_ip, enable_dhcp, \
+               allocation_pools, dns_nameservers, created_at, updated_at) VALUES \
+               ('s1', 'p', 'n1', '10.0.0.0/24', '10.0.0.1', 1, '[]', '[\"8.8.8.8\"]', 't', 't'), \
+               ('se', 'admin', 'ext', '172.24.4.0/24', '172.24.4.1', 0, '[]', '[]', 't', 't');
+             INSERT INTO ports (id, project_id, network_id, mac_address, device_id, device_owner, \
+               host_id, created_at, updated_at) VALUES \
+               ('pd', 'p', 'n1', 'fa:16:3e:00:00:02', 'dhcph-n1', 'network:dhcp', 'h', 't', 't'), \
+               ('pb', 'p', 'n1', 'fa:16:3e:00:00:04', 'vm2', 'compute:nova', 'h', 't', 't'), \
+               ('pa', 'p', 'n1', 'fa:16:3e:00:00:03', 'vm1', 'compute:nova', 'other', 't', 't'), \
+               ('pr', 'p', 'n1', 'fa:16:3e:00:00:01', 'r1', 'network:router_interface', 'h', 't', 't'), \
+               ('pg', 'p', 'ext', 'fa:16:3e:00:00:05', 'r1', 'network:router_gateway', 'h', 't', 't'), \
+               ('pf', '', 'ext', 'fa:16:3e:00:00:06', 'f1', 'network:floatingip', '', 't', 't');
+             INSERT INTO port_fixed_ips (port_id, subnet_id, ip_address) VALUES \
+               ('pd', 's1', '10.0.0.2'), ('pa', 's1', '10.0.0.3'), ('pb', 's1', '10.0.0.4'), \
+               ('pr', 's1', '10.0.0.1'), ('pg', 'se', '172.24.4.2'), ('pf', 'se', '172.24.4.3');
+             INSERT INTO routers (id, project_id, gw_network_id, gw_port_id, created_at, updated_at) \
+               VALUES ('r1', 'p', 'ext', 'pg', 't', 't');
+             INSERT INTO router_routes (router_id, destination, nexthop) \
+               VALUES ('r1', '192.168.0.0/16', '10.0.0.254');
+             INSERT INTO floating_ips (id, project_id, floating_network_id, floating_ip_address, \
+               floating_port_id, port_id, fixed_ip_address, router_id, created_at, updated_at) \
+               VALUES ('f1', 'p', 'ext', '172.24.4.3', 'pf', 'pb', '10.0.0.4', 'r1', 't', 't');",
+        );
+        drop(conn);
+        db
+    }
+
+    #[test]
+    fn the_plan_of_a_host_has_its_ports_networks_dhcp_and_routers() {
+        let db = seeded();
+        let plan = host_plan(&db.lock(), "h").unwrap();
+        let ids: Vec<&str> = plan.ports.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["pb", "pd", "pg", "pr"], "bound here, sorted by id");
+        assert_eq!(plan.ports[0].kind, PortKind::Vm);
+        assert_eq!(plan.ports[1].kind, PortKind::None);
+        assert_eq!(plan.ports[2].kind, PortKind::Router);
+        let nets: Vec<&str> = plan.networks.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(nets, ["ext", "n1"]);
+        let n1 = &plan.networks[1];
+        assert_eq!(n1.segment, Segment::Vxlan { vni: 1000 });
+        assert_eq!(n1.mtu, 1450);
+        assert_eq!(
+            plan.networks[0].segment,
+            Segment::Flat {
+                physnet: "physnet1".into()
+            }
+        );
+        assert!(
+            plan.networks[0].dhcp.is_empty(),
+            "no DHCP on the external subnet"
+        );
+        let dhcp = &n1.dhcp[0];
+        assert_eq!(dhcp.server_ip.to_string(), "10.0.0.2");
+        assert_eq!(dhcp.server_mac, [0xfa, 0x16, 0x3e, 0, 0, 2]);
+        assert_eq!(
+            dhcp.gateway.map(|g| g.to_string()).as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(dhcp.dns_nameservers.len(), 1);
+        // Every port with an address on the subnet has a lease, on any host.
+        let leases: Vec<String> = dhcp.leases.iter().map(|l| l.ip.to_string()).collect();
+        assert_eq!(leases, ["10.0.0.1", "10.0.0.3", "10.0.0.4"]);
+        assert_eq!(dhcp.leases[1].hostname, "host-10-0-0-3");
+        let r = &plan.routers[0];
+        assert_eq!(r.interfaces.len(), 1);
+        assert_eq!(r.interfaces[0].addrs[0].to_string(), "10.0.0.1/24");
+        let gw = r.gateway.as_ref().unwrap();
+        assert_eq!(gw.leg.addrs[0].to_string(), "172.24.4.2/24");
+        assert_eq!(
+            gw.default_route.map(|g| g.to_string()).as_deref(),
+            Some("172.24.4.1")
+        );
+        assert!(gw.enable_snat);
+        assert_eq!(gw.snat_sources[0].to_string(), "10.0.0.0/24");
+        assert_eq!(r.floating_ips.len(), 1);
+        assert_eq!(r.floating_ips[0].fixed_ip.to_string(), "10.0.0.4");
+        assert_eq!(r.routes.len(), 1);
+    }
+
+    #[test]
+    fn equal_databases_give_equal_plans_and_other_hosts_get_theirs() {
+        let db = seeded();
+        let a = host_plan(&db.lock(), "h").unwrap();
+        let b = host_plan(&db.lock(), "h").unwrap();
+        assert_eq!(a, b);
+        let other = host_plan(&db.lock(), "other").unwrap();
+        assert_eq!(other.ports.len(), 1);
+        assert_eq!(other.networks.len(), 1);
+        assert!(other.routers.is_empty());
+        assert_eq!(
+            host_plan(&db.lock(), "nowhere").unwrap(),
+            NetPlan::default()
+        );
+    }
+}

@@ -185,6 +185,16 @@ pub fn check_quota(
     Ok(())
 }
 
+/// How many networks, subnets, ports, routers and floating IPs `project`
+/// still has (Identity asks before deleting it).
+pub fn resources_in_project(conn: &Connection, project: &str) -> rusqlite::Result<i64> {
+    let mut n = 0;
+    for r in ["network", "subnet", "port", "router", "floatingip"] {
+        n += store::usage(conn, project, r)?;
+    }
+    Ok(n)
+}
+
 /// How many of a Networking quota resource `project` has (security groups
 /// are counted by their own module: 0 here).
 pub fn usage(conn: &Connection, project: &str, resource: &str) -> rusqlite::Result<i64> {
@@ -1482,4 +1492,130 @@ pub fn server_ports(conn: &Connection, server_id: &str) -> rusqlite::Result<Vec<
 /// stores).
 pub fn mac_bytes(mac: &str) -> [u8; 6] {
     parse_mac(mac).unwrap_or([0; 6])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{NetworkConfig, VlanRange};
+    use crate::db::Db;
+    use serde_json::json;
+
+    fn config(network: NetworkConfig) -> Config {
+        Config {
+            state_dir: "/nonexistent".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            public_url: None,
+            vmm_binary: "/nonexistent".into(),
+            default_kernel: None,
+            default_initrd: None,
+            default_cmdline: String::new(),
+            token_ttl: std::time::Duration::from_secs(1),
+            max_image_size: 0,
+            overcommit: Default::default(),
+            quotas: Default::default(),
+            shutdown_timeout: std::time::Duration::from_secs(1),
+            admin_password: None,
+            vmm_uid_base: None,
+            network,
+        }
+    }
+
+    fn auth(admin: bool) -> AuthContext {
+        AuthContext {
+            user_id: "u".into(),
+            user_name: "u".into(),
+            project_id: "p".into(),
+            project_name: "p".into(),
+            roles: vec![if admin { "admin" } else { "member" }.into()],
+        }
+    }
+
+    fn create(conn: &Connection, cx: &Cx<'_>, body: Value) -> ApiResult<Network> {
+        let m = body.as_object().unwrap().clone();
+        let n = prepare_network(conn, cx, &m)?;
+        store_network(conn, cx, &n)?;
+        Ok(n)
+    }
+
+    #[test]
+    fn tenant_vnis_are_the_lowest_free_and_run_out() {
+        let db = Db::open_in_memory().unwrap();
+        let conn = db.lock();
+        let cfg = config(NetworkConfig {
+            vni_range: (5, 6),
+            ..Default::default()
+        });
+        let a = auth(false);
+        let cx = Cx {
+            auth: &a,
+            cfg: &cfg,
+            host: "h",
+        };
+        let n1 = create(&conn, &cx, json!({})).unwrap();
+        let n2 = create(&conn, &cx, json!({})).unwrap();
+        assert_eq!((n1.segmentation_id, n2.segmentation_id), (Some(5), Some(6)));
+        let e = create(&conn, &cx, json!({})).unwrap_err();
+        assert_eq!(e.status.as_u16(), 503);
+        // A freed VNI is taken again.
+        delete_network(&conn, &cx, &n1.std.id).unwrap();
+        assert_eq!(
+            create(&conn, &cx, json!({})).unwrap().segmentation_id,
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn admin_segments_must_be_free_and_tenant_vlans_come_from_the_range() {
+        let db = Db::open_in_memory().unwrap();
+        let conn = db.lock();
+        let cfg = config(NetworkConfig {
+            tenant_network_type: TenantNetworkType::Vlan,
+            vlan_ranges: vec![VlanRange {
+                physnet: "physnet1".into(),
+                range: Some((100, 101)),
+            }],
+            ..Default::default()
+        });
+        let a = auth(true);
+        let cx = Cx {
+            auth: &a,
+            cfg: &cfg,
+            host: "h",
+        };
+        let t = create(&conn, &cx, json!({})).unwrap();
+        assert_eq!(t.network_type, "vlan");
+        assert_eq!(t.segmentation_id, Some(100));
+        assert_eq!(t.mtu, 1500);
+        // The admin takes 101 by hand: the next tenant network has none.
+        let v = json!({ "provider:network_type": "vlan",
+                        "provider:physical_network": "physnet1",
+                        "provider:segmentation_id": 101 });
+        create(&conn, &cx, v.clone()).unwrap();
+        assert_eq!(create(&conn, &cx, v).unwrap_err().status.as_u16(), 409);
+        assert_eq!(
+            create(&conn, &cx, json!({})).unwrap_err().status.as_u16(),
+            503
+        );
+        // The same VNI twice, and one flat network per physical network.
+        let x = json!({ "provider:network_type": "vxlan", "provider:segmentation_id": 7 });
+        create(&conn, &cx, x.clone()).unwrap();
+        assert_eq!(create(&conn, &cx, x).unwrap_err().status.as_u16(), 409);
+        let f = json!({ "provider:network_type": "flat", "provider:physical_network": "physnet1" });
+        create(&conn, &cx, f.clone()).unwrap();
+        assert_eq!(create(&conn, &cx, f).unwrap_err().status.as_u16(), 409);
+        for bad in [
+            json!({ "provider:network_type": "vlan", "provider:physical_network": "physnet1",
+                    "provider:segmentation_id": 4095 }),
+            json!({ "provider:network_type": "gre" }),
+            json!({ "provider:network_type": "vxlan", "mtu": 1500 }),
+            json!({ "provider:network_type": "flat" }),
+        ] {
+            assert_eq!(
+                create(&conn, &cx, bad.clone()).unwrap_err().status.as_u16(),
+                400,
+                "{bad}"
+            );
+        }
+    }
 }

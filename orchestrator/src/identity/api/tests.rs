@@ -99,7 +99,7 @@ async fn the_catalog_lists_every_service_from_the_one_list() {
         .iter()
         .map(|e| e["type"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(types, ["identity", "compute", "image"]);
+    assert_eq!(types, ["identity", "compute", "image", "network"]);
     let r = s.get("/v3/services", &s.admin).await;
-    assert_eq!(r.json()["services"].as_array().unwrap().len(), 3);
+    assert_eq!(r.json()["services"].as_array().unwrap().len(), 4);
 }
