@@ -868,3 +868,76 @@ async fn servers_get_ports_addresses_and_lose_them_on_delete() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn router_interface_and_reader_refusals() {
+    let s = start().await;
+    let n = network(&s, &s.admin, json!({ "name": "n" })).await;
+    let nid = n["id"].as_str().unwrap();
+    let nogw = subnet(
+        &s,
+        &s.admin,
+        json!({ "network_id": nid, "ip_version": 4, "cidr": "10.5.0.0/24", "gateway_ip": null }),
+    )
+    .await;
+    let r = s
+        .post(
+            "/v2.0/routers",
+            &s.rita,
+            json!({ "router": { "name": "r" } }),
+        )
+        .await;
+    assert_eq!(r.status, 403, "readers only look");
+    let r = s
+        .post(
+            "/v2.0/routers",
+            &s.admin,
+            json!({ "router": { "name": "r" } }),
+        )
+        .await;
+    let rid = r.json()["router"]["id"].as_str().unwrap().to_string();
+    let path = format!("/v2.0/routers/{rid}/add_router_interface");
+    let r = s
+        .put(&path, &s.admin, json!({ "subnet_id": nogw["id"] }))
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        msg(&r).contains("does not have a gateway IP"),
+        "{}",
+        msg(&r)
+    );
+    // By port: a bound port is in use; a free one becomes the interface.
+    let r = port(&s, &s.admin, json!({ "network_id": nid, "device_id": "x" })).await;
+    let used = r.json()["port"]["id"].as_str().unwrap().to_string();
+    let r = s.put(&path, &s.admin, json!({ "port_id": used })).await;
+    assert_eq!(r.status, 409);
+    let r = port(&s, &s.admin, json!({ "network_id": nid })).await;
+    let free = r.json()["port"]["id"].as_str().unwrap().to_string();
+    let r = s.put(&path, &s.admin, json!({ "port_id": free })).await;
+    assert_eq!(r.status, 200, "{}", msg(&r));
+    assert_eq!(r.json()["port_id"], free.as_str());
+    let r = s.delete(&format!("/v2.0/ports/{free}"), &s.admin).await;
+    assert_eq!(r.status, 409, "router ports go through their router");
+    let r = s
+        .put(
+            &format!("/v2.0/routers/{rid}/remove_router_interface"),
+            &s.admin,
+            json!({ "port_id": "nope" }),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = s
+        .put(
+            &format!("/v2.0/routers/{rid}/remove_router_interface"),
+            &s.admin,
+            json!({ "port_id": free }),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // A readers' GET works.
+    let r = s.get(&format!("/v2.0/routers/{rid}"), &s.rita).await;
+    assert_eq!(r.status, 200);
+    let r = s.get("/v2.0/routers/nope", &s.admin).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(msg(&r), "Router nope could not be found.");
+}
