@@ -4,14 +4,19 @@
 //! [`crate::host::net`], told through a [`crate::host::net::NetPlan`].
 
 pub mod api;
+pub mod floating_ips;
 pub mod ipam;
 pub mod l3;
 pub mod model;
+pub mod networks;
 pub mod nics;
 pub mod plan;
+pub mod ports;
+pub mod routers;
 pub mod security_groups;
 pub mod service;
 pub mod store;
+pub mod subnets;
 
 use std::sync::Arc;
 
