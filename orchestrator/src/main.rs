@@ -172,6 +172,10 @@ fn network_config(a: &ServeArgs) -> anyhow::Result<NetworkConfig> {
             })?;
         mappings.push((p.to_string(), i.to_string()));
     }
+    anyhow::ensure!(
+        a.tenant_network_type != "vlan" || vlan_ranges.iter().any(|r| r.range.is_some()),
+        "--tenant-network-type vlan needs a --network-vlan-ranges PHYSNET:MIN:MAX for project networks"
+    );
     Ok(NetworkConfig {
         tenant_network_type: if a.tenant_network_type == "vlan" {
             TenantNetworkType::Vlan

@@ -70,6 +70,9 @@ pub struct Network {
     pub physnet: Option<String>,
     /// `provider:segmentation_id`.
     pub segmentation_id: Option<i64>,
+    /// The segment was chosen from the tenant ranges (not by an admin), so
+    /// another free one will do. Not stored.
+    pub tenant_segment: bool,
 }
 
 impl Network {

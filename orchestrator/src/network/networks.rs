@@ -132,6 +132,7 @@ pub fn prepare_network(
         )));
     }
     let net = &cx.cfg.network;
+    let asked_segment = seg_id.is_some();
     let (network_type, physnet, seg_id) = match ptype.as_deref() {
         None if physnet.is_none() && seg_id.is_none() => match net.tenant_network_type {
             TenantNetworkType::Vxlan => ("vxlan".to_string(), None, Some(free_vni(conn, cx)?)),
@@ -219,6 +220,7 @@ pub fn prepare_network(
         }
         None => max,
     };
+    let tenant_segment = !asked_segment && network_type != "flat";
     Ok(Network {
         std: new_standard(m, project)?,
         admin_state_up: get_bool(m, "admin_state_up")?.unwrap_or(true),
@@ -229,6 +231,7 @@ pub fn prepare_network(
         network_type,
         physnet,
         segmentation_id: seg_id,
+        tenant_segment,
     })
 }
 
@@ -273,13 +276,27 @@ fn free_tenant_vlan(
 
 /// Stores a network prepared by [`prepare_network`]: quota, segment (409 if
 /// taken meanwhile or by an admin's choice) and row, in one transaction.
-pub fn store_network(conn: &Connection, cx: &Cx<'_>, n: &Network) -> ApiResult<()> {
+pub fn store_network(conn: &Connection, cx: &Cx<'_>, n: &mut Network) -> ApiResult<()> {
     let tx = conn.unchecked_transaction()?;
     check_quota(&tx, cx.cfg, &n.std.project_id, "network", 1)?;
     store::insert_network(&tx, n)?;
     let physnet = n.physnet.clone().unwrap_or_default();
-    let seg = n.segmentation_id.unwrap_or(0);
-    if !store::allocate_segment(&tx, &n.network_type, &physnet, seg, &n.std.id)? {
+    let mut seg = n.segmentation_id.unwrap_or(0);
+    // A tenant segment chosen before the host was asked may have been taken
+    // meanwhile by a concurrent create: take the next free one of the same
+    // kind (the host's answer holds for it too).
+    while !store::allocate_segment(&tx, &n.network_type, &physnet, seg, &n.std.id)?
+        && n.tenant_segment
+    {
+        seg = match n.network_type.as_str() {
+            "vxlan" => free_vni(&tx, cx)?,
+            _ => free_tenant_vlan(&tx, cx, Some(&physnet))?.1,
+        };
+        n.segmentation_id = Some(seg);
+        store::delete_network(&tx, &n.std.id)?;
+        store::insert_network(&tx, n)?;
+    }
+    if !store::segment_owner_is(&tx, &n.network_type, &physnet, seg, &n.std.id)? {
         return Err(ApiError::conflict(match n.network_type.as_str() {
             "vlan" => format!(
                 "Unable to create the network. The VLAN {seg} on physical network {physnet} is in use."
@@ -409,8 +426,8 @@ mod tests {
 
     fn create(conn: &Connection, cx: &Cx<'_>, body: Value) -> ApiResult<Network> {
         let m = body.as_object().unwrap().clone();
-        let n = prepare_network(conn, cx, &m)?;
-        store_network(conn, cx, &n)?;
+        let mut n = prepare_network(conn, cx, &m)?;
+        store_network(conn, cx, &mut n)?;
         Ok(n)
     }
 
@@ -433,6 +450,22 @@ mod tests {
         assert_eq!((n1.segmentation_id, n2.segmentation_id), (Some(5), Some(6)));
         let e = create(&conn, &cx, json!({})).unwrap_err();
         assert_eq!(e.status.as_u16(), 503);
+        // Two creates that chose the same VNI before storing: the second
+        // takes the next free one.
+        delete_network(&conn, &cx, &n2.std.id).unwrap();
+        let m = serde_json::Map::new();
+        let mut a1 = prepare_network(&conn, &cx, &m).unwrap();
+        let mut a2 = prepare_network(&conn, &cx, &m).unwrap();
+        assert_eq!(a1.segmentation_id, a2.segmentation_id);
+        store_network(&conn, &cx, &mut a1).unwrap();
+        assert_eq!(
+            store_network(&conn, &cx, &mut a2)
+                .unwrap_err()
+                .status
+                .as_u16(),
+            503
+        );
+        delete_network(&conn, &cx, &a1.std.id).unwrap();
         // A freed VNI is taken again.
         delete_network(&conn, &cx, &n1.std.id).unwrap();
         assert_eq!(

@@ -39,6 +39,7 @@ fn network_of(r: &Row<'_>) -> rusqlite::Result<Network> {
         network_type: r.get("network_type")?,
         physnet: r.get("physnet")?,
         segmentation_id: r.get("segmentation_id")?,
+        tenant_segment: false,
     })
 }
 
@@ -123,6 +124,22 @@ pub fn allocate_segment(
         params![network_type, physnet, segmentation_id, network_id],
     )?;
     Ok(n == 1)
+}
+
+/// Whether the segment is taken by `network_id`.
+pub fn segment_owner_is(
+    conn: &Connection,
+    network_type: &str,
+    physnet: &str,
+    segmentation_id: i64,
+    network_id: &str,
+) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM segment_allocations WHERE network_type = ?1 AND \
+         physnet = ?2 AND segmentation_id = ?3 AND network_id = ?4)",
+        params![network_type, physnet, segmentation_id, network_id],
+        |r| r.get(0),
+    )
 }
 
 /// The segmentation ids taken for `network_type` on `physnet`.

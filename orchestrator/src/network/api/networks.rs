@@ -43,7 +43,7 @@ pub(crate) async fn create_network(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let m = service::body_object(json_body(&body)?, "network", service::network_fields())?;
     let cx = cx(&st, &ctx);
-    let net = service::prepare_network(&st.db.lock(), &cx, &m)?;
+    let mut net = service::prepare_network(&st.db.lock(), &cx, &m)?;
     let segment = service::segment_of(&net);
     let host = std::sync::Arc::clone(&st.network.host);
     tokio::task::spawn_blocking(move || host.check_segment(&segment))
@@ -53,7 +53,7 @@ pub(crate) async fn create_network(
             crate::host::net::NetHostError::Unsupported(msg) => ApiError::bad_request(msg),
             other => ApiError::internal(other),
         })?;
-    service::store_network(&st.db.lock(), &cx, &net)?;
+    service::store_network(&st.db.lock(), &cx, &mut net)?;
     Ok(created("network", net.to_json(&[], ctx.is_admin())))
 }
 
