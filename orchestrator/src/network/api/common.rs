@@ -92,10 +92,36 @@ pub fn filter(items: Vec<Value>, q: &ListQuery) -> Vec<Value> {
         .collect()
 }
 
-/// `{collection: [...]}`, filtered.
+/// Keeps only the `?fields=` asked for (all when none are).
+pub fn project(items: Vec<Value>, q: &ListQuery) -> Vec<Value> {
+    let fields: Vec<&str> = q
+        .iter()
+        .filter(|(k, _)| k == "fields")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if fields.is_empty() {
+        return items;
+    }
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::Object(o) => Value::Object(
+                o.into_iter()
+                    .filter(|(k, _)| fields.contains(&k.as_str()))
+                    .collect(),
+            ),
+            other => other,
+        })
+        .collect()
+}
+
+/// `{collection: [...]}`, filtered, with the fields asked for.
 pub fn list_answer(collection: &str, items: Vec<Value>, q: &ListQuery) -> Json<Value> {
     let mut m = serde_json::Map::new();
-    m.insert(collection.into(), Value::Array(filter(items, q)));
+    m.insert(
+        collection.into(),
+        Value::Array(project(filter(items, q), q)),
+    );
     Json(Value::Object(m))
 }
 

@@ -116,6 +116,12 @@ async fn networks_have_neutrons_fields_and_a_tenant_vni() {
     assert_eq!(r.json()["networks"].as_array().unwrap().len(), 3);
     let r = s.get("/v2.0/networks?project_id=other", &s.admin).await;
     assert_eq!(r.json()["networks"].as_array().unwrap().len(), 2);
+    let r = s
+        .get("/v2.0/networks?name=net1&fields=id&fields=name", &s.alice)
+        .await;
+    let only = r.json()["networks"][0].as_object().unwrap().clone();
+    assert_eq!(only.len(), 2, "{only:?}");
+    assert_eq!(only["name"], "net1");
 }
 
 #[tokio::test]
