@@ -408,6 +408,15 @@ pub fn insert_port_from(
     if let Some(f) = extra {
         f(&mut p);
     }
+    if m.get("extra_dhcp_opts")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Err(ApiError::bad_request(
+            "Invalid input for extra_dhcp_opts. Reason: extra DHCP options are not supported \
+             by this cloud.",
+        ));
+    }
     p.fixed_ips = allocate_ips(conn, &net, m.get("fixed_ips"), &p.device_owner)?;
     p.allowed_address_pairs = parse_pairs(m, &p.mac_address)?.unwrap_or_default();
     let groups = parse_groups(conn, cx, m)?;

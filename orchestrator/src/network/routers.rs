@@ -417,3 +417,41 @@ pub fn remove_interface(
     tx.commit()?;
     Ok(interface_answer(&r, &port))
 }
+
+/// `add_extraroutes` / `remove_extraroutes` (Neutron's `extraroute-atomic`):
+/// adds or removes the body's `{"router": {"routes": [...]}}` to or from
+/// the router's routes, atomically; answers the router.
+pub fn change_extraroutes(
+    conn: &Connection,
+    cx: &Cx<'_>,
+    id: &str,
+    body: &Value,
+    add: bool,
+) -> ApiResult<Router> {
+    let mut r = visible_router(conn, cx.auth, id)?;
+    require_write(cx, &r.std.project_id, "update_router")?;
+    let routes = body
+        .get("router")
+        .and_then(|b| b.get("routes"))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "Bad router request: the body must be {\"router\": {\"routes\": [...]}}",
+            )
+        })?;
+    let tx = conn.unchecked_transaction()?;
+    let asked = parse_routes(&tx, &r, routes)?;
+    if add {
+        for rt in asked {
+            if !r.routes.contains(&rt) {
+                r.routes.push(rt);
+            }
+        }
+    } else {
+        r.routes.retain(|rt| !asked.contains(rt));
+    }
+    r.std.updated_at = now_iso();
+    r.std.revision += 1;
+    store::save_router(&tx, &r)?;
+    tx.commit()?;
+    Ok(r)
+}

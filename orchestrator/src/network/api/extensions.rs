@@ -12,6 +12,7 @@ pub const EXTENSIONS: &[(&str, &str)] = &[
     ("external-net", "Neutron external network"),
     ("router", "Neutron L3 Router"),
     ("extraroute", "Neutron Extra Route"),
+    ("extraroute-atomic", "Atomically add/remove extra routes"),
     (
         "ext-gw-mode",
         "Neutron L3 Configurable external gateway mode",

@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::common::*;
 use crate::http::error::{ApiError, ApiResult};
@@ -70,7 +70,8 @@ pub(crate) async fn delete_router(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `PUT /routers/{id}/add_router_interface` and `remove_router_interface`.
+/// `PUT /routers/{id}/add_router_interface`, `remove_router_interface`,
+/// `add_extraroutes` and `remove_extraroutes`.
 pub(crate) async fn router_interface(
     State(st): State<AppState>,
     ProjectAuth(ctx): ProjectAuth,
@@ -84,6 +85,12 @@ pub(crate) async fn router_interface(
         ));
     }
     let v = match action.as_str() {
+        "add_extraroutes" | "remove_extraroutes" => {
+            let add = action == "add_extraroutes";
+            let conn = st.db.lock();
+            let r = l3::change_extraroutes(&conn, &cx(&st, &ctx), &id, &body, add)?;
+            json!({ "router": l3::router_json(&conn, &r)? })
+        }
         "add_router_interface" => l3::add_interface(&st.db.lock(), &cx(&st, &ctx), &id, &body)?,
         "remove_router_interface" => {
             l3::remove_interface(&st.db.lock(), &cx(&st, &ctx), &id, &body)?

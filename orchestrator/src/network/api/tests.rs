@@ -947,3 +947,57 @@ async fn router_interface_and_reader_refusals() {
     assert_eq!(r.status, 404);
     assert_eq!(msg(&r), "Router nope could not be found.");
 }
+
+#[tokio::test]
+async fn extra_routes_need_a_connected_next_hop() {
+    let s = start().await;
+    let n = network(&s, &s.alice, json!({ "name": "n" })).await;
+    let sub = subnet(
+        &s,
+        &s.alice,
+        json!({ "network_id": n["id"], "ip_version": 4, "cidr": "10.7.0.0/24" }),
+    )
+    .await;
+    let r = s
+        .post(
+            "/v2.0/routers",
+            &s.alice,
+            json!({ "router": { "name": "r" } }),
+        )
+        .await;
+    let rid = r.json()["router"]["id"].as_str().unwrap().to_string();
+    let route = json!({ "router": { "routes": [
+        { "destination": "10.99.0.0/16", "nexthop": "10.7.0.254" } ] } });
+    let add = format!("/v2.0/routers/{rid}/add_extraroutes");
+    let r = s.put(&add, &s.alice, route.clone()).await;
+    assert_eq!(r.status, 400, "not connected yet");
+    assert!(msg(&r).contains("the nexthop is not connected with router"));
+    let r = s
+        .put(
+            &format!("/v2.0/routers/{rid}/add_router_interface"),
+            &s.alice,
+            json!({ "subnet_id": sub["id"] }),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = s.put(&add, &s.alice, route.clone()).await;
+    assert_eq!(r.status, 200, "{}", msg(&r));
+    assert_eq!(r.json()["router"]["routes"].as_array().unwrap().len(), 1);
+    let plan = s.net.last_plan().unwrap();
+    assert_eq!(plan.routers[0].routes.len(), 1);
+    let r = s
+        .put(
+            &format!("/v2.0/routers/{rid}/remove_extraroutes"),
+            &s.alice,
+            route,
+        )
+        .await;
+    assert_eq!(r.json()["router"]["routes"], json!([]));
+    let r = port(
+        &s,
+        &s.alice,
+        json!({ "network_id": n["id"], "extra_dhcp_opts": [{ "opt_name": "mtu", "opt_value": "1" }] }),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+}
