@@ -29,6 +29,8 @@ pub(crate) struct Server {
     pub dir: tempfile::TempDir,
     /// Its compute host's VMMs.
     pub vmm: Arc<FakeVmmHost>,
+    /// Its network host.
+    pub net: Arc<crate::host::net::fake::FakeNetHost>,
     /// The service prefix [`Server::call`] puts before paths (`/image`).
     pub prefix: &'static str,
     /// The admin's token (admin project).
@@ -108,17 +110,32 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         quotas: Default::default(),
         admin_password: None,
         vmm_uid_base: None,
+        network: crate::config::NetworkConfig {
+            vlan_ranges: vec![crate::config::VlanRange {
+                physnet: "physnet1".into(),
+                range: Some((100, 199)),
+            }],
+            ..Default::default()
+        },
     });
     let images = Arc::new(ImageStore::new(dir.path().join("images"), max_image_size).unwrap());
     let vmm = Arc::new(FakeVmmHost::default());
     let compute =
         crate::compute::Compute::new(db.clone(), cfg.clone(), vmm.clone(), images.clone());
     tokio::spawn(crate::compute::lifecycle::power_sync(Arc::clone(&compute)));
+    let net = Arc::new(crate::host::net::fake::FakeNetHost::default());
+    let network = crate::network::NetworkService::new(
+        db.clone(),
+        cfg.clone(),
+        net.clone(),
+        crate::compute::host_name(),
+    );
     let state = AppState {
         db: db.clone(),
         cfg,
         images,
         compute,
+        network,
     };
     let app = crate::http::router::router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -129,6 +146,7 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         db,
         dir,
         vmm,
+        net,
         prefix,
         admin,
         admin_project,
@@ -178,5 +196,22 @@ impl Server {
             body.to_string().as_bytes(),
         )
         .await
+    }
+
+    /// `PUT` with a JSON body.
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.call(
+            "PUT",
+            path,
+            token,
+            Some("application/json"),
+            body.to_string().as_bytes(),
+        )
+        .await
+    }
+
+    /// `DELETE`.
+    pub async fn delete(&self, path: &str, token: &str) -> Resp {
+        self.call("DELETE", path, token, None, b"").await
     }
 }

@@ -37,6 +37,20 @@ pub struct QuotaDefaults {
     pub cores: i64,
     /// MiB of RAM per project.
     pub ram: i64,
+    /// Networks per project (Neutron's `quota_network`, 100).
+    pub network: i64,
+    /// Subnets per project (100).
+    pub subnet: i64,
+    /// Ports per project (500).
+    pub port: i64,
+    /// Routers per project (10).
+    pub router: i64,
+    /// Floating IPs per project (50).
+    pub floatingip: i64,
+    /// Security groups per project (10).
+    pub security_group: i64,
+    /// Security group rules per project (100).
+    pub security_group_rule: i64,
 }
 
 impl Default for QuotaDefaults {
@@ -45,6 +59,13 @@ impl Default for QuotaDefaults {
             instances: 10,
             cores: 20,
             ram: 51200,
+            network: 100,
+            subnet: 100,
+            port: 500,
+            router: 10,
+            floatingip: 50,
+            security_group: 10,
+            security_group_rule: 100,
         }
     }
 }
@@ -84,4 +105,69 @@ pub struct Config {
     /// agent's default ([`crate::host::vmm::DEFAULT_VMM_UID_BASE`] for a root
     /// daemon, the daemon's own user otherwise).
     pub vmm_uid_base: Option<u32>,
+    /// The Networking service's segments and this host's network side.
+    pub network: NetworkConfig,
+}
+
+/// What type a project network gets (Neutron's `tenant_network_types`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TenantNetworkType {
+    /// VXLAN with a VNI from `vni_ranges`.
+    #[default]
+    Vxlan,
+    /// VLAN with an id from `network_vlan_ranges`.
+    Vlan,
+}
+
+/// A physical network and, if tenant networks may use it, its VLAN range
+/// (Neutron's `network_vlan_ranges = physnet1:100:199`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VlanRange {
+    /// The physical network.
+    pub physnet: String,
+    /// First and last VLAN id for tenant networks, if any.
+    pub range: Option<(u16, u16)>,
+}
+
+/// The Networking service's configuration (Neutron's ML2 and linuxbridge
+/// agent options).
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// The type of a project network.
+    pub tenant_network_type: TenantNetworkType,
+    /// VNIs for tenant VXLAN networks (`vni_ranges`, default 1000:1999).
+    pub vni_range: (u32, u32),
+    /// Physical networks usable for VLANs (`network_vlan_ranges`).
+    pub vlan_ranges: Vec<VlanRange>,
+    /// Physical network → host interface (`physical_interface_mappings`).
+    pub physical_interface_mappings: Vec<(String, String)>,
+    /// This host's VXLAN underlay address (`local_ip`).
+    pub vxlan_local_ip: Option<std::net::Ipv4Addr>,
+    /// The other hosts' VTEPs.
+    pub vxlan_peers: Vec<std::net::Ipv4Addr>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            tenant_network_type: TenantNetworkType::Vxlan,
+            vni_range: (1000, 1999),
+            vlan_ranges: Vec::new(),
+            physical_interface_mappings: Vec::new(),
+            vxlan_local_ip: None,
+            vxlan_peers: Vec::new(),
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// Whether `physnet` is a physical network this daemon knows (in
+    /// `network_vlan_ranges` or `physical_interface_mappings`).
+    pub fn knows_physnet(&self, physnet: &str) -> bool {
+        self.vlan_ranges.iter().any(|r| r.physnet == physnet)
+            || self
+                .physical_interface_mappings
+                .iter()
+                .any(|(p, _)| p == physnet)
+    }
 }

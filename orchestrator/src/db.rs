@@ -103,12 +103,76 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (flavor_id, project_id));
     CREATE INDEX flavor_projects_project ON flavor_projects(project_id);
     "#,
-    // PLACEHOLDER: migration 4 comes from the h-api branch (the networks,
-    // subnets and ports); only the table migration 5's service reads is here.
+    // 4: networking (Neutron): networks and their segments, subnets, ports
+    // with their fixed IPs, security group bindings (the groups come in
+    // migration 5: no foreign key) and allowed address pairs, routers and
+    // their routes, floating IPs.
     r#"
+    CREATE TABLE networks (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', description TEXT NOT NULL DEFAULT '',
+        project_id TEXT NOT NULL, admin_state_up INTEGER NOT NULL DEFAULT 1,
+        shared INTEGER NOT NULL DEFAULT 0, external INTEGER NOT NULL DEFAULT 0,
+        port_security INTEGER NOT NULL DEFAULT 1, mtu INTEGER NOT NULL,
+        network_type TEXT NOT NULL, physnet TEXT, segmentation_id INTEGER,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, revision INTEGER NOT NULL DEFAULT 1);
+    CREATE INDEX networks_project ON networks(project_id);
+    CREATE TABLE segment_allocations (
+        network_type TEXT NOT NULL, physnet TEXT NOT NULL, segmentation_id INTEGER NOT NULL,
+        network_id TEXT NOT NULL REFERENCES networks(id) ON DELETE CASCADE,
+        PRIMARY KEY (network_type, physnet, segmentation_id));
+    CREATE TABLE subnets (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', description TEXT NOT NULL DEFAULT '',
+        project_id TEXT NOT NULL,
+        network_id TEXT NOT NULL REFERENCES networks(id) ON DELETE CASCADE,
+        cidr TEXT NOT NULL, gateway_ip TEXT, enable_dhcp INTEGER NOT NULL DEFAULT 1,
+        allocation_pools TEXT NOT NULL DEFAULT '[]', dns_nameservers TEXT NOT NULL DEFAULT '[]',
+        host_routes TEXT NOT NULL DEFAULT '[]',
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, revision INTEGER NOT NULL DEFAULT 1);
+    CREATE INDEX subnets_network ON subnets(network_id);
+    CREATE TABLE ports (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', description TEXT NOT NULL DEFAULT '',
+        project_id TEXT NOT NULL,
+        network_id TEXT NOT NULL REFERENCES networks(id) ON DELETE CASCADE,
+        mac_address TEXT NOT NULL, admin_state_up INTEGER NOT NULL DEFAULT 1,
+        status TEXT NOT NULL DEFAULT 'DOWN', device_id TEXT NOT NULL DEFAULT '',
+        device_owner TEXT NOT NULL DEFAULT '', port_security INTEGER NOT NULL DEFAULT 1,
+        host_id TEXT NOT NULL DEFAULT '', dns_name TEXT NOT NULL DEFAULT '',
+        created_by_server INTEGER NOT NULL DEFAULT 0, nic_index INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, revision INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (network_id, mac_address));
+    CREATE INDEX ports_network ON ports(network_id);
+    CREATE INDEX ports_device ON ports(device_id);
+    CREATE TABLE port_fixed_ips (
+        port_id TEXT NOT NULL REFERENCES ports(id) ON DELETE CASCADE,
+        subnet_id TEXT NOT NULL REFERENCES subnets(id) ON DELETE CASCADE,
+        ip_address TEXT NOT NULL, position INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (subnet_id, ip_address));
+    CREATE INDEX port_fixed_ips_port ON port_fixed_ips(port_id);
     CREATE TABLE port_security_groups (
-        port_id TEXT NOT NULL, security_group_id TEXT NOT NULL,
+        port_id TEXT NOT NULL REFERENCES ports(id) ON DELETE CASCADE,
+        security_group_id TEXT NOT NULL,
         PRIMARY KEY (port_id, security_group_id));
+    CREATE INDEX port_security_groups_group ON port_security_groups(security_group_id);
+    CREATE TABLE port_allowed_address_pairs (
+        port_id TEXT NOT NULL REFERENCES ports(id) ON DELETE CASCADE,
+        ip_address TEXT NOT NULL, mac_address TEXT NOT NULL,
+        PRIMARY KEY (port_id, ip_address, mac_address));
+    CREATE TABLE routers (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', description TEXT NOT NULL DEFAULT '',
+        project_id TEXT NOT NULL, admin_state_up INTEGER NOT NULL DEFAULT 1,
+        gw_network_id TEXT REFERENCES networks(id), gw_port_id TEXT,
+        enable_snat INTEGER NOT NULL DEFAULT 1,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, revision INTEGER NOT NULL DEFAULT 1);
+    CREATE TABLE router_routes (
+        router_id TEXT NOT NULL REFERENCES routers(id) ON DELETE CASCADE,
+        destination TEXT NOT NULL, nexthop TEXT NOT NULL,
+        PRIMARY KEY (router_id, destination, nexthop));
+    CREATE TABLE floating_ips (
+        id TEXT PRIMARY KEY, description TEXT NOT NULL DEFAULT '', project_id TEXT NOT NULL,
+        floating_network_id TEXT NOT NULL REFERENCES networks(id),
+        floating_ip_address TEXT NOT NULL, floating_port_id TEXT NOT NULL,
+        port_id TEXT, fixed_ip_address TEXT, router_id TEXT,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, revision INTEGER NOT NULL DEFAULT 1);
     "#,
     // 5: security groups and their rules. At most one default group per
     // project (the partial unique index), however many requests race to

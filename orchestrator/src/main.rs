@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use orchestrator::config::{Config, Overcommit, QuotaDefaults};
+use orchestrator::config::{
+    Config, NetworkConfig, Overcommit, QuotaDefaults, TenantNetworkType, VlanRange,
+};
 
 #[derive(Parser)]
 #[command(
@@ -84,6 +86,108 @@ struct ServeArgs {
     /// the daemon's user).
     #[arg(long)]
     vmm_uid_base: Option<u32>,
+    /// The type of project networks: vxlan or vlan (Neutron's
+    /// tenant_network_types).
+    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "vlan"])]
+    tenant_network_type: String,
+    /// VNIs for project VXLAN networks, MIN:MAX.
+    #[arg(long, default_value = "1000:1999")]
+    vni_ranges: String,
+    /// A physical network usable for VLANs, with the range project networks
+    /// may take: PHYSNET[:MIN:MAX] (repeatable).
+    #[arg(long)]
+    network_vlan_ranges: Vec<String>,
+    /// Physical network to host interface, PHYSNET:IFACE (repeatable).
+    #[arg(long)]
+    physical_interface_mappings: Vec<String>,
+    /// This host's VXLAN underlay address.
+    #[arg(long)]
+    vxlan_local_ip: Option<std::net::Ipv4Addr>,
+    /// Another host's VXLAN underlay address (repeatable).
+    #[arg(long)]
+    vxlan_peer: Vec<std::net::Ipv4Addr>,
+    /// Default per-project quota: networks.
+    #[arg(long, default_value_t = 100)]
+    quota_network: i64,
+    /// Default per-project quota: subnets.
+    #[arg(long, default_value_t = 100)]
+    quota_subnet: i64,
+    /// Default per-project quota: ports.
+    #[arg(long, default_value_t = 500)]
+    quota_port: i64,
+    /// Default per-project quota: routers.
+    #[arg(long, default_value_t = 10)]
+    quota_router: i64,
+    /// Default per-project quota: floating IPs.
+    #[arg(long, default_value_t = 50)]
+    quota_floatingip: i64,
+    /// Default per-project quota: security groups.
+    #[arg(long, default_value_t = 10)]
+    quota_security_group: i64,
+    /// Default per-project quota: security group rules.
+    #[arg(long, default_value_t = 100)]
+    quota_security_group_rule: i64,
+}
+
+/// Parses `MIN:MAX` with `lo <= MIN <= MAX <= hi`.
+fn parse_range(what: &str, s: &str, lo: u32, hi: u32) -> anyhow::Result<(u32, u32)> {
+    let (a, b) = s
+        .split_once(':')
+        .with_context(|| format!("{what} '{s}': expected MIN:MAX"))?;
+    let (a, b): (u32, u32) = (
+        a.parse().with_context(|| format!("{what} '{s}'"))?,
+        b.parse().with_context(|| format!("{what} '{s}'"))?,
+    );
+    anyhow::ensure!(
+        lo <= a && a <= b && b <= hi,
+        "{what} '{s}': expected {lo} <= MIN <= MAX <= {hi}"
+    );
+    Ok((a, b))
+}
+
+/// The network part of the configuration from the flags.
+fn network_config(a: &ServeArgs) -> anyhow::Result<NetworkConfig> {
+    let mut vlan_ranges = Vec::new();
+    for r in &a.network_vlan_ranges {
+        let (physnet, range) = match r.split_once(':') {
+            None => (r.clone(), None),
+            Some((p, rest)) => {
+                let (lo, hi) = parse_range("--network-vlan-ranges", rest, 1, 4094)?;
+                (p.to_string(), Some((lo as u16, hi as u16)))
+            }
+        };
+        anyhow::ensure!(
+            !physnet.is_empty(),
+            "--network-vlan-ranges '{r}': no physical network"
+        );
+        vlan_ranges.push(VlanRange { physnet, range });
+    }
+    let mut mappings = Vec::new();
+    for m in &a.physical_interface_mappings {
+        let (p, i) = m
+            .split_once(':')
+            .filter(|(p, i)| !p.is_empty() && !i.is_empty() && i.len() <= 15)
+            .with_context(|| {
+                format!("--physical-interface-mappings '{m}': expected PHYSNET:IFACE")
+            })?;
+        mappings.push((p.to_string(), i.to_string()));
+    }
+    anyhow::ensure!(
+        a.tenant_network_type != "vlan" || vlan_ranges.iter().any(|r| r.range.is_some()),
+        "--tenant-network-type vlan needs a --network-vlan-ranges PHYSNET:MIN:MAX for project networks"
+    );
+    Ok(NetworkConfig {
+        tenant_network_type: if a.tenant_network_type == "vlan" {
+            TenantNetworkType::Vlan
+        } else {
+            TenantNetworkType::Vxlan
+        },
+        vni_range: parse_range("--vni-ranges", &a.vni_ranges, 1, 16_777_215)?,
+        vlan_ranges,
+        physical_interface_mappings: mappings,
+        vxlan_local_ip: a.vxlan_local_ip,
+        vxlan_peers: a.vxlan_peer.clone(),
+    })
 }
 
 fn default_vmm() -> PathBuf {
@@ -117,6 +221,7 @@ fn main() -> anyhow::Result<()> {
                     anyhow::bail!("--{name}-allocation-ratio must be a positive number");
                 }
             }
+            let network = network_config(&a)?;
             let cfg = Config {
                 state_dir: a.state_dir,
                 listen: a.listen,
@@ -137,12 +242,20 @@ fn main() -> anyhow::Result<()> {
                     instances: a.quota_instances,
                     cores: a.quota_cores,
                     ram: a.quota_ram,
+                    network: a.quota_network,
+                    subnet: a.quota_subnet,
+                    port: a.quota_port,
+                    router: a.quota_router,
+                    floatingip: a.quota_floatingip,
+                    security_group: a.quota_security_group,
+                    security_group_rule: a.quota_security_group_rule,
                 },
                 shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
                 admin_password: std::env::var("NUBO_ADMIN_PASSWORD")
                     .ok()
                     .filter(|p| !p.is_empty()),
                 vmm_uid_base: a.vmm_uid_base,
+                network,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -64,11 +64,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     lifecycle::reconcile(Arc::clone(&compute)).await;
     tokio::spawn(lifecycle::power_sync(Arc::clone(&compute)));
+    // TODO(integrator): the real agent (host/net/agent.rs) replaces the fake.
+    let network = crate::network::NetworkService::new(
+        db.clone(),
+        Arc::clone(&cfg_arc),
+        Arc::new(crate::host::net::fake::FakeNetHost::default()),
+        crate::compute::host_name(),
+    );
+    network.sync_logged().await;
     let state = AppState {
         db,
         cfg: cfg_arc,
         images,
         compute,
+        network,
     };
     let app = http::router::router(state);
     let app = axum::middleware::map_request(|r| async { http::strip_trailing_slash(r) }).layer(app);

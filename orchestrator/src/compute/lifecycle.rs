@@ -421,6 +421,8 @@ pub async fn delete(c: Arc<Compute>, id: String) {
         c2.vmm.remove_instance(&sid).map_err(|e| e.to_string())?;
         let conn = c2.db.lock();
         placement::release(&conn, &sid).map_err(|e| e.to_string())?;
+        // Its ports: the created ones go, the given ones are unbound.
+        crate::network::service::release_server_ports(&conn, &sid).map_err(|e| e.message)?;
         super::store::delete_server(&conn, &sid).map_err(|e| e.to_string())?;
         super::store::forget_actions(&conn, &sid).map_err(|e| e.to_string())?;
         Ok(())

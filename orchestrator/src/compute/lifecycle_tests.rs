@@ -38,6 +38,7 @@ fn compute(dir: &std::path::Path, db: Db) -> Arc<Compute> {
         quotas: Default::default(),
         admin_password: None,
         vmm_uid_base: None,
+        network: Default::default(),
     });
     let images = Arc::new(ImageStore::new(dir.join("images"), 1 << 20).expect("store"));
     let vmm = Arc::new(crate::host::vmm::fake::FakeVmmHost::default());

@@ -138,7 +138,13 @@ impl Server {
     /// Nova's server document (microversion 2.1 shape), ready to serialize;
     /// admin-only fields when `admin`. `host_id` is [`Server::host_id`] of
     /// the server's project (callers listing many servers compute it once).
-    pub fn view<'a>(&'a self, base: &'a str, admin: bool, host_id: &'a str) -> ServerView<'a> {
+    pub fn view<'a>(
+        &'a self,
+        base: &'a str,
+        admin: bool,
+        host_id: &'a str,
+        addresses: Value,
+    ) -> ServerView<'a> {
         let metadata = serde_json::value::RawValue::from_string(self.metadata.clone())
             .unwrap_or_else(|_| empty_object());
         let fault = self.fault.as_deref().and_then(|f| fault_view(f, admin));
@@ -167,7 +173,7 @@ impl Server {
             },
             created: &self.created_at,
             updated: &self.updated_at,
-            addresses: EmptyObject {},
+            addresses,
             access_ipv4: "",
             access_ipv6: "",
             links: [
@@ -203,10 +209,11 @@ impl Server {
         }
     }
 
-    /// [`Server::view`] as a JSON value.
-    pub fn to_json(&self, base: &str, admin: bool) -> Value {
+    /// [`Server::view`] as a JSON value (`addresses` from the Networking
+    /// service).
+    pub fn to_json(&self, base: &str, admin: bool, addresses: Value) -> Value {
         let host_id = Server::host_id(&self.project_id);
-        serde_json::to_value(self.view(base, admin, &host_id)).unwrap_or(Value::Null)
+        serde_json::to_value(self.view(base, admin, &host_id, addresses)).unwrap_or(Value::Null)
     }
 }
 
@@ -328,7 +335,7 @@ pub struct ServerView<'a> {
     flavor: RefView<'a>,
     created: &'a str,
     updated: &'a str,
-    addresses: EmptyObject,
+    addresses: Value,
     #[serde(rename = "accessIPv4")]
     access_ipv4: &'static str,
     #[serde(rename = "accessIPv6")]

@@ -36,6 +36,8 @@ pub struct AppState {
     pub images: Arc<ImageStore>,
     /// The compute service.
     pub compute: Arc<Compute>,
+    /// The Networking service.
+    pub network: Arc<crate::network::NetworkService>,
 }
 
 /// The request's id (`x-openstack-request-id`), for handlers that record it.

@@ -105,5 +105,12 @@ pub fn check_project_unused(conn: &Connection, id: &str) -> ApiResult<()> {
             "project {id} still has {servers} server(s); delete them first"
         )));
     }
+    let network = crate::network::service::resources_in_project(conn, id)?;
+    if network > 0 {
+        return Err(ApiError::conflict(format!(
+            "project {id} still has {network} network resource(s) (networks, subnets, ports, \
+             routers, floating IPs); delete them first"
+        )));
+    }
     Ok(())
 }

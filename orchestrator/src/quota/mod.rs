@@ -10,15 +10,34 @@ use rusqlite::Connection;
 
 use crate::config::QuotaDefaults;
 
-/// The resources with limits.
+/// The resources with limits (compute's).
 pub const RESOURCES: [&str; 3] = ["instances", "cores", "ram"];
 
-/// The daemon's default limit for `resource`.
+/// The Networking service's resources with limits (Neutron's names).
+pub const NETWORK_RESOURCES: [&str; 7] = [
+    "network",
+    "subnet",
+    "port",
+    "router",
+    "floatingip",
+    "security_group",
+    "security_group_rule",
+];
+
+/// The daemon's default limit for `resource` (unknown: unlimited).
 pub fn default_limit(defaults: &QuotaDefaults, resource: &str) -> i64 {
     match resource {
         "instances" => defaults.instances,
         "cores" => defaults.cores,
-        _ => defaults.ram,
+        "ram" => defaults.ram,
+        "network" => defaults.network,
+        "subnet" => defaults.subnet,
+        "port" => defaults.port,
+        "router" => defaults.router,
+        "floatingip" => defaults.floatingip,
+        "security_group" => defaults.security_group,
+        "security_group_rule" => defaults.security_group_rule,
+        _ => -1,
     }
 }
 

@@ -6,6 +6,7 @@ pub mod flavor_access;
 pub mod flavors;
 pub mod hosts;
 pub mod instance_actions;
+pub mod interfaces;
 pub mod quotas;
 pub mod server_actions;
 pub mod servers;
@@ -50,6 +51,7 @@ pub fn router() -> Router<AppState> {
             get(show_quota_defaults),
         )
         .merge(hosts::router())
+        .merge(interfaces::router())
         .merge(flavor_access::router())
         .merge(instance_actions::router())
         .layer(axum::middleware::map_response(version_headers))

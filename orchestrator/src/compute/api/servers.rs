@@ -18,6 +18,7 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{BaseUrl, JsonBody, ProjectAuth};
 use crate::http::{AppState, RequestId};
 use crate::identity::AuthContext;
+use crate::network::service::{NicRequest, NicsAsked};
 
 pub(crate) async fn show_server(
     State(st): State<AppState>,
@@ -27,7 +28,10 @@ pub(crate) async fn show_server(
 ) -> ApiResult<Json<Value>> {
     let conn = st.db.lock();
     let s = visible_server(&conn, &ctx, &id)?;
-    Ok(Json(json!({ "server": s.to_json(&base, ctx.is_admin()) })))
+    let addresses = crate::network::service::server_addresses(&conn, &s.id)?;
+    Ok(Json(
+        json!({ "server": s.to_json(&base, ctx.is_admin(), addresses) }),
+    ))
 }
 
 /// Nova's server sort keys this store can sort by, with their columns.
@@ -163,9 +167,17 @@ pub(crate) async fn list_servers(
             .or_insert_with(|| Server::host_id(&s.project_id));
     }
     let body = if detail {
+        let addresses = {
+            let conn = st.db.lock();
+            servers
+                .iter()
+                .map(|s| crate::network::service::server_addresses(&conn, &s.id))
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        };
         let views: Vec<_> = servers
             .iter()
-            .map(|s| s.view(base, admin, &host_ids[s.project_id.as_str()]))
+            .zip(addresses)
+            .map(|(s, a)| s.view(base, admin, &host_ids[s.project_id.as_str()], a))
             .collect();
         serde_json::to_vec(&ServersPage { servers: views, servers_links: next })
     } else {
@@ -301,10 +313,67 @@ pub(crate) fn count_field(name: &str, v: &Option<Value>) -> ApiResult<i64> {
 /// Most servers one request may create.
 const MAX_COUNT: i64 = 50;
 
+/// Nova's `networks`: `"none"`, `"auto"`, `[]`, or a list of
+/// `{uuid[, fixed_ip]}` / `{port}` (400 on anything else).
+fn nics_asked(v: &Option<Value>) -> ApiResult<NicsAsked> {
+    let bad = |what: &str| {
+        ApiError::bad_request(format!(
+            "Invalid input for field/attribute networks. {what}"
+        ))
+    };
+    match v {
+        None | Some(Value::Null) => Ok(NicsAsked::Unspecified),
+        Some(Value::String(s)) if s == "none" => Ok(NicsAsked::None),
+        Some(Value::String(s)) if s == "auto" => Ok(NicsAsked::Auto),
+        Some(Value::Array(a)) if a.is_empty() => Ok(NicsAsked::None),
+        Some(Value::Array(a)) => {
+            let mut out = Vec::new();
+            for n in a {
+                let Some(o) = n.as_object() else {
+                    return Err(bad(&format!("Value: {n}. {n} is not of type 'object'")));
+                };
+                if let Some(k) = o
+                    .keys()
+                    .find(|k| !["uuid", "fixed_ip", "port", "tag"].contains(&k.as_str()))
+                {
+                    return Err(bad(&format!(
+                        "Additional properties are not allowed ('{k}' was unexpected)"
+                    )));
+                }
+                let s = |k: &str| o.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+                let fixed_ip = match s("fixed_ip") {
+                    Some(ip) => Some(
+                        ip.parse()
+                            .map_err(|_| bad(&format!("Value: {ip}. '{ip}' is not a 'ipv4'")))?,
+                    ),
+                    None => None,
+                };
+                match (s("port"), s("uuid")) {
+                    (Some(p), _) => out.push(NicRequest::Port(p.to_string())),
+                    (None, Some(u)) => out.push(NicRequest::Network {
+                        id: u.to_string(),
+                        fixed_ip,
+                    }),
+                    (None, None) => {
+                        return Err(ApiError::bad_request(
+                            "Bad networks format: network uuid is not in proper format",
+                        ))
+                    }
+                }
+            }
+            Ok(NicsAsked::List(out))
+        }
+        Some(v) => Err(bad(&format!(
+            "Value: {v}. {v} is not valid under any of the given schemas"
+        ))),
+    }
+}
+
 /// A create request, checked: everything the quota check, the insert and
 /// the builds need.
 struct CreateRequest {
     name: String,
+    nics: NicsAsked,
     min_count: i64,
     max_count: i64,
     image_id: String,
@@ -316,16 +385,7 @@ struct CreateRequest {
 /// implemented; fields nubo ignores are logged).
 fn validate(f: &CreateFields) -> ApiResult<CreateRequest> {
     let name = checked_name("server", &f.name)?;
-    match &f.networks {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s == "none" || s == "auto" => {}
-        Some(Value::Array(a)) if a.is_empty() => {}
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "networking is not available yet: create the server without networks (networks: [] or \"none\")",
-            ))
-        }
-    }
+    let nics = nics_asked(&f.networks)?;
     for (what, v) in [
         ("key_name", &f.key_name),
         ("user_data", &f.user_data),
@@ -347,7 +407,9 @@ fn validate(f: &CreateFields) -> ApiResult<CreateRequest> {
         }
     }
     if f.security_groups.is_some() {
-        tracing::debug!("security groups are ignored without networking");
+        tracing::debug!(
+            "server security groups are not applied: new ports get the project's default group"
+        );
     }
     let min_count = count_field("min_count", &f.min_count)?;
     let max_count = match &f.max_count {
@@ -374,6 +436,7 @@ fn validate(f: &CreateFields) -> ApiResult<CreateRequest> {
         .map_err(ApiError::internal)?;
     Ok(CreateRequest {
         name,
+        nics,
         min_count,
         max_count,
         image_id,
@@ -395,6 +458,7 @@ pub(crate) async fn create_server(
     let f = req.server;
     let CreateRequest {
         name,
+        nics,
         min_count,
         max_count,
         image_id,
@@ -410,6 +474,7 @@ pub(crate) async fn create_server(
         })?;
         let image = crate::image::service::bootable(&conn, &ctx, &image_id)?;
         service::check_flavor_fits_image(&flavor, &image)?;
+        let nics = crate::network::service::check_nics(&conn, &ctx, &nics, max_count)?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let count = service::quota_count(
             &tx,
@@ -427,9 +492,18 @@ pub(crate) async fn create_server(
             count,
         };
         let ids = service::insert_servers(&tx, &ctx, &requester(&ctx, &rid), &new)?;
+        let cx = crate::network::service::Cx {
+            auth: &ctx,
+            cfg: &st.cfg,
+            host: &st.network.host_name,
+        };
+        for (id, _) in &ids {
+            crate::network::service::create_server_ports(&tx, &cx, id, &ctx.project_id, &nics)?;
+        }
         tx.commit()?;
         ids
     };
+    st.network.sync_logged().await;
     service::spawn_builds(&st.compute, &ids, &image_id, &flavor_id);
     let first = &ids[0].0;
     let body = if f
@@ -469,7 +543,12 @@ pub(crate) async fn delete_server(
         store::mark_deleting(&conn, &id)?;
     }
     tracing::info!(server = %id, "server delete accepted");
-    tokio::spawn(lifecycle::delete(Arc::clone(&st.compute), id));
+    let (compute, network) = (Arc::clone(&st.compute), Arc::clone(&st.network));
+    tokio::spawn(async move {
+        lifecycle::delete(compute, id).await;
+        // The server's ports were released with its row: converge the host.
+        network.sync_logged().await;
+    });
     Ok(StatusCode::NO_CONTENT)
 }
 

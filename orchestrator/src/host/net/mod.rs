@@ -8,6 +8,7 @@
 //! the last plan in memory for the API tests.
 
 pub mod agent;
+pub mod fake;
 pub mod plan;
 
 use std::os::fd::OwnedFd;

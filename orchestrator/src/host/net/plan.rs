@@ -53,10 +53,6 @@ pub fn router_leg_name(port_id: &str, gateway: bool) -> String {
     format!("{prefix}{}", short(port_id))
 }
 
-/// The former name of [`Ipv4Net`] here: an alias, not a second type, kept
-/// only because the security groups service still spells it so. New code
-/// names [`Ipv4Net`]; delete this once no caller is left.
-pub type Ipv4Cidr = Ipv4Net;
 
 /// How a network's layer 2 leaves the host (Neutron's provider types).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -214,21 +214,6 @@ async fn start() -> Server {
 }
 
 impl Server {
-    async fn put(&self, path: &str, token: &str, body: Value) -> Resp {
-        self.call(
-            "PUT",
-            path,
-            token,
-            Some("application/json"),
-            body.to_string().as_bytes(),
-        )
-        .await
-    }
-
-    async fn delete(&self, path: &str, token: &str) -> Resp {
-        self.call("DELETE", path, token, None, b"").await
-    }
-
     /// The caller's groups (making its default group).
     async fn groups(&self, token: &str, query: &str) -> Vec<Value> {
         let r = self
@@ -789,12 +774,20 @@ async fn groups_in_use_stay_and_remote_rules_go_with_their_group() {
     let a = s.new_group(&s.alice, "a").await;
     let b = s.new_group(&s.alice, "b").await;
     let (a_id, b_id) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
-    s.db.lock()
-        .execute(
-            "INSERT INTO port_security_groups (port_id, security_group_id) VALUES ('p1', ?1)",
-            [a_id],
+    // A port in group a.
+    let net = s
+        .post("/v2.0/networks", &s.alice, json!({"network": {"name": "n"}}))
+        .await;
+    assert_eq!(net.status, 201, "{net}");
+    let net_id = net.json()["network"]["id"].as_str().unwrap().to_string();
+    let port = s
+        .post(
+            "/v2.0/ports",
+            &s.alice,
+            json!({"port": {"network_id": net_id, "security_groups": [a_id]}}),
         )
-        .unwrap();
+        .await;
+    assert_eq!(port.status, 201, "{port}");
     let r = s
         .delete(&format!("/v2.0/security-groups/{a_id}"), &s.alice)
         .await;
