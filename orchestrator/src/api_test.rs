@@ -120,9 +120,6 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
     });
     let images = Arc::new(ImageStore::new(dir.path().join("images"), max_image_size).unwrap());
     let vmm = Arc::new(FakeVmmHost::default());
-    let compute =
-        crate::compute::Compute::new(db.clone(), cfg.clone(), vmm.clone(), images.clone());
-    tokio::spawn(crate::compute::lifecycle::power_sync(Arc::clone(&compute)));
     let net = Arc::new(crate::host::net::fake::FakeNetHost::default());
     let network = crate::network::NetworkService::new(
         db.clone(),
@@ -130,6 +127,14 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         net.clone(),
         crate::compute::host_name(),
     );
+    let compute = crate::compute::Compute::new(
+        db.clone(),
+        cfg.clone(),
+        vmm.clone(),
+        images.clone(),
+        Arc::clone(&network),
+    );
+    tokio::spawn(crate::compute::lifecycle::power_sync(Arc::clone(&compute)));
     let state = AppState {
         db: db.clone(),
         cfg,

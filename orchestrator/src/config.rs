@@ -145,6 +145,11 @@ pub struct NetworkConfig {
     pub vxlan_local_ip: Option<std::net::Ipv4Addr>,
     /// The other hosts' VTEPs.
     pub vxlan_peers: Vec<std::net::Ipv4Addr>,
+    /// The one-host external network (`--external-network CIDR`): a flat
+    /// `router:external` network `public` on physnet `external`, whose
+    /// gateway is this host (the CIDR's first address, with masquerade out
+    /// of the host's default route), like libvirt's `virbr0`.
+    pub external_network: Option<netstack::Ipv4Net>,
 }
 
 impl Default for NetworkConfig {
@@ -156,6 +161,7 @@ impl Default for NetworkConfig {
             physical_interface_mappings: Vec::new(),
             vxlan_local_ip: None,
             vxlan_peers: Vec::new(),
+            external_network: None,
         }
     }
 }
@@ -165,6 +171,8 @@ impl NetworkConfig {
     /// `network_vlan_ranges` or `physical_interface_mappings`).
     pub fn knows_physnet(&self, physnet: &str) -> bool {
         self.vlan_ranges.iter().any(|r| r.physnet == physnet)
+            || (self.external_network.is_some()
+                && physnet == crate::host::net::agent::EXTERNAL_PHYSNET)
             || self
                 .physical_interface_mappings
                 .iter()

@@ -106,6 +106,12 @@ struct ServeArgs {
     /// Another host's VXLAN underlay address (repeatable).
     #[arg(long)]
     vxlan_peer: Vec<std::net::Ipv4Addr>,
+    /// Make this host the gateway of a flat external network `public` with
+    /// this CIDR (the host takes its first address and masquerades it out
+    /// of its default route): floating IPs then answer from this host. For
+    /// a single host or a lab; never on a host whose NAT you do not own.
+    #[arg(long)]
+    external_network: Option<netstack::Ipv4Net>,
     /// Default per-project quota: networks.
     #[arg(long, default_value_t = 100)]
     quota_network: i64,
@@ -187,6 +193,7 @@ fn network_config(a: &ServeArgs) -> anyhow::Result<NetworkConfig> {
         physical_interface_mappings: mappings,
         vxlan_local_ip: a.vxlan_local_ip,
         vxlan_peers: a.vxlan_peer.clone(),
+        external_network: a.external_network,
     })
 }
 

@@ -56,22 +56,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     reconcile_images(&db, &images, &agent);
     enable_ksm();
     let images = Arc::new(images);
+    let network = start_network(&db, &cfg_arc).await?;
     let compute = Compute::new(
         db.clone(),
         Arc::clone(&cfg_arc),
         Arc::new(agent),
         Arc::clone(&images),
+        Arc::clone(&network),
     );
     lifecycle::reconcile(Arc::clone(&compute)).await;
     tokio::spawn(lifecycle::power_sync(Arc::clone(&compute)));
-    // TODO(integrator): the real agent (host/net/agent.rs) replaces the fake.
-    let network = crate::network::NetworkService::new(
-        db.clone(),
-        Arc::clone(&cfg_arc),
-        Arc::new(crate::host::net::fake::FakeNetHost::default()),
-        crate::compute::host_name(),
-    );
-    network.sync_logged().await;
     let state = AppState {
         db,
         cfg: cfg_arc,
@@ -95,6 +89,51 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("serving the API")?;
     tracing::info!("nubo stopped; guests keep running");
     Ok(())
+}
+
+/// The Networking service over this host's agent: the external network
+/// (with `--external-network`), then the whole data plane rebuilt from the
+/// database (idempotent: after a restart nothing changes when the host
+/// still has it all), before any server starts.
+async fn start_network(
+    db: &Db,
+    cfg: &Arc<Config>,
+) -> anyhow::Result<Arc<crate::network::NetworkService>> {
+    use crate::host::net::agent::{NetAgent, NetAgentConfig};
+    let net = &cfg.network;
+    let external_gateway = net.external_network.map(|c| netstack::Ipv4Net {
+        addr: std::net::Ipv4Addr::from(u32::from(c.network()).wrapping_add(1)),
+        prefix_len: c.prefix_len,
+    });
+    let agent_cfg = NetAgentConfig {
+        physical_interface_mappings: net.physical_interface_mappings.iter().cloned().collect(),
+        vxlan_local_ip: net.vxlan_local_ip,
+        vxlan_peers: net.vxlan_peers.clone(),
+        external_gateway,
+    };
+    let agent = tokio::task::spawn_blocking(move || NetAgent::new(agent_cfg))
+        .await
+        .context("starting the network agent")?
+        .context("starting the network agent")?;
+    let host = crate::compute::host_name();
+    if let Some(cidr) = net.external_network {
+        crate::network::bootstrap::ensure_public_network(&db.lock(), cfg, host, cidr)
+            .map_err(|e| anyhow::anyhow!(e.message))
+            .context("creating the external network")?;
+    }
+    let network =
+        crate::network::NetworkService::new(db.clone(), Arc::clone(cfg), Arc::new(agent), host);
+    let start = std::time::Instant::now();
+    match network.sync().await {
+        Ok(report) => tracing::info!(
+            changes = report.changes,
+            ms = start.elapsed().as_millis() as u64,
+            "network reconcile done changes={}",
+            report.changes
+        ),
+        Err(e) => tracing::error!(error = %e.message, "network reconcile failed"),
+    }
+    Ok(network)
 }
 
 async fn shutdown_signal() {

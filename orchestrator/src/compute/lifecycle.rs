@@ -17,7 +17,7 @@ use crate::host::vmm::{AgentError, ExitInfo, VmmSpec};
 use crate::identity::AuthContext;
 use crate::placement::{self, ClaimError, Request};
 use crate::util::now_iso;
-use vmm_api::config::{DiskConfig, SerialConfig, VmConfig};
+use vmm_api::config::{DiskConfig, NetConfig, SerialConfig, VmConfig};
 
 #[cfg(test)]
 #[path = "lifecycle_tests.rs"]
@@ -208,7 +208,20 @@ fn record_start(c: &Compute, id: &str, how: Started) {
     }
 }
 
-/// Starts the server's VMM from its saved spec and waits until it runs.
+/// The server's ports in NIC order (what its VMM gets TAPs for).
+async fn server_ports(
+    c: &Arc<Compute>,
+    id: &str,
+) -> Result<Vec<crate::host::net::plan::PortPlan>, String> {
+    let db = c.db.clone();
+    let id = id.to_string();
+    blocking(move || crate::network::service::server_ports(&db.lock(), &id))
+        .await?
+        .map_err(|e| format!("the server's ports: {e}"))
+}
+
+/// Starts the server's VMM from its saved spec (its NICs from its ports
+/// now) and waits until it runs.
 async fn start_vmm(c: &Arc<Compute>, s: &Server, spec: Option<VmmSpec>) -> Result<Started, String> {
     let spec = match spec {
         Some(spec) => spec,
@@ -222,10 +235,40 @@ async fn start_vmm(c: &Arc<Compute>, s: &Server, spec: Option<VmmSpec>) -> Resul
             }
         }
     };
+    let mut spec = spec;
+    let ports = server_ports(c, &s.id).await?;
+    if !ports.is_empty() {
+        // The bridges and filters of the server's networks exist before its
+        // TAPs are opened in them.
+        c.network
+            .sync()
+            .await
+            .map_err(|e| format!("the server's networks: {}", e.message))?;
+    }
+    // NIC i is the TAP of port i, inherited at tap_fd(i).
+    spec.vm.nets = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| NetConfig {
+            tap: None,
+            fd: Some(crate::host::vmm::tap_fd(i)),
+            mac: Some(p.mac),
+        })
+        .collect();
     let vmm = Arc::clone(&c.vmm);
+    let net_host = Arc::clone(&c.network.host);
     let id = s.id.clone();
+    let port_ids: Vec<String> = ports.iter().map(|p| p.id.clone()).collect();
     let proc = blocking(move || -> Result<_, String> {
-        let p = vmm.spawn(&spec).map_err(|e| e.to_string())?;
+        let mut taps = Vec::with_capacity(ports.len());
+        for port in &ports {
+            taps.push(net_host.open_tap(port).map_err(|e| e.to_string())?);
+        }
+        let p = vmm
+            .spawn_with_taps(&spec, &taps)
+            .map_err(|e| e.to_string())?;
+        // The VMM holds the TAPs now; the daemon's copies go.
+        drop(taps);
         match vmm.wait_running(&spec.server_id, START_TIMEOUT) {
             Ok(()) => Ok(Some(p)),
             Err(AgentError::VmmExited {
@@ -239,6 +282,12 @@ async fn start_vmm(c: &Arc<Compute>, s: &Server, spec: Option<VmmSpec>) -> Resul
         }
     })
     .await??;
+    if !port_ids.is_empty() {
+        let conn = c.db.lock();
+        if let Err(e) = crate::network::service::set_port_status(&conn, &port_ids, "ACTIVE") {
+            tracing::warn!(server = %id, error = %e.message, "cannot mark the server's ports ACTIVE");
+        }
+    }
     match proc {
         Some(p) => {
             c.set_proc(&id, Some(p));

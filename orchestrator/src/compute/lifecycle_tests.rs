@@ -42,7 +42,13 @@ fn compute(dir: &std::path::Path, db: Db) -> Arc<Compute> {
     });
     let images = Arc::new(ImageStore::new(dir.join("images"), 1 << 20).expect("store"));
     let vmm = Arc::new(crate::host::vmm::fake::FakeVmmHost::default());
-    Compute::new(db, cfg, vmm, images)
+    let network = crate::network::NetworkService::new(
+        db.clone(),
+        Arc::clone(&cfg),
+        Arc::new(crate::host::net::fake::FakeNetHost::default()),
+        crate::compute::host_name(),
+    );
+    Compute::new(db, cfg, vmm, images, network)
 }
 
 fn image(conn: &Connection, id: &str, owner: &str, visibility: &str, fmt: &str, props: &str) {

@@ -44,6 +44,9 @@ pub struct Compute {
     pub vmm: Arc<dyn VmmHost>,
     /// Image files (boot disks' backing files, kernels, ramdisks).
     pub images: Arc<ImageStore>,
+    /// The Networking service: a server's ports, and the host's network
+    /// side that opens their TAPs.
+    pub network: Arc<crate::network::NetworkService>,
     /// The host's inventory (read at start).
     pub inventory: Inventory,
     /// Capacity after reservations and ratios.
@@ -77,6 +80,7 @@ impl Compute {
         cfg: Arc<Config>,
         vmm: Arc<dyn VmmHost>,
         images: Arc<ImageStore>,
+        network: Arc<crate::network::NetworkService>,
     ) -> Arc<Compute> {
         let inventory = Inventory::of_host(&cfg.state_dir);
         let capacity = placement::capacity(&inventory, &cfg.overcommit);
@@ -86,6 +90,7 @@ impl Compute {
             cfg,
             vmm,
             images,
+            network,
             inventory,
             capacity,
             procs: Mutex::new(HashMap::new()),

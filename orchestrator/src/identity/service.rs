@@ -43,6 +43,11 @@ pub fn project(conn: &Connection, id: &str) -> ApiResult<Project> {
         .ok_or_else(|| ApiError::not_found(format!("could not find project: {id}")))
 }
 
+/// The bootstrap `admin` project's id, if it exists and is enabled.
+pub fn admin_project_id(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    super::store::enabled_project_by_name(conn, "admin", super::DEFAULT_DOMAIN_ID)
+}
+
 /// Whether project `id` exists (other services ask here).
 pub fn project_exists(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
     Ok(!store::projects(conn, Projects::Id(id))?.is_empty())
@@ -110,6 +115,13 @@ pub fn check_project_unused(conn: &Connection, id: &str) -> ApiResult<()> {
         return Err(ApiError::conflict(format!(
             "project {id} still has {network} network resource(s) (networks, subnets, ports, \
              routers, floating IPs); delete them first"
+        )));
+    }
+    let groups = crate::network::security_groups::service::groups_in_project(conn, id)?;
+    if groups > 0 {
+        return Err(ApiError::conflict(format!(
+            "project {id} still has {groups} security group(s) besides its default one; \
+             delete them first"
         )));
     }
     Ok(())

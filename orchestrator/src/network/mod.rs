@@ -4,6 +4,7 @@
 //! [`crate::host::net`], told through a [`crate::host::net::NetPlan`].
 
 pub mod api;
+pub mod bootstrap;
 pub mod floating_ips;
 pub mod ipam;
 pub mod l3;
@@ -54,7 +55,7 @@ impl NetworkService {
     /// Converges the host to the database: computes the plan, applies it,
     /// then marks the router and DHCP ports bound here ACTIVE. One sync at a
     /// time.
-    pub async fn sync(&self) -> ApiResult<()> {
+    pub async fn sync(&self) -> ApiResult<crate::host::net::ApplyReport> {
         let _guard = self.sync_lock.lock().await;
         let (db, host) = (self.db.clone(), self.host_name.clone());
         let plan = tokio::task::spawn_blocking(move || plan::host_plan(&db.lock(), &host))
@@ -76,12 +77,9 @@ impl NetworkService {
             {
                 active.push(p.std.id);
             }
-            // TODO(integrator): a server's port becomes ACTIVE once its TAP
-            // is open and handed to the VMM: call
-            // `service::set_port_status(&conn, &[port_id], "ACTIVE")` there.
         }
         store::set_port_status(&conn, &active, "ACTIVE")?;
-        Ok(())
+        Ok(report)
     }
 
     /// [`Self::sync`], logging a failure instead of returning it: the

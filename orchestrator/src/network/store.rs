@@ -103,6 +103,16 @@ pub fn get_network(conn: &Connection, id: &str) -> rusqlite::Result<Option<Netwo
         .optional()
 }
 
+/// The id of the oldest network called `name`, if any.
+pub fn network_id_by_name(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT id FROM networks WHERE name = ?1 ORDER BY created_at, id LIMIT 1",
+        [name],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 /// Every network, by creation then id.
 pub fn list_networks(conn: &Connection) -> rusqlite::Result<Vec<Network>> {
     let mut st = conn.prepare("SELECT * FROM networks ORDER BY created_at, id")?;

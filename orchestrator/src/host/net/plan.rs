@@ -53,7 +53,6 @@ pub fn router_leg_name(port_id: &str, gateway: bool) -> String {
     format!("{prefix}{}", short(port_id))
 }
 
-
 /// How a network's layer 2 leaves the host (Neutron's provider types).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]

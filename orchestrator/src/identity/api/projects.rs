@@ -167,6 +167,9 @@ pub(super) async fn delete_project(
     }
     service::check_project_unused(&conn, &id)?;
     token::revoke_project(&conn, &id)?;
+    // Its lazily made default security group goes with it (no port uses it:
+    // the project has none left).
+    crate::network::security_groups::service::remove_default_group(&conn, &id)?;
     store::delete_project(&conn, &id)?;
     Ok(StatusCode::NO_CONTENT)
 }

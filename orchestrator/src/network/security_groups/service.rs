@@ -7,8 +7,9 @@
 //! Re-syncing the host: every change of a group's rules (a rule created or
 //! deleted, a group deleted with its rules) changes the plan of the ports
 //! in those groups and in groups that name them as remote group. The points
-//! are marked `// SYNC:` for the integrator: each must trigger the network
-//! service's `sync()` after its transaction commits.
+//! are marked `// SYNC:`; the handlers (`api/`) call the network service's
+//! `sync()` after each such change commits (project deletion syncs in
+//! identity's handler).
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;

@@ -776,7 +776,11 @@ async fn groups_in_use_stay_and_remote_rules_go_with_their_group() {
     let (a_id, b_id) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
     // A port in group a.
     let net = s
-        .post("/v2.0/networks", &s.alice, json!({"network": {"name": "n"}}))
+        .post(
+            "/v2.0/networks",
+            &s.alice,
+            json!({"network": {"name": "n"}}),
+        )
         .await;
     assert_eq!(net.status, 201, "{net}");
     let net_id = net.json()["network"]["id"].as_str().unwrap().to_string();

@@ -80,5 +80,7 @@ pub(crate) async fn delete_group(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     service::delete_group(&st.db.lock(), &ctx, &id)?;
+    // Rules of other groups that named it went too.
+    st.network.sync_logged().await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -61,6 +61,8 @@ pub(crate) async fn create_rule(
     service::require_writer(&ctx, "create_security_group_rule")?;
     let req = validate::rule_request(&body)?;
     let rule = service::create_rule(&st.db.lock(), &ctx, &req)?;
+    // The ports of the rule's group get it now.
+    st.network.sync_logged().await;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "security_group_rule": rule })),
@@ -73,5 +75,6 @@ pub(crate) async fn delete_rule(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     service::delete_rule(&st.db.lock(), &ctx, &id)?;
+    st.network.sync_logged().await;
     Ok(StatusCode::NO_CONTENT)
 }
