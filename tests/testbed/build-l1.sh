@@ -59,7 +59,7 @@ L1_MODULES="kvm kvm-amd kvm-intel tun veth bridge vhost_net virtio_pci virtio_ne
 # module missing from this kernel is a warning, not an error. Not
 # br_netfilter: port filters are bridge-family tables, and br_netfilter would
 # also send bridged frames through the ip family's hooks (the host's NAT).
-L1_NET_MODULES="8021q bridge vxlan veth nf_tables nft_ct nf_conntrack_bridge
+L1_NET_MODULES="tun 8021q bridge vxlan veth nf_tables nft_ct nf_conntrack_bridge
     nft_meta_bridge nft_nat nft_masq nft_chain_nat nf_nat nft_reject nft_reject_bridge
     nft_fib_ipv4 nft_redir"
 declare -A copied=()

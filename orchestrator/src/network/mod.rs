@@ -58,9 +58,19 @@ impl NetworkService {
     pub async fn sync(&self) -> ApiResult<crate::host::net::ApplyReport> {
         let _guard = self.sync_lock.lock().await;
         let (db, host) = (self.db.clone(), self.host_name.clone());
-        let plan = tokio::task::spawn_blocking(move || plan::host_plan(&db.lock(), &host))
-            .await
-            .map_err(ApiError::internal)??;
+        let external = self.cfg.network.external_network.is_some();
+        let plan = tokio::task::spawn_blocking(move || -> rusqlite::Result<_> {
+            let conn = db.lock();
+            let mut plan = plan::host_plan(&conn, &host)?;
+            if external {
+                if let Some(id) = store::network_id_by_name(&conn, bootstrap::PUBLIC_NETWORK)? {
+                    plan::add_network(&conn, &mut plan, &id)?;
+                }
+            }
+            Ok(plan)
+        })
+        .await
+        .map_err(ApiError::internal)??;
         let net_host = Arc::clone(&self.host);
         let plan2 = plan.clone();
         let report = tokio::task::spawn_blocking(move || net_host.apply(&plan2))

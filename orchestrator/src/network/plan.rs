@@ -89,6 +89,25 @@ fn leg(p: &Port, subnets: &BTreeMap<String, Subnet>) -> RouterLeg {
     }
 }
 
+/// Adds network `id` to `plan` if it is not there (without DHCP): the
+/// one-host external network, whose bridge carries the host's own leg even
+/// before any router or floating IP uses it.
+pub fn add_network(conn: &Connection, plan: &mut NetPlan, id: &str) -> rusqlite::Result<()> {
+    if plan.networks.iter().any(|n| n.id == id) {
+        return Ok(());
+    }
+    if let Some(net) = store::get_network(conn, id)? {
+        plan.networks.push(NetworkPlan {
+            id: net.std.id.clone(),
+            segment: segment_of(&net),
+            mtu: u32::try_from(net.mtu).unwrap_or(1500),
+            dhcp: Vec::new(),
+        });
+        plan.networks.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    Ok(())
+}
+
 /// The plan of `host`: every port bound to it, every network with such a
 /// port, DHCP for its networks' DHCP-enabled subnets, and its routers.
 pub fn host_plan(conn: &Connection, host: &str) -> rusqlite::Result<NetPlan> {

@@ -213,7 +213,8 @@ impl Ctx<'_> {
 /// The networking steps. Only in L1 (the daemon's data plane must never be
 /// built on this machine's own interfaces).
 pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
-    if !matches!(tb.mode, Mode::L1) {
+    // L1, started here or attached to (its control endpoint is remote).
+    if !matches!(tb.ctl, Ctl::Remote(_)) {
         progress("network steps: only in the testbed's L1 (TESTBED_MODE=host builds no networks)");
         if in_ci() {
             steps
@@ -249,7 +250,12 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
             ),
         )?;
         let public = tb.osc_json(&["network", "show", "public"])?;
-        ensure(json_str(&public, &["router:external"]).contains("xternal") || public.to_string().contains("\"router:external\": true"), || {
+        let external = match public.get("router:external") {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s == "External",
+            _ => false,
+        };
+        ensure(external, || {
             format!("network show public: not external: {public}")
         })?;
         state.public_id = field(&public, "id").to_string();

@@ -111,7 +111,7 @@ impl std::fmt::Debug for VmmProcess {
 /// `inherited` are descriptors the VMM gets at fixed numbers (the TAPs of
 /// its NICs, named by `--net fd=N`): each `(fd, n)` is duplicated to `n` in
 /// the child, without close-on-exec. The numbers must be at least
-/// [`INHERITED_FD_BASE`] and below [`HIGH_FD_BASE`].
+/// [`INHERITED_FD_BASE`], one per descriptor, at most [`MAX_INHERITED`].
 pub(crate) fn spawn_detached(
     binary: &Path,
     args: &[std::ffi::OsString],
@@ -123,15 +123,17 @@ pub(crate) fn spawn_detached(
     let lock_fd = lock.file.as_raw_fd();
     // Copies of the inherited descriptors above every target number, so
     // that no dup2 in the child overwrites a source it still needs.
+    let above = INHERITED_FD_BASE + i32::try_from(inherited.len()).unwrap_or(MAX_INHERITED);
     let mut high = Vec::with_capacity(inherited.len());
     for (fd, target) in inherited {
-        if !(INHERITED_FD_BASE..HIGH_FD_BASE).contains(target) {
+        if !(INHERITED_FD_BASE..above).contains(target) || inherited.len() > MAX_INHERITED as usize
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("inherited descriptor number {target} out of range"),
             ));
         }
-        high.push((fd.try_clone_to_owned_above(HIGH_FD_BASE)?, *target));
+        high.push((fd.try_clone_to_owned_above(above)?, *target));
     }
     let moves: Vec<(i32, i32)> = high.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
     let final_path = CString::new(pid_file.as_os_str().as_bytes())
@@ -175,8 +177,9 @@ pub(crate) fn spawn_detached(
 /// The lowest descriptor number a VMM inherits a TAP at (`--net fd=N`).
 pub const INHERITED_FD_BASE: i32 = 256;
 
-/// Inherited descriptors are first copied at or above this number.
-const HIGH_FD_BASE: i32 = 1024;
+/// At most this many inherited descriptors (NICs) per VMM; the copies go
+/// just above the targets, well below the usual 1024 descriptor limit.
+const MAX_INHERITED: i32 = 64;
 
 /// `F_DUPFD_CLOEXEC` at or above a number, for [`spawn_detached`].
 trait DupAbove {
