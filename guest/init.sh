@@ -220,7 +220,7 @@ case "$(param nubo.then poweroff)" in
             mkdir -p /run/probe
             while :; do
                 for t in $probes; do
-                    a=$(wget -T 2 -q -O - "http://$t/" 2>/dev/null | head -n 1)
+                    a=$(timeout 3 wget -q -O - "http://$t/" 2>/dev/null | head -n 1)
                     if [ -n "$a" ]; then now="ok $a"; else now=fail; fi
                     f=/run/probe/$(echo "$t" | tr .: __)
                     if [ "$(cat "$f" 2>/dev/null)" != "$now" ]; then

@@ -87,7 +87,7 @@ serve_mode() {
     ip route add default via 10.0.2.2 2>/dev/null
     ip -o -4 addr show dev eth0 || echo "TESTBED-SERVE error: no eth0"
     mkdir -p /var/lib/nubo /var/log
-    mount -t tmpfs -o size="$(param testbed.state_size 2g)",mode=0700 tmpfs /var/lib/nubo
+    mount -t tmpfs -o size="$(param testbed.state_size 8g)",mode=0700 tmpfs /var/lib/nubo
     export NUBO_STATE_DIR=/var/lib/nubo NUBO_LOG_FILE=/var/log/nubo.log \
         NUBO_PID_FILE=/run/nubo.pid NUBO_START=/testbed/nubo-start.sh
     httpd -f -p 8775 -h /testbed/ctl &

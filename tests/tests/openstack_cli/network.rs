@@ -73,7 +73,7 @@ fn l1(tb: &Testbed, script: &str) -> Result<String, String> {
 /// `None` when nothing answered within 3 s.
 fn wget_from(tb: &Testbed, ns: &str, url: &str) -> Option<String> {
     let (out, rc) = tb.ctl(&format!(
-        "ip netns exec {ns} wget -T 3 -q -O - {url} 2>/dev/null | head -n 1"
+        "ip netns exec {ns} timeout 3 wget -q -O - {url} 2>/dev/null | head -n 1"
     ));
     let body = out.trim().to_string();
     (rc == 0 && !body.is_empty()).then_some(body)
@@ -307,9 +307,14 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         ensure(json_str(&sub, &["gateway_ip"]) == "10.10.0.1", || {
             format!("subnet create: gateway: {sub}")
         })?;
-        ensure(sub.to_string().contains("10.10.0.2-10.10.0.254"), || {
-            format!("subnet create: allocation pools: {sub}")
-        })?;
+        let pools = sub
+            .get("allocation_pools")
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        ensure(
+            pools.contains("\"10.10.0.2\"") && pools.contains("\"10.10.0.254\""),
+            || format!("subnet create: allocation pools: {sub}"),
+        )?;
         // Bad input, Neutron's way.
         for (args, what) in [
             (vec!["--subnet-range", "10.10.0.0/33"], "a /33"),
