@@ -97,7 +97,7 @@ fn capture(
     let out = l1(
         tb,
         &format!(
-            "f=/tmp/cap.$$; {exec}timeout {secs} tcpdump -l -n -e -i {dev} {filter} >$f 2>/dev/null &\n\
+            "f=/tmp/cap.$$; {exec}timeout {secs} tcpdump -Z root -l -n -e -i {dev} {filter} >$f 2>/dev/null &\n\
              sleep 1\n{during}\nwait\necho COUNT=$(grep -c . $f)\nhead -n 5 $f; rm -f $f"
         ),
     )?;
@@ -263,7 +263,8 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         l1(
             tb,
             &format!(
-                "set -e; br=brq$(echo {id} | cut -c1-11)\n\
+                "ip netns del outside 2>/dev/null; ip link del out0 2>/dev/null\n\
+                 set -e; br=brq$(echo {id} | cut -c1-11)\n\
                  ip netns add outside\n\
                  ip link add out0 type veth peer name out1\n\
                  ip link set out1 netns outside\n\
@@ -475,11 +476,26 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
                 .is_err(),
             || format!("{} sees {n2}", u1.user),
         )?;
-        // vmA keeps probing 10.10.0.50: nothing of project 1 reaches
-        // project 2's bridge, and nothing of project 2 reaches project 1's.
+        // vmA keeps probing 10.10.0.50 (vmB): nothing of project 1 reaches
+        // project 2's guest at that same address, nor the other way round.
+        // (Captured on the guests' TAPs: a bridge device sees only what is
+        // flooded to the host.)
         let mac_a = state.mac(&vma);
-        let br1 = format!("brq{}", &state.n1_id[..11]);
+        let ports_c = tb.osc_json_as(Some(u2), &["port", "list", "--server", &vmc])?;
+        let port_c = ports_c
+            .get(0)
+            .map(|r| field(r, "ID").to_string())
+            .unwrap_or_default();
+        ensure(port_c.len() > 11, || {
+            format!("port list --server {vmc}: {ports_c}")
+        })?;
+        let tap_a = format!("tap{}", &state.port(&vma)[..11]);
+        let tap_c = format!("tap{}", &port_c[..11]);
         let br2 = format!("brq{}", &n2_id[..11]);
+        let crossed = capture(tb, "", &tap_c, &format!("ether host {mac_a}"), 8, "sleep 6")?;
+        ensure(crossed == 0, || {
+            format!("{crossed} frames of {vma} reached {vmc} ({tap_c})")
+        })?;
         let crossed = capture(tb, "", &br2, &format!("ether host {mac_a}"), 8, "sleep 6")?;
         ensure(crossed == 0, || {
             format!("{crossed} frames of {vma} on project 2's bridge {br2}")
@@ -487,17 +503,31 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         let crossed = capture(
             tb,
             "",
-            &br1,
+            &tap_a,
             &format!("ether host {}", nic_c.mac),
             8,
             "sleep 6",
         )?;
         ensure(crossed == 0, || {
-            format!("{crossed} frames of {vmc} on project 1's bridge {br1}")
+            format!("{crossed} frames of {vmc} reached {vma} ({tap_a})")
         })?;
-        let seen = capture(tb, "", &br1, &format!("ether host {mac_a}"), 8, "sleep 6")?;
+        let seen = capture(
+            tb,
+            "",
+            &tap_a,
+            &format!("ether src {mac_a} and tcp port 80"),
+            8,
+            "sleep 6",
+        )?;
         ensure(seen > 0, || {
-            format!("the capture on {br1} saw nothing of {vma}: the isolation check proves nothing")
+            format!(
+                "the capture on {tap_a} saw no probe of {vma}: the isolation check proves nothing"
+            )
+        })?;
+        let got = cx.wait_probe(Some(u1), &vma, &format!("{B_IP}:80"), true, minute)?;
+        let mac_b = state.mac(&vmb);
+        ensure(got.as_deref().is_some_and(|a| a.contains(&mac_b)), || {
+            format!("{vma}'s probe of {B_IP} answered by someone else than {vmb}: {got:?}")
         })
     });
 
@@ -516,7 +546,9 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         l1(
             tb,
             &format!(
-                "set -e\n\
+                "ip -n host2 link del vxlan-{vni} 2>/dev/null; ip -n host2 link del br-{vni} 2>/dev/null\n\
+                 ip netns del h2vm 2>/dev/null\n\
+                 set -e\n\
                  ip -n host2 link add vxlan-{vni} type vxlan id {vni} local 192.168.100.2 dstport 4789 nolearning\n\
                  ip netns exec host2 bridge fdb append 00:00:00:00:00:00 dev vxlan-{vni} dst 192.168.100.1\n\
                  ip -n host2 link add br-{vni} type bridge\n\
@@ -678,7 +710,8 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         }
         l1(
             tb,
-            "set -e\n\
+            "ip -n switch link del trunk1.101 2>/dev/null; ip -n switch link del trunk1.102 2>/dev/null\n\
+             set -e\n\
              ip -n switch link add link trunk1 name trunk1.101 type vlan id 101\n\
              ip -n switch link add link trunk1 name trunk1.102 type vlan id 102\n\
              ip -n switch link set trunk1.101 up; ip -n switch link set trunk1.102 up\n\
@@ -817,7 +850,12 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
     });
 
     // Best-effort cleanup of what this module added to L1.
-    let _ = tb.ctl("ip netns del outside; ip netns del h2vm; ip link del out0; true");
+    let _ = tb.ctl(&format!(
+        "ip netns del outside; ip netns del h2vm; ip link del out0; \
+         ip -n host2 link del vxlan-{vni}; ip -n host2 link del br-{vni}; \
+         ip -n switch link del trunk1.101; ip -n switch link del trunk1.102; true",
+        vni = state.n1_vni
+    ));
 }
 
 /// What the steps learn and later steps use.
