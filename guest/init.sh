@@ -206,6 +206,39 @@ case "$(param nubo.then poweroff)" in
         #   NUBO-PROBE IP:PORT ok <first line of the answer> | NUBO-PROBE IP:PORT fail
         # With nubo.spoof=SRC,DST, also ping DST every second from SRC, an
         # address that is not ours (anti-spoofing must drop it).
+        # Benchmarks (bench/net.py): nubo.ip=A.B.C.D/N configures eth0
+        # statically (with nubo.dhcp=0); nubo.sink=PORT discards every TCP
+        # stream sent to PORT; nubo.send=IP:PORT:MIB:N sends N streams of
+        # MIB MiB of zeros to IP:PORT, one after the other, printing
+        #   NUBO-SEND IP:PORT mib=MIB secs=S.SS   (after each)
+        static_ip=$(param nubo.ip "")
+        if [ -n "$static_ip" ]; then
+            ip link set eth0 up && ip addr add "$static_ip" dev eth0
+        fi
+        sink=$(param nubo.sink "")
+        if [ -n "$sink" ]; then
+            # busybox nc ends a connection when its stdin ends: keep it open.
+            ( while :; do sleep 100000 | nc -l -p "$sink" >/dev/null 2>&1; done ) &
+        fi
+        send=$(param nubo.send "")
+        if [ -n "$send" ]; then
+            (
+                IFS=: read -r sip sport smib sn <<EOS
+$send
+EOS
+                while ! ip -4 addr show dev eth0 | grep -q inet; do sleep 1; done
+                # Wait for the sink to listen.
+                until echo | nc -w 2 "$sip" "$sport" 2>/dev/null; do sleep 1; done
+                i=0
+                while [ "$i" -lt "${sn:-1}" ]; do
+                    read -r t0 _ </proc/uptime
+                    dd if=/dev/zero bs=1M count="$smib" 2>/dev/null | nc "$sip" "$sport"
+                    read -r t1 _ </proc/uptime
+                    echo "NUBO-SEND $sip:$sport mib=$smib secs=$(echo "$t1 $t0" | awk '{printf "%.2f", $1 - $2}')"
+                    i=$((i + 1))
+                done
+            ) &
+        fi
         probes=$(param nubo.probe "" | tr , ' ')
         spoof=$(param nubo.spoof "")
         if [ -n "$spoof" ]; then

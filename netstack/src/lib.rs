@@ -6,13 +6,18 @@
 //! layer 2/3 plumbing over netlink ([`link`]: bridges, VXLAN, VLAN, veth,
 //! addresses, routes, FDB) and the nftables rulesets ([`nft`]: security
 //! groups, anti-spoofing, router NAT) and the DHCP server ([`dhcp`]) the
-//! host agent builds networks from. One IPv4 prefix type serves them all:
-//! [`Ipv4Net`].
+//! host agent builds networks from (those four with the `host` feature: the
+//! orchestrator's agent has it, `nubo-vmm` does not, so the VMM links
+//! none of that). One IPv4 prefix type serves them all: [`Ipv4Net`].
 
+#[cfg(feature = "host")]
 pub mod dhcp;
 pub mod ipv4net;
+#[cfg(feature = "host")]
 pub mod link;
+#[cfg(feature = "host")]
 pub mod netns;
+#[cfg(feature = "host")]
 pub mod nft;
 pub mod tap;
 
