@@ -217,8 +217,10 @@ case "$(param nubo.then poweroff)" in
         fi
         sink=$(param nubo.sink "")
         if [ -n "$sink" ]; then
-            # busybox nc ends a connection when its stdin ends: keep it open.
-            ( while :; do sleep 100000 | nc -l -p "$sink" >/dev/null 2>&1; done ) &
+            # One `cat` per connection, for as many as come (-ll -e).
+            printf '#!/bin/sh\nexec cat >/dev/null\n' >/run/nubo-sink
+            chmod +x /run/nubo-sink
+            nc -ll -p "$sink" -e /run/nubo-sink </dev/null >/dev/null 2>&1 &
         fi
         send=$(param nubo.send "")
         if [ -n "$send" ]; then
