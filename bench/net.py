@@ -205,20 +205,19 @@ def main():
 
 def throughput(api, a, res, made, net, vni, flavor, disk):
     """Section 2; returns the VXLAN namespace's port."""
-    if True:
-        runs, mib = a.runs, a.mib
-        snd_img = image(api, f"console=ttyS0 quiet nubo.then=net nubo.send=10.50.0.50:5001:{mib}:{runs}", disk)
-        made["images"].append(snd_img)
-        snd = server(api, "netbench-send", snd_img, flavor, net["id"])
-        made["servers"].append(snd)
-        wait_active(api, snd)
-        bridge = sends(api, snd, "10.50.0.50:5001", runs)
-        log(f"bridge: {[round(x, 1) for x in bridge]} MiB/s")
-        # vxlan: a namespace behind host2
-        port = api.json("POST", "/network/v2.0/ports", {"port": {
-            "network_id": net["id"], "fixed_ips": [{"ip_address": "10.50.0.77"}]}})["port"]
-        made["ports"].append(port["id"])
-        out, rc = l1(a.ctl, f"""
+    runs, mib = a.runs, a.mib
+    snd_img = image(api, f"console=ttyS0 quiet nubo.then=net nubo.send=10.50.0.50:5001:{mib}:{runs}", disk)
+    made["images"].append(snd_img)
+    snd = server(api, "netbench-send", snd_img, flavor, net["id"])
+    made["servers"].append(snd)
+    wait_active(api, snd)
+    bridge = sends(api, snd, "10.50.0.50:5001", runs)
+    log(f"bridge: {[round(x, 1) for x in bridge]} MiB/s")
+    # vxlan: a namespace behind host2
+    port = api.json("POST", "/network/v2.0/ports", {"port": {
+        "network_id": net["id"], "fixed_ips": [{"ip_address": "10.50.0.77"}]}})["port"]
+    made["ports"].append(port["id"])
+    out, rc = l1(a.ctl, f"""
 ip -n host2 link del vxlan-{vni} 2>/dev/null; ip -n host2 link del br-{vni} 2>/dev/null; ip netns del nbvm 2>/dev/null
 set -e
 ip -n host2 link add vxlan-{vni} type vxlan id {vni} local 192.168.100.2 dstport 4789 nolearning
@@ -237,17 +236,17 @@ ip -n nbvm addr add 10.50.0.77/24 dev nbb
 printf '#!/bin/sh\nexec cat >/dev/null\n' >/tmp/nbsink; chmod +x /tmp/nbsink
 /usr/sbin/ip netns exec nbvm setsid nc -ll -p 5001 -e /tmp/nbsink </dev/null >/dev/null 2>&1 &
 """)
-        if rc != 0:
-            raise RuntimeError(f"host2 set-up: {out}")
-        vx_img = image(api, f"console=ttyS0 quiet nubo.then=net nubo.send=10.50.0.77:5001:{mib}:{runs}", disk)
-        made["images"].append(vx_img)
-        vx = server(api, "netbench-vxlan", vx_img, flavor, net["id"])
-        made["servers"].append(vx)
-        wait_active(api, vx)
-        vxlan = sends(api, vx, "10.50.0.77:5001", runs)
-        log(f"vxlan: {[round(x, 1) for x in vxlan]} MiB/s")
-        # bare TAP baseline: a nubo-vmm of our own in L1
-        out, rc = l1(a.ctl, f"""
+    if rc != 0:
+        raise RuntimeError(f"host2 set-up: {out}")
+    vx_img = image(api, f"console=ttyS0 quiet nubo.then=net nubo.send=10.50.0.77:5001:{mib}:{runs}", disk)
+    made["images"].append(vx_img)
+    vx = server(api, "netbench-vxlan", vx_img, flavor, net["id"])
+    made["servers"].append(vx)
+    wait_active(api, vx)
+    vxlan = sends(api, vx, "10.50.0.77:5001", runs)
+    log(f"vxlan: {[round(x, 1) for x in vxlan]} MiB/s")
+    # bare TAP baseline: a nubo-vmm of our own in L1
+    out, rc = l1(a.ctl, f"""
 ip link del nbtap0 2>/dev/null
 ip tuntap add dev nbtap0 mode tap vnet_hdr
 ip addr add 192.168.77.1/24 dev nbtap0; ip link set nbtap0 up
@@ -259,79 +258,77 @@ setsid /testbed/bin/nubo-vmm run --kernel /testbed/l2/bzImage --initrd /testbed/
   --cpus 1 --memory 192M --net tap=nbtap0 --serial file=/tmp/nbtap.log </dev/null >/tmp/nbtap.out 2>&1 &
 echo $! >/tmp/nbtap.pid
 """)
-        if rc != 0:
-            raise RuntimeError(f"bare TAP guest: {out}")
-        t0 = time.monotonic()
-        tap = []
-        while time.monotonic() - t0 < 900 and len(tap) < runs:
-            out, _ = l1(a.ctl, "cat /tmp/nbtap.log 2>/dev/null | grep NUBO-SEND")
-            tap = [int(m) / max(float(s), 0.01)
-                   for m, s in re.findall(r"mib=(\d+) secs=([0-9.]+)", out)]
-            time.sleep(2)
-        l1(a.ctl, "kill $(cat /tmp/nbtap.pid); sleep 0.5; ip link del nbtap0; "
-                  "ip netns del nbvm; pkill -f 'nc -ll -p 5001'; true")
-        if len(tap) < runs:
-            raise RuntimeError(f"bare TAP guest sent {len(tap)} of {runs} streams")
-        log(f"tap: {[round(x, 1) for x in tap]} MiB/s")
-        res["throughput_mib_s"] = {"bridge": stats(bridge), "vxlan": stats(vxlan), "tap": stats(tap)}
-        res["ratio_bridge_tap"] = statistics.median(bridge) / statistics.median(tap)
-        res["ratio_vxlan_tap"] = statistics.median(vxlan) / statistics.median(tap)
-        return port
+    if rc != 0:
+        raise RuntimeError(f"bare TAP guest: {out}")
+    t0 = time.monotonic()
+    tap = []
+    while time.monotonic() - t0 < 900 and len(tap) < runs:
+        out, _ = l1(a.ctl, "cat /tmp/nbtap.log 2>/dev/null | grep NUBO-SEND")
+        tap = [int(m) / max(float(s), 0.01)
+               for m, s in re.findall(r"mib=(\d+) secs=([0-9.]+)", out)]
+        time.sleep(2)
+    l1(a.ctl, "kill $(cat /tmp/nbtap.pid); sleep 0.5; ip link del nbtap0; "
+              "ip netns del nbvm; pkill -f 'nc -ll -p 5001'; true")
+    if len(tap) < runs:
+        raise RuntimeError(f"bare TAP guest sent {len(tap)} of {runs} streams")
+    log(f"tap: {[round(x, 1) for x in tap]} MiB/s")
+    res["throughput_mib_s"] = {"bridge": stats(bridge), "vxlan": stats(vxlan), "tap": stats(tap)}
+    res["ratio_bridge_tap"] = statistics.median(bridge) / statistics.median(tap)
+    res["ratio_vxlan_tap"] = statistics.median(vxlan) / statistics.median(tap)
+    return port
 
 
 def reconcile(api, a, res, made, net, host, password):
     """Section 3."""
-    if True:
-        # 3. reconcile of N ports
-        t0 = time.monotonic()
-        for i in range(a.ports):
-            # Owned by a (pretend) server, so each gets its filter table.
-            p = api.json("POST", "/network/v2.0/ports", {"port": {
-                "network_id": net["id"], "binding:host_id": host, "name": f"nb{i}",
-                "device_owner": "compute:nova", "device_id": str(uuid.uuid4())}})["port"]
-            made["ports"].append(p["id"])
-        res["create_ports_s"] = time.monotonic() - t0
-        log(f"{a.ports} ports created in {res['create_ports_s']:.1f} s")
-        warm, cold = [], []
-        for _ in range(a.reconciles):
-            restart_daemon(a.ctl, api, password)
-            time.sleep(1)
-            warm.append(reconcile_log(a.ctl))
-            l1(a.ctl, "for t in $(nft list tables | awk '/nubo_p_/ {print $3}'); do "
-                      "nft delete table bridge $t; done")
-            restart_daemon(a.ctl, api, password)
-            time.sleep(1)
-            cold.append(reconcile_log(a.ctl))
-        out, _ = l1(a.ctl, "nft -j list ruleset")
-        rules = sum(1 for o in json.loads(out)["nftables"] if "rule" in o and
-                    o["rule"]["table"].startswith("nubo_"))
-        tables, _ = l1(a.ctl, "nft list tables | grep -c nubo_p_")
-        res["reconcile"] = {"ports": a.ports, "warm": warm, "cold": cold,
-                            "nft_rules": rules, "port_tables": int(tables.strip() or 0)}
-        log(f"reconcile warm (changes, ms): {warm}; cold: {cold}; {rules} rules in "
-            f"{tables.strip()} port tables")
+    # 3. reconcile of N ports
+    t0 = time.monotonic()
+    for i in range(a.ports):
+        # Owned by a (pretend) server, so each gets its filter table.
+        p = api.json("POST", "/network/v2.0/ports", {"port": {
+            "network_id": net["id"], "binding:host_id": host, "name": f"nb{i}",
+            "device_owner": "compute:nova", "device_id": str(uuid.uuid4())}})["port"]
+        made["ports"].append(p["id"])
+    res["create_ports_s"] = time.monotonic() - t0
+    log(f"{a.ports} ports created in {res['create_ports_s']:.1f} s")
+    warm, cold = [], []
+    for _ in range(a.reconciles):
+        restart_daemon(a.ctl, api, password)
+        time.sleep(1)
+        warm.append(reconcile_log(a.ctl))
+        l1(a.ctl, "for t in $(nft list tables | awk '/nubo_p_/ {print $3}'); do "
+                  "nft delete table bridge $t; done")
+        restart_daemon(a.ctl, api, password)
+        time.sleep(1)
+        cold.append(reconcile_log(a.ctl))
+    out, _ = l1(a.ctl, "nft -j list ruleset")
+    rules = sum(1 for o in json.loads(out)["nftables"] if "rule" in o and
+                o["rule"]["table"].startswith("nubo_"))
+    tables, _ = l1(a.ctl, "nft list tables | grep -c nubo_p_")
+    res["reconcile"] = {"ports": a.ports, "warm": warm, "cold": cold,
+                        "nft_rules": rules, "port_tables": int(tables.strip() or 0)}
+    log(f"reconcile warm (changes, ms): {warm}; cold: {cold}; {rules} rules in "
+        f"{tables.strip()} port tables")
 
 
 def cleanup(api, made, flavor):
     """Deletes everything the benchmark made."""
-    if True:
-        for sid in made["servers"]:
-            api.call("DELETE", f"/compute/v2.1/servers/{sid}", ok=(204, 404))
-        time.sleep(3)
-        for pid in made["ports"]:
-            api.call("DELETE", f"/network/v2.0/ports/{pid}", ok=(204, 404, 409))
-        for rid in made["routers"]:
-            api.call("PUT", f"/network/v2.0/routers/{rid}", {"router": {"external_gateway_info": {}}},
-                     ok=(200, 404, 409))
-            for sub_id in made.get("subnets", []):
-                api.call("PUT", f"/network/v2.0/routers/{rid}/remove_router_interface",
-                         {"subnet_id": sub_id}, ok=(200, 404, 400, 409))
-            api.call("DELETE", f"/network/v2.0/routers/{rid}", ok=(204, 404, 409))
-        for nid in made["networks"]:
-            api.call("DELETE", f"/network/v2.0/networks/{nid}", ok=(204, 404, 409))
-        for iid in made["images"]:
-            api.call("DELETE", f"/image/v2/images/{iid}", ok=(204, 404))
-        api.call("DELETE", f"/compute/v2.1/flavors/{flavor}", ok=(202, 204, 404))
+    for sid in made["servers"]:
+        api.call("DELETE", f"/compute/v2.1/servers/{sid}", ok=(204, 404))
+    time.sleep(3)
+    for pid in made["ports"]:
+        api.call("DELETE", f"/network/v2.0/ports/{pid}", ok=(204, 404, 409))
+    for rid in made["routers"]:
+        api.call("PUT", f"/network/v2.0/routers/{rid}", {"router": {"external_gateway_info": {}}},
+                 ok=(200, 404, 409))
+        for sub_id in made.get("subnets", []):
+            api.call("PUT", f"/network/v2.0/routers/{rid}/remove_router_interface",
+                     {"subnet_id": sub_id}, ok=(200, 404, 400, 409))
+        api.call("DELETE", f"/network/v2.0/routers/{rid}", ok=(204, 404, 409))
+    for nid in made["networks"]:
+        api.call("DELETE", f"/network/v2.0/networks/{nid}", ok=(204, 404, 409))
+    for iid in made["images"]:
+        api.call("DELETE", f"/image/v2/images/{iid}", ok=(204, 404))
+    api.call("DELETE", f"/compute/v2.1/flavors/{flavor}", ok=(202, 204, 404))
 
 
 
