@@ -41,6 +41,15 @@ pub trait BlockBackend: Send {
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), ImageError>;
     /// Makes a range read back as zeros.
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), ImageError>;
+    /// Grows the disk to `new_size` bytes (never shrinks: a smaller size is an error);
+    /// the new range reads as zeros. A block device cannot be grown here: it must already
+    /// be that large (an LV grown by lvextend), and its new size is taken up.
+    fn resize(&mut self, new_size: u64) -> Result<(), ImageError> {
+        let _ = new_size;
+        Err(ImageError::Unsupported(
+            "resizing this kind of image".into(),
+        ))
+    }
 }
 
 /// Format of a disk image file: the one disk-format type of the VMM (its CLI, API and

@@ -133,6 +133,38 @@ impl BlockBackend for RawImage {
             len,
         )
     }
+
+    fn resize(&mut self, new_size: u64) -> Result<(), ImageError> {
+        if new_size < self.size {
+            return Err(ImageError::Unsupported(format!(
+                "shrinking a disk ({} to {new_size} bytes)",
+                self.size
+            )));
+        }
+        if self.read_only {
+            return Err(ImageError::ReadOnly);
+        }
+        let meta = self.file.metadata().map_err(ioe("inspecting raw image"))?;
+        if meta.is_file() {
+            self.file
+                .set_len(new_size)
+                .map_err(ioe("growing raw image"))?;
+            self.size = new_size;
+            return Ok(());
+        }
+        // A block device: someone else (lvextend) grew it; take its size up.
+        let actual = self
+            .file
+            .seek(SeekFrom::End(0))
+            .map_err(ioe("determining raw image size"))?;
+        if actual < new_size {
+            return Err(ImageError::Unsupported(format!(
+                "the block device has {actual} bytes, less than the {new_size} asked for"
+            )));
+        }
+        self.size = new_size;
+        Ok(())
+    }
 }
 
 /// A read-only raw disk held in memory (used as a stand-in backing file when fuzzing).

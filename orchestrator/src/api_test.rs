@@ -117,6 +117,7 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
             }],
             ..Default::default()
         },
+        volume: Default::default(),
     });
     let images = Arc::new(ImageStore::new(dir.path().join("images"), max_image_size).unwrap());
     let vmm = Arc::new(FakeVmmHost::default());
@@ -127,12 +128,14 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         net.clone(),
         crate::compute::host_name(),
     );
+    let volume = crate::volume::VolumeService::new(db.clone(), cfg.clone(), Vec::new());
     let compute = crate::compute::Compute::new(
         db.clone(),
         cfg.clone(),
         vmm.clone(),
         images.clone(),
         Arc::clone(&network),
+        Arc::clone(&volume),
     );
     tokio::spawn(crate::compute::lifecycle::power_sync(Arc::clone(&compute)));
     let state = AppState {
@@ -141,6 +144,7 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         images,
         compute,
         network,
+        volume,
     };
     let app = crate::http::router::router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

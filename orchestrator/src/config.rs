@@ -51,6 +51,12 @@ pub struct QuotaDefaults {
     pub security_group: i64,
     /// Security group rules per project (100).
     pub security_group_rule: i64,
+    /// Volumes per project (Cinder's `quota_volumes`, 10).
+    pub volumes: i64,
+    /// GiB of volumes and snapshots per project (`quota_gigabytes`, 1000).
+    pub gigabytes: i64,
+    /// Snapshots per project (`quota_snapshots`, 10).
+    pub snapshots: i64,
 }
 
 impl Default for QuotaDefaults {
@@ -66,6 +72,9 @@ impl Default for QuotaDefaults {
             floatingip: 50,
             security_group: 10,
             security_group_rule: 100,
+            volumes: 10,
+            gigabytes: 1000,
+            snapshots: 10,
         }
     }
 }
@@ -107,6 +116,24 @@ pub struct Config {
     pub vmm_uid_base: Option<u32>,
     /// The Networking service's segments and this host's network side.
     pub network: NetworkConfig,
+    /// The Block Storage service's backends.
+    pub volume: VolumeConfig,
+}
+
+/// The Block Storage service's backends (Cinder's `enabled_backends`).
+/// The `file` backend is always there; `lvm` when a volume group is named.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeConfig {
+    /// The `file` backend's directory; `None`: `STATE/volumes`.
+    pub file_dir: Option<PathBuf>,
+    /// The volume group of the `lvm` backend (Cinder's `volume_group`),
+    /// which must exist; `None`: no `lvm` backend.
+    pub lvm_volume_group: Option<String>,
+    /// The thin pool in that group, created (over 95% of the group's free
+    /// space) when missing; `None`: `nubo-pool`.
+    pub lvm_thin_pool: Option<String>,
+    /// The backend of the `__DEFAULT__` volume type (`file` unless given).
+    pub default_backend: Option<String>,
 }
 
 /// What type a project network gets (Neutron's `tenant_network_types`).

@@ -17,3 +17,4 @@ pub mod quota;
 pub mod serve;
 pub mod state_dir;
 pub mod util;
+pub mod volume;

@@ -133,6 +133,28 @@ struct ServeArgs {
     /// Default per-project quota: security group rules.
     #[arg(long, default_value_t = 100)]
     quota_security_group_rule: i64,
+    /// Default per-project quota: volumes.
+    #[arg(long, default_value_t = 10)]
+    quota_volumes: i64,
+    /// Default per-project quota: GiB of volumes and snapshots.
+    #[arg(long, default_value_t = 1000)]
+    quota_gigabytes: i64,
+    /// Default per-project quota: volume snapshots.
+    #[arg(long, default_value_t = 10)]
+    quota_snapshots: i64,
+    /// Directory of the `file` volume backend (default STATE/volumes).
+    #[arg(long)]
+    volume_dir: Option<PathBuf>,
+    /// Volume group of the `lvm` volume backend (thin LVs); without it
+    /// there is no `lvm` backend.
+    #[arg(long)]
+    lvm_volume_group: Option<String>,
+    /// Thin pool of the `lvm` backend in that group (created when missing).
+    #[arg(long)]
+    lvm_thin_pool: Option<String>,
+    /// Backend of the default volume type `__DEFAULT__`: file or lvm.
+    #[arg(long)]
+    default_volume_backend: Option<String>,
 }
 
 /// Parses `MIN:MAX` with `lo <= MIN <= MAX <= hi`.
@@ -256,6 +278,9 @@ fn main() -> anyhow::Result<()> {
                     floatingip: a.quota_floatingip,
                     security_group: a.quota_security_group,
                     security_group_rule: a.quota_security_group_rule,
+                    volumes: a.quota_volumes,
+                    gigabytes: a.quota_gigabytes,
+                    snapshots: a.quota_snapshots,
                 },
                 shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
                 admin_password: std::env::var("NUBO_ADMIN_PASSWORD")
@@ -263,6 +288,12 @@ fn main() -> anyhow::Result<()> {
                     .filter(|p| !p.is_empty()),
                 vmm_uid_base: a.vmm_uid_base,
                 network,
+                volume: orchestrator::config::VolumeConfig {
+                    file_dir: a.volume_dir.clone(),
+                    lvm_volume_group: a.lvm_volume_group.clone(),
+                    lvm_thin_pool: a.lvm_thin_pool.clone(),
+                    default_backend: a.default_volume_backend.clone(),
+                },
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

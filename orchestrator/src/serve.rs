@@ -57,12 +57,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     enable_ksm();
     let images = Arc::new(images);
     let network = start_network(&db, &cfg_arc).await?;
+    let volume = start_volume(&db, &cfg_arc)?;
     let compute = Compute::new(
         db.clone(),
         Arc::clone(&cfg_arc),
         Arc::new(agent),
         Arc::clone(&images),
         Arc::clone(&network),
+        Arc::clone(&volume),
     );
     lifecycle::reconcile(Arc::clone(&compute)).await;
     tokio::spawn(lifecycle::power_sync(Arc::clone(&compute)));
@@ -72,6 +74,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         images,
         compute,
         network,
+        volume,
     };
     let app = http::router::router(state);
     let app = axum::middleware::map_request(|r| async { http::strip_trailing_slash(r) }).layer(app);
@@ -89,6 +92,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("serving the API")?;
     tracing::info!("nubo stopped; guests keep running");
     Ok(())
+}
+
+/// The Block Storage service over this host's volume backends: `file`
+/// always, `lvm` with `--lvm-volume-group`.
+fn start_volume(db: &Db, cfg: &Arc<Config>) -> anyhow::Result<Arc<crate::volume::VolumeService>> {
+    let drivers: Vec<Arc<dyn crate::host::storage::VolumeDriver>> = Vec::new();
+    Ok(crate::volume::VolumeService::new(
+        db.clone(),
+        Arc::clone(cfg),
+        drivers,
+    ))
 }
 
 /// The Networking service over this host's agent: the external network

@@ -8,9 +8,11 @@
 mod args;
 pub mod client;
 pub mod config;
+pub mod fd_passing;
 
 pub use client::{request, ClientError};
 pub use config::{
     ConfigError, DiskConfig, ImageFormat, MemorySize, NetConfig, SerialConfig, VmConfig,
     VmConfigBuilder,
 };
+pub use fd_passing::request_with_fds;

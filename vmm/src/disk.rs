@@ -54,4 +54,8 @@ impl BlockBackend for SharedDisk {
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
         self.lock().write_zeroes(offset, len)
     }
+
+    fn resize(&mut self, new_size: u64) -> Result<(), ImageError> {
+        self.lock().resize(new_size)
+    }
 }

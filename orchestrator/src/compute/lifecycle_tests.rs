@@ -39,6 +39,7 @@ fn compute(dir: &std::path::Path, db: Db) -> Arc<Compute> {
         admin_password: None,
         vmm_uid_base: None,
         network: Default::default(),
+        volume: Default::default(),
     });
     let images = Arc::new(ImageStore::new(dir.join("images"), 1 << 20).expect("store"));
     let vmm = Arc::new(crate::host::vmm::fake::FakeVmmHost::default());
@@ -48,7 +49,8 @@ fn compute(dir: &std::path::Path, db: Db) -> Arc<Compute> {
         Arc::new(crate::host::net::fake::FakeNetHost::default()),
         crate::compute::host_name(),
     );
-    Compute::new(db, cfg, vmm, images, network)
+    let volume = crate::volume::VolumeService::new(db.clone(), Arc::clone(&cfg), Vec::new());
+    Compute::new(db, cfg, vmm, images, network, volume)
 }
 
 fn image(conn: &Connection, id: &str, owner: &str, visibility: &str, fmt: &str, props: &str) {

@@ -52,6 +52,8 @@ pub struct Compute {
     /// Capacity after reservations and ratios.
     pub capacity: Capacity,
     /// Running VMMs by server id.
+    /// The Block Storage service (servers' volumes).
+    pub volume: Arc<crate::volume::VolumeService>,
     procs: Mutex<HashMap<String, VmmProcess>>,
     /// Servers with an operation in progress (the power-state sync skips them).
     busy: Mutex<HashSet<String>>,
@@ -81,6 +83,7 @@ impl Compute {
         vmm: Arc<dyn VmmHost>,
         images: Arc<ImageStore>,
         network: Arc<crate::network::NetworkService>,
+        volume: Arc<crate::volume::VolumeService>,
     ) -> Arc<Compute> {
         let inventory = Inventory::of_host(&cfg.state_dir);
         let capacity = placement::capacity(&inventory, &cfg.overcommit);
@@ -91,6 +94,7 @@ impl Compute {
             vmm,
             images,
             network,
+            volume,
             inventory,
             capacity,
             procs: Mutex::new(HashMap::new()),

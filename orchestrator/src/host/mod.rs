@@ -11,4 +11,5 @@
 //! change.
 
 pub mod net;
+pub mod storage;
 pub mod vmm;

@@ -38,6 +38,8 @@ pub struct AppState {
     pub compute: Arc<Compute>,
     /// The Networking service.
     pub network: Arc<crate::network::NetworkService>,
+    /// The Block Storage service.
+    pub volume: Arc<crate::volume::VolumeService>,
 }
 
 /// The request's id (`x-openstack-request-id`), for handlers that record it.

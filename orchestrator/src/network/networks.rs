@@ -411,6 +411,7 @@ mod tests {
             admin_password: None,
             vmm_uid_base: None,
             network,
+            volume: Default::default(),
         }
     }
 
