@@ -51,7 +51,8 @@ BB_VER=$(pkg_version busybox-static)
 STAMP="kernel=$KPKG=$KPKG_VER busybox=$BB_VER
 build=$(sha256sum "$HERE/build.sh" | cut -d' ' -f1)
 init=$(sha256sum "$HERE/init.sh" | cut -d' ' -f1)
-udhcpc=$(sha256sum "$HERE/udhcpc.script" | cut -d' ' -f1)"
+udhcpc=$(sha256sum "$HERE/udhcpc.script" | cut -d' ' -f1)
+volwatch=$(sha256sum "$HERE/volwatch.sh" | cut -d' ' -f1)"
 
 OUTPUTS=(bzImage vmlinux initramfs.cpio.gz rootfs.ext4 KERNEL_VERSION busybox)
 print_outputs() {
@@ -159,6 +160,8 @@ stage_root() {
     # resolv.conf on the tmpfs /run since the rootfs may be mounted read-only.
     mkdir -p "$root/etc/udhcpc"
     install -m 0755 "$HERE/udhcpc.script" "$root/etc/udhcpc/default.script"
+    # Volume tests (init.sh starts it with nubo.vols=1).
+    install -m 0755 "$HERE/volwatch.sh" "$root/bin/nubo-volwatch"
     ln -sf ../run/resolv.conf "$root/etc/resolv.conf"
     # The kernel opens /dev/console before devtmpfs is mounted.
     mknod -m 600 "$root/dev/console" c 5 1

@@ -29,6 +29,9 @@
 #    No DHCP with `nubo.dhcp=0` or `nubo.then=netcheck` (which configures
 #    eth0 statically from nubo.ip). udhcpc needs AF_PACKET: built into the
 #    Debian cloud kernel (CONFIG_PACKET=y, see modules.builtin).
+#  * with `nubo.vols=1` (or `ro`): /bin/nubo-volwatch in the background,
+#    which reports every disk but vda as it comes, grows and goes, and
+#    leaves a checksummed record on each (see guest/volwatch.sh).
 #  * and busybox httpd on port 80 serving /run/www/index.html: the guest's
 #    hostname and a newline (the DHCP hostname once a lease arrives), so
 #    tests can check TCP reachability (security groups, floating IPs)
@@ -137,6 +140,12 @@ start_dhcp() {
     done
 }
 start_dhcp
+
+# Volume tests: report and exercise hot-plugged disks (guest/volwatch.sh).
+case "$(param nubo.vols 0)" in
+    1) nubo-volwatch rw </dev/null & ;;
+    ro) nubo-volwatch ro </dev/null & ;;
+esac
 
 # The page tests fetch on port 80 (udhcpc.script rewrites it with the DHCP
 # hostname).

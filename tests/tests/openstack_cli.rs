@@ -775,6 +775,19 @@ impl Testbed {
     }
 
     /// `pid cmdline` of every nubo-vmm process where the daemon runs.
+    /// kill -9 the daemon and start it again; waits for its API.
+    fn restart_daemon_hard(&self) -> Result<(), String> {
+        let (out, rc) = self.ctl(
+            "p=$(cat \"$NUBO_PID_FILE\") && kill -9 \"$p\" && \
+             while [ -d /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status; do sleep 0.1; done; \
+             rm -f \"$NUBO_PID_FILE\"; \"$NUBO_START\"",
+        );
+        if rc != 0 {
+            return Err(format!("restarting the daemon: {out}"));
+        }
+        self.wait_api(Duration::from_secs(120))
+    }
+
     fn vmm_processes(&self) -> Result<Vec<(u32, String)>, String> {
         let (out, rc) = self.ctl(
             "for p in /proc/[0-9]*; do c=$(tr '\\0' ' ' <$p/cmdline 2>/dev/null) || continue; \
@@ -1837,6 +1850,9 @@ fn workflow(tb: &mut Testbed) -> Result<(), String> {
     // --- networks (#11)
     network::workflow(&mut steps, &cx, tb);
 
+    // --- volumes (#12)
+    volume::workflow(&mut steps, &cx, tb);
+
     // --- cleanup (best effort, not a check)
     for s in [&vm1, &vm2] {
         let _ = tb.osc_as(None, &["server", "delete", "--wait", s], 3 * minute);
@@ -1854,6 +1870,8 @@ fn workflow(tb: &mut Testbed) -> Result<(), String> {
 
 #[path = "openstack_cli/network.rs"]
 mod network;
+#[path = "openstack_cli/volume.rs"]
+mod volume;
 
 #[cfg(test)]
 mod unit {

@@ -14,6 +14,7 @@
 #   NUBO_DEFAULT_INITRD  /testbed/l2/initramfs.cpio.gz
 #   NUBO_LOG_FILE        /var/log/nubo.log
 #   NUBO_NET_ARGS        networking flags (in L1: net-fixture.sh's; elsewhere: none)
+#   NUBO_VOLUME_ARGS     volume flags (default: the lvm backend on nubo-vg if it exists)
 #   NUBO_PID_FILE        /run/nubo.pid
 #   NUBO_ADMIN_PASSWORD  passed through when set
 set -eu
@@ -45,6 +46,12 @@ else
     netargs=${NUBO_NET_ARGS-}
 fi
 
+# The lvm volume backend, where volume-fixture.sh made its volume group (L1).
+volargs=${NUBO_VOLUME_ARGS-}
+if [ -z "${NUBO_VOLUME_ARGS+x}" ] && command -v lvm >/dev/null 2>&1 && lvm vgs nubo-vg >/dev/null 2>&1; then
+    volargs="--lvm-volume-group nubo-vg"
+fi
+
 [ -x "$bin" ] || { echo "nubo-start: no nubo binary at $bin" >&2; exit 1; }
 if [ -s "$pidf" ]; then
     old=$(cat "$pidf")
@@ -55,11 +62,11 @@ if [ -s "$pidf" ]; then
     fi
 fi
 mkdir -p "$state" "$(dirname "$logf")" "$(dirname "$pidf")"
-echo "=== nubo-start: $bin serve --state-dir $state --listen $listen --public-url $public $netargs" >>"$logf"
+echo "=== nubo-start: $bin serve --state-dir $state --listen $listen --public-url $public $netargs $volargs" >>"$logf"
 # Not a process-group leader (no job control here), so setsid execs in place
 # and $! is the daemon's pid.
 setsid "$bin" serve --state-dir "$state" --listen "$listen" --vmm "$vmm" \
-    --default-kernel "$kernel" --default-initrd "$initrd" --public-url "$public" $netargs \
+    --default-kernel "$kernel" --default-initrd "$initrd" --public-url "$public" $netargs $volargs \
     </dev/null >>"$logf" 2>&1 &
 echo $! >"$pidf"
 echo "nubo-start: started nubo (pid $!), log $logf"

@@ -123,7 +123,7 @@ fn json_str(v: &Value, path: &[&str]) -> String {
 }
 
 /// A 1 MiB image booting the test initramfs with `cmdline` (no root disk).
-fn net_image(cx: &Ctx, name: &str, cmdline: &str) -> Result<(), String> {
+pub(super) fn net_image(cx: &Ctx, name: &str, cmdline: &str) -> Result<(), String> {
     let f = cx.images_dir().join("net.raw");
     std::fs::write(&f, vec![0u8; 1 << 20]).map_err(|e| e.to_string())?;
     let prop = format!("os_command_line={cmdline}");
@@ -146,7 +146,7 @@ fn net_image(cx: &Ctx, name: &str, cmdline: &str) -> Result<(), String> {
 
 impl Ctx<'_> {
     /// Polls a server's console until `f` finds what it wants.
-    fn wait_console<T>(
+    pub(super) fn wait_console<T>(
         &self,
         who: Option<&Creds>,
         server: &str,
