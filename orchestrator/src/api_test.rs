@@ -31,6 +31,8 @@ pub(crate) struct Server {
     pub vmm: Arc<FakeVmmHost>,
     /// Its network host.
     pub net: Arc<crate::host::net::fake::FakeNetHost>,
+    /// Its volume backend (`file`, in memory).
+    pub storage: Arc<crate::host::storage::fake::FakeVolumeDriver>,
     /// The service prefix [`Server::call`] puts before paths (`/image`).
     pub prefix: &'static str,
     /// The admin's token (admin project).
@@ -128,7 +130,9 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         net.clone(),
         crate::compute::host_name(),
     );
-    let volume = crate::volume::VolumeService::new(db.clone(), cfg.clone(), Vec::new());
+    let storage = Arc::new(crate::host::storage::fake::FakeVolumeDriver::new("file"));
+    let volume =
+        crate::volume::VolumeService::new(db.clone(), cfg.clone(), vec![storage.clone() as _]);
     let compute = crate::compute::Compute::new(
         db.clone(),
         cfg.clone(),
@@ -156,6 +160,7 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         dir,
         vmm,
         net,
+        storage,
         prefix,
         admin,
         admin_project,
