@@ -111,10 +111,12 @@ impl VolumeService {
                     vol.id
                 )))
             }
-            other => return Err(invalid_volume(&format!(
+            other => {
+                return Err(invalid_volume(&format!(
                 "Volume {} status must be available to reserve, but the current status is {other}.",
                 vol.id
-            ))),
+            )))
+            }
         };
         let target = self.target_of(&vol)?;
         let attachment = Attachment {
