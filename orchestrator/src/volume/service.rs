@@ -532,7 +532,7 @@ pub fn spawn_create(
         };
         let moved = store::move_status(&db.lock(), &vol.id, &[status::CREATING], to);
         match moved {
-            Ok(true) => tracing::info!(volume = %vol.id, status = to, "volume created"),
+            Ok(true) => tracing::info!(volume = %vol.id, status = to, "volume create finished"),
             Ok(false) => {
                 tracing::warn!(volume = %vol.id, "volume changed while it was being created")
             }

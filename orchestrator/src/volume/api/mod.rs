@@ -101,6 +101,10 @@ pub fn router() -> Router<AppState> {
             get(show_specs).post(set_specs),
         )
         .route(
+            "/v3/{project}/types/{id}/os-volume-type-access",
+            get(type_access),
+        )
+        .route(
             "/v3/{project}/types/{id}/extra_specs/{key}",
             delete(delete_spec),
         )

@@ -222,3 +222,22 @@ pub(super) async fn delete_spec(
     store::update_type(&conn, &t)?;
     Ok(StatusCode::ACCEPTED)
 }
+
+/// `GET /v3/{project}/types/{id}/os-volume-type-access` (admin): who may
+/// use a private type. Nubo keeps no access lists: private types are for
+/// admins only, so the list is empty.
+pub(super) async fn type_access(
+    State(state): State<AppState>,
+    ProjectAuth(ctx): ProjectAuth,
+    Path((project, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    check_project(&ctx, &project)?;
+    require_admin(&ctx, "volume_extension:volume_type_access")?;
+    let t = visible_type(&state.db.lock(), true, &id)?;
+    if t.is_public {
+        return Err(ApiError::not_found(format!(
+            "Volume type access not found for {id}: the type is public."
+        )));
+    }
+    Ok(Json(json!({ "volume_type_access": [] })))
+}
