@@ -191,3 +191,52 @@ pub fn check_metadata(m: &std::collections::BTreeMap<String, String>) -> ApiResu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("openstack-api-version", HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn microversions_are_read_as_cinder_reads_them() {
+        assert_eq!(microversion(&HeaderMap::new()).unwrap(), (3, 0));
+        assert_eq!(microversion(&headers("volume 3.42")).unwrap(), (3, 42));
+        assert_eq!(
+            microversion(&headers("volume latest")).unwrap(),
+            MAX_VERSION
+        );
+        assert_eq!(
+            microversion(&headers("compute 2.1, volume 3.10")).unwrap(),
+            (3, 10)
+        );
+        assert_eq!(microversion(&headers("compute 2.90")).unwrap(), (3, 0));
+        assert_eq!(
+            microversion(&headers("volume 3.43")).unwrap_err().status,
+            406
+        );
+        assert_eq!(
+            microversion(&headers("volume 2.0")).unwrap_err().status,
+            406
+        );
+        assert_eq!(microversion(&headers("volume x")).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn a_full_page_links_the_next_one() {
+        let mut q = HashMap::new();
+        q.insert("name".to_string(), "a b".to_string());
+        q.insert("marker".to_string(), "old".to_string());
+        let l = next_links("http://h", "/volume/v3/p/volumes", &q, 2, 2, Some("m1")).unwrap();
+        assert_eq!(
+            l[0]["href"],
+            "http://h/volume/v3/p/volumes?name=a%20b&limit=2&marker=m1"
+        );
+        assert!(next_links("http://h", "/x", &q, 2, 1, Some("m1")).is_none());
+        assert!(next_links("http://h", "/x", &q, 2, 2, None).is_none());
+    }
+}
