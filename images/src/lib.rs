@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+mod convert;
 mod error;
 mod qcow2;
 mod raw;
@@ -22,6 +23,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
+pub use convert::{convert, convert_backend, resize, ConvertStats, CONVERT_CHUNK};
 pub use error::ImageError;
 pub use qcow2::{create_qcow2, create_qcow2_overlay, Qcow2Image, MAX_BACKING_DEPTH};
 pub use raw::RawImage;
