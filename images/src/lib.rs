@@ -25,7 +25,9 @@ use std::path::Path;
 
 pub use convert::{convert, convert_backend, resize, ConvertStats, CONVERT_CHUNK};
 pub use error::ImageError;
-pub use qcow2::{create_qcow2, create_qcow2_overlay, Qcow2Image, MAX_BACKING_DEPTH};
+pub use qcow2::{
+    create_qcow2, create_qcow2_overlay, qcow2_backing_file, Qcow2Image, MAX_BACKING_DEPTH,
+};
 pub use raw::RawImage;
 
 /// A disk the VMM can read and write at byte offsets, whatever its format.

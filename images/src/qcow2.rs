@@ -1660,6 +1660,19 @@ pub fn create_qcow2_overlay(
     write_new_image(path, &bytes)
 }
 
+/// The backing file named in the header of the qcow2 image at `path`, resolved against
+/// the image's directory, or `None`. Reads only the header: neither the backing file nor
+/// the tables are opened (for walking chains cheaply, e.g. a volume driver's GC).
+pub fn qcow2_backing_file(path: &Path) -> Result<Option<PathBuf>, ImageError> {
+    let file = std::fs::File::open(path).map_err(ioe("opening qcow2 image"))?;
+    let len = file
+        .metadata()
+        .map_err(ioe("reading image metadata"))?
+        .len();
+    let h = Header::parse(&file, len)?;
+    Ok(h.backing_file.map(|name| resolve_backing(path, &name)))
+}
+
 /// Body of [`crate::fuzz_qcow2_open_read`].
 pub(crate) fn fuzz_one(data: &[u8]) {
     let mem = |d: &[u8]| Box::new(MemStorage { data: d.to_vec() }) as Box<dyn Storage>;

@@ -16,6 +16,9 @@ use std::path::PathBuf;
 
 use images::ImageFormat;
 
+pub mod file;
+pub mod lvm;
+
 /// Why a driver could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

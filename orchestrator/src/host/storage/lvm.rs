@@ -1,0 +1,1 @@
+//! The `lvm` volume driver (in progress).
