@@ -443,7 +443,7 @@ impl VolumeDriver for FileDriver {
 }
 
 /// Ids become file names: only letters, digits, `-` and `_`.
-fn check_id(id: &str) -> Result<(), StorageError> {
+pub(super) fn check_id(id: &str) -> Result<(), StorageError> {
     let ok = !id.is_empty()
         && id.len() <= MAX_ID_LEN
         && id
@@ -475,7 +475,7 @@ fn disk_size(path: &Path, what: &str) -> Result<u64, StorageError> {
         .size())
 }
 
-fn failed(what: &str, reason: impl Into<String>) -> StorageError {
+pub(super) fn failed(what: &str, reason: impl Into<String>) -> StorageError {
     StorageError::Failed {
         what: what.to_string(),
         reason: reason.into(),
@@ -502,7 +502,7 @@ fn io_error(what: &str, e: io::Error) -> StorageError {
     }
 }
 
-fn image_failed(what: &str) -> impl FnOnce(ImageError) -> StorageError + '_ {
+pub(super) fn image_failed(what: &str) -> impl FnOnce(ImageError) -> StorageError + '_ {
     move |e| match &e {
         ImageError::Io { source, .. } if is_enospc(source) => {
             StorageError::NoSpace(format!("{what}: {e}"))

@@ -18,6 +18,7 @@ use images::ImageFormat;
 
 pub mod file;
 pub mod lvm;
+mod lvm_report;
 
 /// Why a driver could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
