@@ -66,6 +66,17 @@ if [ -r /testbed/net-modules ]; then
     if [ -n "$failed" ]; then echo "TESTBED-NETMOD failed:$failed"; else echo "TESTBED-NETMOD ok"; fi
 fi
 
+# The lvm volume driver's modules (build-l1.sh: loop, device mapper, thin
+# pools), in both modes; LVM's lock and run dirs.
+if [ -r /testbed/storage-modules ]; then
+    failed=''
+    for m in $(cat /testbed/storage-modules); do
+        modprobe "$m" 2>/dev/null || failed="$failed $m"
+    done
+    mkdir -p /run/lock/lvm /run/lvm
+    if [ -n "$failed" ]; then echo "TESTBED-STORAGEMOD failed:$failed"; else echo "TESTBED-STORAGEMOD ok"; fi
+fi
+
 # One KVM VM held open while L1 runs (kvmhold.c says why); testbed.kvmhold=0
 # (run.sh: TESTBED_KVMHOLD=0) leaves it out.
 if [ "$(param testbed.kvmhold 1)" = 1 ] && [ -x /testbed/bin/kvmhold ] && [ -c /dev/kvm ]; then

@@ -1,6 +1,7 @@
 //! The `lvm` volume driver (Cinder's LVM driver with thin provisioning):
 //! volumes are thin LVs `volume-<id>` in a thin pool of a volume group the
-//! operator names, snapshots are thin snapshots `snapshot-<id>`.
+//! operator names, snapshots are thin snapshots `_snapshot-<id>` (Cinder's
+//! name: LVM reserves names starting with `snapshot`).
 //!
 //! - create: `lvcreate -T VG/POOL -V SIZE -n volume-<id>`; from a snapshot or
 //!   another volume, a thin snapshot of it (`lvcreate -s -kn`, so it is
@@ -293,7 +294,7 @@ impl LvmDriver {
             VolumeSource::Empty => self.thin_lv(name, size, what),
             VolumeSource::Snapshot { snapshot_id, .. } => {
                 check_id(snapshot_id)?;
-                thin_snapshot(format!("snapshot-{snapshot_id}"))
+                thin_snapshot(format!("_snapshot-{snapshot_id}"))
             }
             VolumeSource::Volume { volume_id } => {
                 check_id(volume_id)?;
@@ -402,7 +403,7 @@ impl VolumeDriver for LvmDriver {
         check_id(volume_id)?;
         check_id(snapshot_id)?;
         let vol = format!("volume-{volume_id}");
-        let snap = format!("snapshot-{snapshot_id}");
+        let snap = format!("_snapshot-{snapshot_id}");
         let what = format!("creating {snap}");
         if self.lv(&vol)?.is_none() {
             return Err(StorageError::NotFound(vol));
@@ -419,8 +420,8 @@ impl VolumeDriver for LvmDriver {
     fn delete_snapshot(&self, _volume_id: &str, snapshot_id: &str) -> Result<(), StorageError> {
         check_id(snapshot_id)?;
         self.remove(
-            &format!("snapshot-{snapshot_id}"),
-            &format!("deleting snapshot-{snapshot_id}"),
+            &format!("_snapshot-{snapshot_id}"),
+            &format!("deleting _snapshot-{snapshot_id}"),
         )
     }
 

@@ -161,11 +161,11 @@ fn failed_create_removes_the_lv_and_no_space_is_reported() {
     // From a snapshot, failing after the LV exists: removed again.
     let (d, s) = driver(vec![
         (LVS, lvs(&[])),
-        (LVS, lvs(&[("snapshot-s1", GIB, ACTIVE)])),
-        ("lvcreate -s -kn -n volume-v2 nubo-vg/snapshot-s1", ok("")),
+        (LVS, lvs(&[("_snapshot-s1", GIB, ACTIVE)])),
+        ("lvcreate -s -kn -n volume-v2 nubo-vg/_snapshot-s1", ok("")),
         (
             LVS,
-            lvs(&[("snapshot-s1", GIB, ACTIVE), ("volume-v2", GIB, ACTIVE)]),
+            lvs(&[("_snapshot-s1", GIB, ACTIVE), ("volume-v2", GIB, ACTIVE)]),
         ),
         (
             "lvextend -L 2147483648b nubo-vg/volume-v2",
@@ -173,7 +173,7 @@ fn failed_create_removes_the_lv_and_no_space_is_reported() {
         ),
         (
             LVS,
-            lvs(&[("snapshot-s1", GIB, ACTIVE), ("volume-v2", GIB, ACTIVE)]),
+            lvs(&[("_snapshot-s1", GIB, ACTIVE), ("volume-v2", GIB, ACTIVE)]),
         ),
         ("lvremove -f nubo-vg/volume-v2", ok("")),
     ]);
@@ -195,7 +195,7 @@ fn failed_create_removes_the_lv_and_no_space_is_reported() {
 fn snapshots_and_clones_are_thin_snapshots() {
     let (d, s) = driver(vec![
         (LVS, lvs(&[("volume-v1", GIB, ACTIVE)])),
-        ("lvcreate -s -kn -n snapshot-s1 nubo-vg/volume-v1", ok("")),
+        ("lvcreate -s -kn -n _snapshot-s1 nubo-vg/volume-v1", ok("")),
         // Clone, same size.
         (LVS, lvs(&[("volume-v1", GIB, ACTIVE)])),
         (LVS, lvs(&[("volume-v1", GIB, ACTIVE)])),
@@ -210,14 +210,14 @@ fn snapshots_and_clones_are_thin_snapshots() {
         ),
         // From the snapshot, larger.
         (LVS, lvs(&[])),
-        (LVS, lvs(&[("snapshot-s1", GIB, ACTIVE)])),
-        ("lvcreate -s -kn -n volume-v3 nubo-vg/snapshot-s1", ok("")),
+        (LVS, lvs(&[("_snapshot-s1", GIB, ACTIVE)])),
+        ("lvcreate -s -kn -n volume-v3 nubo-vg/_snapshot-s1", ok("")),
         (LVS, lvs(&[("volume-v3", GIB, ACTIVE)])),
         ("lvextend -L 3221225472b nubo-vg/volume-v3", ok("")),
         (LVS, lvs(&[("volume-v3", 3 * GIB, ACTIVE)])),
         // Smaller than the snapshot: refused before anything is made.
         (LVS, lvs(&[])),
-        (LVS, lvs(&[("snapshot-s1", GIB, ACTIVE)])),
+        (LVS, lvs(&[("_snapshot-s1", GIB, ACTIVE)])),
         (LVS, lvs(&[])),
         // Snapshot of a missing volume.
         (LVS, lvs(&[])),
@@ -260,8 +260,8 @@ fn extend_delete_and_capacity() {
         (LVS, lvs(&[("volume-v1", 2 * GIB, ACTIVE)])),
         ("lvremove -f nubo-vg/volume-v1", ok("")),
         (LVS, lvs(&[])),
-        (LVS, lvs(&[("snapshot-s1", GIB, ACTIVE)])),
-        ("lvremove -f nubo-vg/snapshot-s1", ok("")),
+        (LVS, lvs(&[("_snapshot-s1", GIB, ACTIVE)])),
+        ("lvremove -f nubo-vg/_snapshot-s1", ok("")),
         (LVS, lvs(&[])),
     ]);
     d.extend("v1", 2 * GIB, true).unwrap();
