@@ -21,7 +21,7 @@ pub fn resize(path: &Path, format: ImageFormat, new_size: u64) -> Result<(), Ima
 /// What [`convert`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConvertStats {
-    /// Bytes of the source read (its virtual size).
+    /// Bytes of the source read (chunks not known to be zeros).
     pub read: u64,
     /// Bytes written to the target (the non-zero chunks).
     pub written: u64,
@@ -30,7 +30,8 @@ pub struct ConvertStats {
 /// Copies the disk at `src` (in `src_format`, read through its backing chain) into `dst`,
 /// which must be at least as large and must read as zeros where nothing is written (a
 /// fresh qcow2 image, a fresh thin LV): chunks of zeros are skipped, so the target stays
-/// sparse. The target is flushed at the end.
+/// sparse; ranges the source knows are zeros ([`BlockBackend::known_zero`]: holes,
+/// unallocated clusters) are not even read. The target is flushed at the end.
 pub fn convert(
     src: &Path,
     src_format: ImageFormat,
@@ -57,6 +58,10 @@ pub fn convert_backend(
     let mut pos = 0u64;
     while pos < size {
         let n = (size - pos).min(CONVERT_CHUNK as u64) as usize;
+        if src.known_zero(pos, n as u64)? {
+            pos += n as u64;
+            continue;
+        }
         let chunk = &mut buf[..n];
         src.read_at(chunk, pos)?;
         stats.read += n as u64;

@@ -45,6 +45,13 @@ pub trait BlockBackend: Send {
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), ImageError>;
     /// Makes a range read back as zeros.
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), ImageError>;
+    /// Whether `[offset, offset + len)` is known to read as zeros without reading it (a
+    /// hole in a raw file, unallocated or zero clusters of a qcow2 image down its chain).
+    /// `false` means "maybe not": the caller reads. For copying disks sparsely and fast.
+    fn known_zero(&mut self, offset: u64, len: u64) -> Result<bool, ImageError> {
+        check_range(offset, len, self.size())?;
+        Ok(false)
+    }
     /// Grows the disk to `new_size` bytes (never shrinks: a smaller size is an error);
     /// the new range reads as zeros. A block device cannot be grown here: it must already
     /// be that large (an LV grown by lvextend), and its new size is taken up.

@@ -1449,6 +1449,32 @@ impl BlockBackend for Qcow2Image {
         self.grow(new_size)
     }
 
+    fn known_zero(&mut self, offset: u64, len: u64) -> Result<bool, ImageError> {
+        let cs = self.cluster_size;
+        let mut zero = true;
+        self.for_each_piece(offset, len, |img, gc, in_off, _start, n| {
+            if !zero {
+                return Ok(());
+            }
+            zero = match img.mapping(gc)?.0 {
+                Mapping::Zero => true,
+                Mapping::Data(_) | Mapping::Compressed => false,
+                Mapping::Unallocated => {
+                    let pos = gc * cs + in_off as u64;
+                    match img.backing.as_mut() {
+                        None => true,
+                        Some(b) => {
+                            let bsize = b.size();
+                            pos >= bsize || b.known_zero(pos, (n as u64).min(bsize - pos))?
+                        }
+                    }
+                }
+            };
+            Ok(())
+        })?;
+        Ok(zero)
+    }
+
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
         if self.read_only {
             return Err(ImageError::ReadOnly);

@@ -130,7 +130,7 @@ fn convert_copies_through_the_chain_and_stays_sparse() {
     {
         let mut out = open(&dst, ImageFormat::Qcow2, false).unwrap();
         let st = convert(&ov, ImageFormat::Qcow2, out.as_mut()).unwrap();
-        assert_eq!(st.read, 32 * MIB);
+        assert!(st.read < 32 * MIB, "{st:?}");
         assert!(st.written < 2 * MIB, "{st:?}");
     }
     assert_check_clean(&dst);
@@ -168,4 +168,34 @@ fn convert_refuses_a_smaller_target() {
         convert(&src, ImageFormat::Qcow2, out.as_mut()),
         Err(ImageError::InvalidArgument(_))
     ));
+}
+
+#[test]
+fn known_zero_sees_holes_and_unallocated_clusters() {
+    let dir = TempDir::new("knownzero");
+    let raw = dir.path("base.raw");
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(16 * MIB).unwrap();
+    drop(f);
+    {
+        let mut r = open(&raw, ImageFormat::Raw, false).unwrap();
+        r.write_at(&[1u8; 4096], 8 * MIB).unwrap();
+        r.flush().unwrap();
+        assert!(r.known_zero(0, 4 * MIB).unwrap());
+        assert!(!r.known_zero(7 * MIB, 2 * MIB).unwrap());
+        assert!(r.known_zero(0, 17 * MIB).is_err());
+    }
+    let ov = dir.path("ov.qcow2");
+    create_qcow2_overlay(&ov, &raw, ImageFormat::Raw).unwrap();
+    resize(&ov, ImageFormat::Qcow2, 32 * MIB).unwrap();
+    let mut q = open(&ov, ImageFormat::Qcow2, false).unwrap();
+    // Unallocated over the base's hole, over its data, and past its end.
+    assert!(q.known_zero(0, 4 * MIB).unwrap());
+    assert!(!q.known_zero(8 * MIB, 4096).unwrap());
+    assert!(q.known_zero(20 * MIB, 12 * MIB).unwrap());
+    // Data in the overlay; zero clusters hiding the base's data.
+    q.write_at(&[2u8; 10], MIB).unwrap();
+    assert!(!q.known_zero(0, 4 * MIB).unwrap());
+    q.write_zeroes(8 * MIB, 64 << 10).unwrap();
+    assert!(q.known_zero(8 * MIB, 64 << 10).unwrap());
 }
