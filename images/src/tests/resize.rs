@@ -199,3 +199,40 @@ fn known_zero_sees_holes_and_unallocated_clusters() {
     q.write_zeroes(8 * MIB, 64 << 10).unwrap();
     assert!(q.known_zero(8 * MIB, 64 << 10).unwrap());
 }
+
+#[test]
+fn grows_an_image_made_by_qemu_img() {
+    if !have_qemu_img() {
+        eprintln!("SKIPPING: no qemu-img");
+        return;
+    }
+    let dir = TempDir::new("growqemu");
+    let p = dir.path("q.qcow2");
+    qemu_ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&p), "100M"]);
+    qemu_ok(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x5a 1M 64k", s(&p)],
+    );
+    resize(&p, ImageFormat::Qcow2, 10 << 30).unwrap();
+    assert_check_clean(&p);
+    let mut img = open(&p, ImageFormat::Qcow2, false).unwrap();
+    assert_eq!(img.size(), 10 << 30);
+    let mut b = vec![0u8; 65536];
+    img.read_at(&mut b, MIB).unwrap();
+    assert!(b.iter().all(|&x| x == 0x5a));
+    img.write_at(&[1u8; 512], (10 << 30) - 512).unwrap();
+    drop(img);
+    assert_check_clean(&p);
+    qemu_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "read -P 0x01 10737417728 512",
+            "-c",
+            "read -P 0x5a 1M 64k",
+            s(&p),
+        ],
+    );
+}
