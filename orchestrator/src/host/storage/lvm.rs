@@ -371,7 +371,12 @@ impl VolumeDriver for LvmDriver {
             }
             return Err(e);
         }
-        self.target(id)
+        // lvcreate activates what it makes (`-kn` for snapshots): no lvs again.
+        Ok(VolumeTarget {
+            path: self.device(&name),
+            format: ImageFormat::Raw,
+            backing: Vec::new(),
+        })
     }
 
     fn delete(&self, id: &str) -> Result<(), StorageError> {

@@ -301,3 +301,42 @@ fn capacity_is_the_filesystems() {
     assert!(c.total_bytes > 0 && c.free_bytes <= c.total_bytes);
     assert_eq!(d.backend_name(), "file");
 }
+
+/// Timings for the README (issue #12's benchmarks): `cargo test --release -p
+/// orchestrator --lib file::tests::bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark: writes a 1 GiB image"]
+fn bench_create_1gib_empty_and_from_image() {
+    let (t, d) = driver();
+    let img = t.path().join("full.raw");
+    {
+        let f = fs::File::create(&img).unwrap();
+        f.set_len(GIB).unwrap();
+        let mut i = images::open(&img, ImageFormat::Raw, false).unwrap();
+        let chunk: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 253) as u8 | 1).collect();
+        for n in 0..(GIB / chunk.len() as u64) {
+            i.write_at(&chunk, n * chunk.len() as u64).unwrap();
+        }
+        i.flush().unwrap();
+    }
+    let t0 = std::time::Instant::now();
+    d.create("empty", GIB, &VolumeSource::Empty).unwrap();
+    eprintln!("BENCH file empty 1 GiB: {:?}", t0.elapsed());
+    let src = VolumeSource::Image {
+        path: img,
+        format: ImageFormat::Raw,
+    };
+    let t0 = std::time::Instant::now();
+    d.create("full", GIB, &src).unwrap();
+    eprintln!("BENCH file from a full 1 GiB raw image: {:?}", t0.elapsed());
+    let t0 = std::time::Instant::now();
+    d.create(
+        "clone",
+        GIB,
+        &VolumeSource::Volume {
+            volume_id: "full".into(),
+        },
+    )
+    .unwrap();
+    eprintln!("BENCH file clone of a 1 GiB volume: {:?}", t0.elapsed());
+}
