@@ -18,6 +18,7 @@ declare -A NEED=(
     [nftables]=/usr/sbin/nft                        # port filters and router NAT (netstack::nft), also in L1
     [tcpdump]=/usr/bin/tcpdump                      # network tests, also in L1
     [iproute2]=/usr/sbin/ip                         # network tests (ip netns, vlan, vxlan), also in L1
+    [lvm2]=/sbin/lvm                                # the lvm volume driver, copied into L1 (this host has no dm-thin)
 )
 missing=()
 for pkg in "${!NEED[@]}"; do

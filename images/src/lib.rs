@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+mod convert;
 mod error;
 mod qcow2;
 mod raw;
@@ -22,8 +23,11 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
+pub use convert::{convert, convert_backend, resize, ConvertStats, CONVERT_CHUNK};
 pub use error::ImageError;
-pub use qcow2::{create_qcow2, create_qcow2_overlay, Qcow2Image, MAX_BACKING_DEPTH};
+pub use qcow2::{
+    create_qcow2, create_qcow2_overlay, qcow2_backing_file, Qcow2Image, MAX_BACKING_DEPTH,
+};
 pub use raw::RawImage;
 
 /// A disk the VMM can read and write at byte offsets, whatever its format.
@@ -41,6 +45,13 @@ pub trait BlockBackend: Send {
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), ImageError>;
     /// Makes a range read back as zeros.
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), ImageError>;
+    /// Whether `[offset, offset + len)` is known to read as zeros without reading it (a
+    /// hole in a raw file, unallocated or zero clusters of a qcow2 image down its chain).
+    /// `false` means "maybe not": the caller reads. For copying disks sparsely and fast.
+    fn known_zero(&mut self, offset: u64, len: u64) -> Result<bool, ImageError> {
+        check_range(offset, len, self.size())?;
+        Ok(false)
+    }
     /// Grows the disk to `new_size` bytes (never shrinks: a smaller size is an error);
     /// the new range reads as zeros. A block device cannot be grown here: it must already
     /// be that large (an LV grown by lvextend), and its new size is taken up.

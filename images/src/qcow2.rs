@@ -1012,6 +1012,186 @@ impl Qcow2Image {
         Ok(())
     }
 
+    /// Creates the refcount block for refcount-table slot `t` (none covers that range, so
+    /// every cluster in it is free): the block goes in the first cluster of its own range.
+    /// Returns the block's cluster index.
+    fn new_refblock(&mut self, t: u64) -> Result<u64, ImageError> {
+        let cs = self.cluster_size;
+        let per = self.rc.as_ref().ok_or(ImageError::ReadOnly)?.per_block;
+        let table_len = self.rc.as_ref().map_or(0, |rc| rc.table.len() as u64);
+        if t >= table_len {
+            return Err(ImageError::Unsupported(format!(
+                "image needs more refcount blocks than its refcount table holds ({table_len}); \
+                 growing the refcount table is not supported"
+            )));
+        }
+        let blk = (t * per)
+            .checked_mul(cs)
+            .filter(|&o| o < MAX_HOST_OFFSET)
+            .ok_or_else(|| ImageError::Unsupported("image file too large".into()))?;
+        if self.overlaps_protected(blk, cs) {
+            return Err(corrupt("refcount block would overlap image metadata"));
+        }
+        self.make_room_rb()?;
+        let mut block = vec![0u16; per as usize];
+        block[0] = 1;
+        let rc = self.rc.as_mut().ok_or(ImageError::ReadOnly)?;
+        rc.blocks.insert(blk, block, true);
+        rc.table[t as usize] = blk;
+        mark_dirty(&mut rc.table_dirty, t as usize);
+        self.file_len = self.file_len.max(blk + cs);
+        tracing::debug!(offset = blk, "allocated refcount block");
+        Ok(t * per)
+    }
+
+    /// Allocates `n` contiguous host clusters at or after the end of the file (refcounts
+    /// 0 → 1) and returns the offset of the first.
+    fn alloc_contiguous(&mut self, n: u64) -> Result<u64, ImageError> {
+        let cs = self.cluster_size;
+        let per = self.rc.as_ref().ok_or(ImageError::ReadOnly)?.per_block;
+        let mut start = div_ceil(self.file_len, cs);
+        loop {
+            let end = start
+                .checked_add(n)
+                .filter(|&e| e.checked_mul(cs).is_some_and(|o| o < MAX_HOST_OFFSET))
+                .ok_or_else(|| ImageError::Unsupported("image file too large".into()))?;
+            let mut retry_at = None;
+            for c in start..end {
+                if self.overlaps_protected(c * cs, cs) {
+                    retry_at = Some(c + 1);
+                    break;
+                }
+                if self.refblock_offset(c / per)?.is_none() {
+                    let blk = self.new_refblock(c / per)?;
+                    if (start..end).contains(&blk) {
+                        retry_at = Some(blk + 1);
+                        break;
+                    }
+                }
+                if self.refcount(c)? != 0 {
+                    retry_at = Some(c + 1);
+                    break;
+                }
+            }
+            if let Some(next) = retry_at {
+                start = next;
+                continue;
+            }
+            for c in start..end {
+                self.set_refcount(c, 1)?;
+            }
+            self.file_len = self.file_len.max(end * cs);
+            return Ok(start * cs);
+        }
+    }
+
+    /// Grows the virtual disk to `new_size` bytes (never shrinks); the new range reads as
+    /// zeros. The L1 table grows in place when its clusters have room, else a new one is
+    /// written elsewhere. Crash-safe order: pending metadata is written back, the new L1
+    /// table and its refcounts are written and synced, then one header write switches
+    /// size, L1 size and L1 offset together, then the old L1 clusters are freed (a crash
+    /// before that leaks them, nothing worse).
+    pub fn grow(&mut self, new_size: u64) -> Result<(), ImageError> {
+        if self.read_only {
+            return Err(ImageError::ReadOnly);
+        }
+        if new_size < self.size {
+            return Err(ImageError::Unsupported(format!(
+                "shrinking a disk ({} to {new_size} bytes)",
+                self.size
+            )));
+        }
+        if new_size == self.size {
+            return Ok(());
+        }
+        let cs = self.cluster_size;
+        let per_l1 = (cs / 8) * cs;
+        let new_l1 = div_ceil(new_size, per_l1);
+        if new_l1 * 8 > MAX_L1_BYTES || new_l1 > u64::from(u32::MAX) {
+            return Err(ImageError::InvalidArgument(format!(
+                "virtual size {new_size} is too large"
+            )));
+        }
+        // Host clusters the larger disk may need must be coverable by the refcount table.
+        let rc = self.rc.as_ref().ok_or(ImageError::ReadOnly)?;
+        let need_host = div_ceil(new_size, cs) + new_l1 + div_ceil(self.file_len, cs);
+        if div_ceil(need_host, rc.per_block) > rc.table.len() as u64 {
+            return Err(ImageError::Unsupported(format!(
+                "growing to {new_size} bytes needs a larger refcount table (not supported)"
+            )));
+        }
+        self.write_back()?;
+        self.file.sync().map_err(ioe("syncing before resize"))?;
+        let old_len = self.l1.len() as u64;
+        let old_clusters = div_ceil(old_len * 8, cs);
+        let mut new_table = self.l1.clone();
+        new_table.resize(new_l1 as usize, 0);
+        let mut freed = None;
+        let l1_offset = if new_l1 <= old_len {
+            self.l1_offset
+        } else if self.l1_offset != 0 && new_l1 * 8 <= old_clusters * cs {
+            // Room in the L1 table's last cluster: zero the new entries first.
+            let zeros = vec![0u8; ((new_l1 - old_len) * 8) as usize];
+            self.file
+                .write_at(&zeros, self.l1_offset + old_len * 8)
+                .and_then(|()| self.file.sync())
+                .map_err(ioe("extending L1 table"))?;
+            self.l1_offset
+        } else {
+            let clusters = div_ceil(new_l1 * 8, cs);
+            let off = self.alloc_contiguous(clusters)?;
+            let mut raw = encode_u64s(&new_table);
+            raw.resize((clusters * cs) as usize, 0);
+            self.file
+                .write_at(&raw, off)
+                .map_err(ioe("writing new L1 table"))?;
+            self.write_back()?;
+            self.file.sync().map_err(ioe("syncing new L1 table"))?;
+            if self.l1_offset != 0 && old_clusters > 0 {
+                freed = Some((self.l1_offset, old_clusters));
+            }
+            off
+        };
+        let mut hdr = [0u8; 24];
+        hdr[..8].copy_from_slice(&new_size.to_be_bytes());
+        // Bytes 32..36: crypt_method, always 0 here (encrypted images are refused).
+        hdr[12..16].copy_from_slice(&(new_l1.max(old_len) as u32).to_be_bytes());
+        hdr[16..24].copy_from_slice(&l1_offset.to_be_bytes());
+        self.file
+            .write_at(&hdr, 24)
+            .and_then(|()| self.file.sync())
+            .map_err(ioe("writing resized header"))?;
+        if new_l1 > old_len {
+            self.l1 = new_table;
+        }
+        if l1_offset != self.l1_offset {
+            let new_end = l1_offset + div_ceil(new_l1 * 8, cs) * cs;
+            let old = self.l1_offset;
+            self.protected.retain(|&(a, _)| a != old || a == 0);
+            self.protected.push((l1_offset, new_end));
+            self.l1_offset = l1_offset;
+        } else if self.l1_offset != 0 {
+            let off = self.l1_offset;
+            let new_end = off + div_ceil(self.l1.len() as u64 * 8, cs) * cs;
+            for r in self.protected.iter_mut().filter(|r| r.0 == off) {
+                r.1 = r.1.max(new_end);
+            }
+        }
+        self.size = new_size;
+        if let Some((off, n)) = freed {
+            for c in 0..n {
+                self.set_refcount(off / cs + c, 0)?;
+            }
+            if let Some(rc) = self.rc.as_mut() {
+                rc.free_hint = rc.free_hint.min(off / cs);
+            }
+            self.write_back()?;
+            self.file.sync().map_err(ioe("freeing old L1 table"))?;
+        }
+        tracing::debug!(new_size, l1_entries = self.l1.len(), "grew qcow2 image");
+        Ok(())
+    }
+
     /// Allocates one host cluster (refcount 0 → 1) and returns its offset.
     fn alloc_cluster(&mut self) -> Result<u64, ImageError> {
         let cs = self.cluster_size;
@@ -1037,24 +1217,7 @@ impl Qcow2Image {
                 continue;
             }
             if self.refblock_offset(t)?.is_none() {
-                // No block covers this range, so every cluster in it is free: put the
-                // new block in the first cluster of its own range.
-                let blk = (t * per)
-                    .checked_mul(cs)
-                    .filter(|&o| o < MAX_HOST_OFFSET)
-                    .ok_or_else(|| ImageError::Unsupported("image file too large".into()))?;
-                if self.overlaps_protected(blk, cs) {
-                    return Err(corrupt("refcount block would overlap image metadata"));
-                }
-                self.make_room_rb()?;
-                let mut block = vec![0u16; per as usize];
-                block[0] = 1;
-                let rc = self.rc.as_mut().ok_or(ImageError::ReadOnly)?;
-                rc.blocks.insert(blk, block, true);
-                rc.table[t as usize] = blk;
-                mark_dirty(&mut rc.table_dirty, t as usize);
-                self.file_len = self.file_len.max(blk + cs);
-                tracing::debug!(offset = blk, "allocated refcount block");
+                self.new_refblock(t)?;
                 continue;
             }
             let count = self.refcount(idx)?;
@@ -1282,6 +1445,36 @@ impl BlockBackend for Qcow2Image {
         check_range(offset, len, self.size)
     }
 
+    fn resize(&mut self, new_size: u64) -> Result<(), ImageError> {
+        self.grow(new_size)
+    }
+
+    fn known_zero(&mut self, offset: u64, len: u64) -> Result<bool, ImageError> {
+        let cs = self.cluster_size;
+        let mut zero = true;
+        self.for_each_piece(offset, len, |img, gc, in_off, _start, n| {
+            if !zero {
+                return Ok(());
+            }
+            zero = match img.mapping(gc)?.0 {
+                Mapping::Zero => true,
+                Mapping::Data(_) | Mapping::Compressed => false,
+                Mapping::Unallocated => {
+                    let pos = gc * cs + in_off as u64;
+                    match img.backing.as_mut() {
+                        None => true,
+                        Some(b) => {
+                            let bsize = b.size();
+                            pos >= bsize || b.known_zero(pos, (n as u64).min(bsize - pos))?
+                        }
+                    }
+                }
+            };
+            Ok(())
+        })?;
+        Ok(zero)
+    }
+
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), ImageError> {
         if self.read_only {
             return Err(ImageError::ReadOnly);
@@ -1491,6 +1684,19 @@ pub fn create_qcow2_overlay(
         Some((abs.as_os_str().as_bytes(), backing_format)),
     )?;
     write_new_image(path, &bytes)
+}
+
+/// The backing file named in the header of the qcow2 image at `path`, resolved against
+/// the image's directory, or `None`. Reads only the header: neither the backing file nor
+/// the tables are opened (for walking chains cheaply, e.g. a volume driver's GC).
+pub fn qcow2_backing_file(path: &Path) -> Result<Option<PathBuf>, ImageError> {
+    let file = std::fs::File::open(path).map_err(ioe("opening qcow2 image"))?;
+    let len = file
+        .metadata()
+        .map_err(ioe("reading image metadata"))?
+        .len();
+    let h = Header::parse(&file, len)?;
+    Ok(h.backing_file.map(|name| resolve_backing(path, &name)))
 }
 
 /// Body of [`crate::fuzz_qcow2_open_read`].

@@ -94,6 +94,25 @@ impl BlockBackend for RawImage {
         self.size
     }
 
+    fn known_zero(&mut self, offset: u64, len: u64) -> Result<bool, ImageError> {
+        check_range(offset, len, self.size)?;
+        if len == 0 {
+            return Ok(true);
+        }
+        let Ok(off) = libc::off_t::try_from(offset) else {
+            return Ok(false);
+        };
+        // SAFETY: lseek only reads its integer arguments; the fd is owned by `self.file`
+        // (moving the file position is harmless: all I/O here is positional).
+        let data = unsafe { libc::lseek(self.file.as_raw_fd(), off, libc::SEEK_DATA) };
+        if data < 0 {
+            // ENXIO: no data at or after `offset` (a hole to the end); anything else
+            // (a block device, a filesystem without SEEK_DATA): unknown.
+            return Ok(io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO));
+        }
+        Ok(data as u64 >= offset + len)
+    }
+
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
         check_range(offset, buf.len() as u64, self.size)?;
         self.file

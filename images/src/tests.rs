@@ -1255,3 +1255,5 @@ fn standalone_check_refuses_backing_files_without_opening_them() {
     let e = check_standalone_qcow2(&plain).unwrap_err();
     assert!(e.to_string().contains("truncated"), "{e}");
 }
+
+mod resize;

@@ -16,6 +16,8 @@
 #                       into L1 as /testbed/bin/nubo when present (serve mode)
 #   TESTBED_WITH_QEMU=1 include qemu-system-x86_64 (for qemu-* scenarios)
 #   NUBO_GUEST_OUT      guest artifact dir (default guest/out)
+#   NUBO_EXTRA_BINS     space-separated executables (e.g. a cargo test binary)
+#                       put into L1 as /testbed/bin/NAME with their libraries
 #
 # The cpio is left uncompressed: unpacking is much faster than decompressing
 # gzip under TCG, and QEMU just loads the file into L1 memory.
@@ -93,6 +95,22 @@ for m in $L1_NET_MODULES; do
     net_loaded+=("$m")
 done
 echo "${net_loaded[*]}" >"$STAGE/testbed/net-modules"
+# The lvm volume driver's device mapper (thin pools, thin snapshots) and loop
+# devices for its test volume group (ctl/volume-fixture.sh): l1-init.sh loads
+# them (/testbed/storage-modules). Optional like the net modules.
+L1_STORAGE_MODULES="loop dm-mod dm-bufio dm-bio-prison dm-persistent-data dm-thin-pool dm-snapshot"
+storage_loaded=()
+for m in $L1_STORAGE_MODULES; do
+    rel=$(awk -F: -v m="/$m.ko" 'substr($1, length($1) - length(m) + 1) == m { print $1; exit }' "$MODSRC/modules.dep")
+    if [ -z "$rel" ]; then
+        grep -q "/$m.ko\$" "$MODSRC/modules.builtin" 2>/dev/null ||
+            log "warning: storage module $m not in $MODSRC/modules.dep; L1 goes without it"
+        continue
+    fi
+    copy_module "$rel"
+    storage_loaded+=("$m")
+done
+echo "${storage_loaded[*]}" >"$STAGE/testbed/storage-modules"
 cp "$MODSRC"/modules.builtin "$MODSRC"/modules.order "$STAGE/lib/modules/$KVER/"
 "$STAGE/bin/busybox" depmod -b "$STAGE" "$KVER"
 log "modules: ${!copied[*]}"
@@ -153,6 +171,56 @@ for tool in qemu-img debugfs nft tcpdump; do
     fi
 done
 
+# lvm2 (the lvm volume driver runs `lvm <command>`), with the usual command
+# names as links, and an lvm.conf for L1: no udev (devtmpfs only, LVM makes its
+# own /dev nodes), no dmeventd, no thin_check (thin-provisioning-tools is not
+# in L1), no metadata backups.
+if path=$(command -v lvm); then
+    mkdir -p "$STAGE/sbin" "$STAGE/etc/lvm"
+    cp "$path" "$STAGE/sbin/lvm"
+    copy_libs "$path"
+    for c in lvs vgs pvs lvcreate lvremove lvextend lvchange vgcreate vgremove vgchange pvcreate pvremove; do
+        ln -sf lvm "$STAGE/sbin/$c"
+    done
+    cat >"$STAGE/etc/lvm/lvm.conf" <<'LVMCONF'
+devices {
+    obtain_device_list_from_udev = 0
+    external_device_info_source = "none"
+    multipath_component_detection = 0
+    md_component_detection = 0
+    fw_raid_component_detection = 0
+    scan_lvs = 0
+}
+global {
+    use_lvmlockd = 0
+    thin_check_executable = ""
+    thin_repair_executable = ""
+    thin_dump_executable = ""
+    event_activation = 0
+}
+activation {
+    udev_sync = 0
+    udev_rules = 0
+    verify_udev_operations = 1
+    monitoring = 0
+}
+backup {
+    backup = 0
+    archive = 0
+}
+LVMCONF
+    log "lvm: $path"
+else
+    log "warning: no lvm2 (scripts/deps.sh): L1 goes without the lvm volume driver's tools"
+fi
+
+for bin in ${NUBO_EXTRA_BINS:-}; do
+    [ -x "$bin" ] || die "NUBO_EXTRA_BINS: $bin is not an executable"
+    cp "$bin" "$STAGE/testbed/bin/"
+    copy_libs "$bin"
+    log "extra: $bin"
+done
+
 # iproute2's ip (netns, vlan, vxlan, veth, bridge: busybox's ip has none of
 # them) and bridge (FDB), for the network tests, in /usr/sbin; busybox's
 # applet links go, so programs that search PATH (Command::new("ip")) get
@@ -198,6 +266,7 @@ mkdir -p "$STAGE/testbed/ctl/cgi-bin" "$STAGE/var/lib/nubo" "$STAGE/var/log"
 install -m 0755 "$HERE/ctl/cgi-bin/exec" "$STAGE/testbed/ctl/cgi-bin/exec"
 install -m 0755 "$HERE/ctl/nubo-start.sh" "$STAGE/testbed/nubo-start.sh"
 install -m 0755 "$HERE/ctl/net-fixture.sh" "$STAGE/testbed/net-fixture.sh"
+install -m 0755 "$HERE/ctl/volume-fixture.sh" "$STAGE/testbed/volume-fixture.sh"
 
 mkdir -p "$(dirname "$OUTFILE")"
 (cd "$STAGE" && find . -mindepth 1 | LC_ALL=C sort |

@@ -7,7 +7,8 @@
 #
 # With `testbed.serve=1` (serve.sh) it runs no scenarios: it brings up eth0
 # (QEMU user networking, restrict=on), serves the control CGI on :8775, starts
-# the nubo daemon on :8774 (when /testbed/bin/nubo exists), prints
+# the nubo daemon on :8774 (when /testbed/bin/nubo exists) after the test
+# networks (net-fixture.sh) and the volume group nubo-vg (volume-fixture.sh), prints
 # `TESTBED-SERVE ready` and stays up until `poweroff -f` comes through the
 # control CGI or `testbed.serve_timeout=` seconds (default 3600) pass.
 #
@@ -66,6 +67,17 @@ if [ -r /testbed/net-modules ]; then
     if [ -n "$failed" ]; then echo "TESTBED-NETMOD failed:$failed"; else echo "TESTBED-NETMOD ok"; fi
 fi
 
+# The lvm volume driver's modules (build-l1.sh: loop, device mapper, thin
+# pools), in both modes; LVM's lock and run dirs.
+if [ -r /testbed/storage-modules ]; then
+    failed=''
+    for m in $(cat /testbed/storage-modules); do
+        modprobe "$m" 2>/dev/null || failed="$failed $m"
+    done
+    mkdir -p /run/lock/lvm /run/lvm
+    if [ -n "$failed" ]; then echo "TESTBED-STORAGEMOD failed:$failed"; else echo "TESTBED-STORAGEMOD ok"; fi
+fi
+
 # One KVM VM held open while L1 runs (kvmhold.c says why); testbed.kvmhold=0
 # (run.sh: TESTBED_KVMHOLD=0) leaves it out.
 if [ "$(param testbed.kvmhold 1)" = 1 ] && [ -x /testbed/bin/kvmhold ] && [ -c /dev/kvm ]; then
@@ -94,6 +106,12 @@ serve_mode() {
     # The underlay, trunk and second "host" the daemon's networks use
     # (nubo-start.sh's L1 flags name them).
     [ -x /testbed/net-fixture.sh ] && /testbed/net-fixture.sh up
+    # The volume group of the lvm volume driver (a loop device on this
+    # tmpfs); testbed.volumes=0 leaves it out.
+    if [ "$(param testbed.volumes 1)" = 1 ] && [ -x /testbed/volume-fixture.sh ] && command -v lvm >/dev/null; then
+        /testbed/volume-fixture.sh up >/var/log/volume-fixture.log 2>&1 &&
+            echo "TESTBED-VOLUMES ok" || echo "TESTBED-VOLUMES failed (see /var/log/volume-fixture.log)"
+    fi
     if [ -x /testbed/bin/nubo ]; then
         /testbed/nubo-start.sh
     else

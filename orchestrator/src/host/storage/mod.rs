@@ -18,6 +18,10 @@ use std::path::PathBuf;
 
 use images::ImageFormat;
 
+pub mod file;
+pub mod lvm;
+mod lvm_report;
+
 /// Why a driver could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
