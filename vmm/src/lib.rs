@@ -30,6 +30,7 @@ pub mod cpu;
 pub mod device_manager;
 pub mod disk;
 pub mod error;
+pub mod fd_stream;
 pub mod interrupts;
 pub mod jail;
 pub mod layout;

@@ -568,6 +568,17 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.active = None;
     }
+
+    fn update_config(&mut self) -> bool {
+        let sectors = self.disk.backend.size() / SECTOR_SIZE;
+        let capacity = sectors * SECTOR_SIZE;
+        if capacity == self.disk.capacity {
+            return false;
+        }
+        self.disk.capacity = capacity;
+        self.config[..8].copy_from_slice(&sectors.to_le_bytes());
+        true
+    }
 }
 
 #[cfg(test)]
