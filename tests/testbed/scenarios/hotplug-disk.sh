@@ -2,8 +2,9 @@
 # PCI hot-plug of a virtio-blk disk (ACPI: GED interrupt, PCNT notify,
 # acpiphp in the stock Debian kernel, _EJ0 eject):
 #  1. hot-add a raw image passed as a descriptor (SCM_RIGHTS) with id
-#     hp-disk-1: the guest sees it with that serial (HOTPLUG_DISK_VISIBLE_MS,
-#     API call to the console line), writes a pattern and syncs;
+#     hp-disk-1: the guest sees it with that serial (HOTPLUG_DISK_VISIBLE_MS:
+#     from starting `nubo-vmm api` to the console line; ..._AFTER_ANSWER_MS:
+#     from its answer), writes a pattern and syncs;
 #  2. remove-device answers 204 only after the guest ejected it; the pattern
 #     is in the image on L1; GET /vm no longer lists it;
 #  3. re-add the image by path as hp-disk-2: the guest reads the pattern back;
@@ -24,12 +25,15 @@ info "1: hot-add with the image passed as a descriptor"
 t0=$(now)
 api_ok PUT /vm/add-disk "{\"path\":\"$WORK/hp.img\",\"read_only\":false,\"id\":\"hp-disk-1\",\"format\":\"raw\"}" \
     --fd-file "$WORK/hp.img"
+t1=$(now)
 [ "$API_STATUS" = 200 ] || fail "add-disk answered $API_STATUS, expected 200"
 slot=$(json slot)
 [ -n "$slot" ] || fail "no slot in the answer"
 printf '%s' "$API_BODY" | grep -q '"bdf":"0000:00:' || fail "no bdf in the answer"
 wait_line "NUBO-HP-DISK-ADD .*serial=hp-disk-1 " 10
-echo "HOTPLUG_DISK_VISIBLE_MS=$(ms_between "$t0" "$(now)")"
+t2=$(now)
+echo "HOTPLUG_DISK_VISIBLE_MS=$(ms_between "$t0" "$t2")"
+echo "HOTPLUG_DISK_AFTER_ANSWER_MS=$(ms_between "$t1" "$t2")"
 wait_line "NUBO-HP-DISK-WROTE" 10
 pattern=$(tr -d '\r' <"$CON" | sed -n 's/.*NUBO-HP-DISK-WROTE name=[^ ]* pattern=\([^ ]*\).*/\1/p' | head -n1)
 [ -n "$pattern" ] || fail "the guest wrote no pattern"

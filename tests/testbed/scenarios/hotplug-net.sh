@@ -17,11 +17,14 @@ wait_line NUBO-GUEST-READY "$READY_TIMEOUT"
 
 t0=$(now)
 api_ok PUT /vm/add-net '{"id":"hp-nic","mac":[82,84,0,18,52,120]}' --fd-tap "$TAP"
+t1=$(now)
 [ "$API_STATUS" = 200 ] || fail "add-net answered $API_STATUS, expected 200"
 printf '%s' "$API_BODY" | grep -q '"kind":"net"' || fail "the answer is not a NIC"
 ip addr add "$HOST_IP/24" dev "$TAP" && ip link set "$TAP" up || fail "cannot configure $TAP"
 wait_line "NUBO-HP-NET-ADD .*mac=52:54:00:12:34:78" 10
-echo "HOTPLUG_NET_VISIBLE_MS=$(ms_between "$t0" "$(now)")"
+t2=$(now)
+echo "HOTPLUG_NET_VISIBLE_MS=$(ms_between "$t0" "$t2")"
+echo "HOTPLUG_NET_AFTER_ANSWER_MS=$(ms_between "$t1" "$t2")"
 wait_line "NUBO-HP-NET-PING" 20
 grep -q "NUBO-HP-NET-PING ok" "$CON" || fail "the guest could not ping $HOST_IP"
 ping -c 3 -W 2 "$GUEST_IP" >/dev/null || fail "L1 could not ping the guest"
