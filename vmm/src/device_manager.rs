@@ -231,8 +231,7 @@ impl DeviceManager {
     /// Takes a device off the PCI bus: its descriptors leave `events`, its
     /// ioeventfds leave KVM and its BAR space is free again. The guest must
     /// have let go of it first (PCI hot-unplug is the caller's business).
-    /// Its MSI-X GSIs are not given back: [`GsiRouter`] has no way to free
-    /// one yet, so each hot-add uses up a few of them.
+    /// Its MSI-X GSIs are given back when the device is dropped.
     pub fn remove_device(&mut self, events: &EventLoop, id: DeviceId) -> Result<(), VmError> {
         let managed = self
             .devices
