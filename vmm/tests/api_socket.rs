@@ -530,6 +530,25 @@ fn hot_plug_requests_through_the_socket() {
     let (status, text) = vm.call("PUT", "/vm/add-net", Some(r#"{"id":"n1"}"#));
     assert_eq!(status, 400, "a NIC without a TAP: {text}");
 
+    // A qcow2 overlay over given files: its backing file is the next one.
+    let overlay = vm.dir.join("hp.qcow2");
+    images::create_qcow2_overlay(&overlay, &image, images::ImageFormat::Raw).unwrap();
+    let qcow2 = format!(
+        r#"{{"path":"{}","read_only":false,"id":"hp-q","format":"qcow2"}}"#,
+        overlay.display()
+    );
+    let top = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&overlay)
+        .unwrap();
+    let base = std::fs::File::open(&image).unwrap();
+    let (status, text) = with_fds("/vm/add-disk", &qcow2, &[&top]);
+    assert_eq!(status, 400, "the chain needs its backing file: {text}");
+    assert!(text.contains("more descriptors"), "{text}");
+    let (status, text) = with_fds("/vm/add-disk", &qcow2, &[&top, &base]);
+    assert_eq!(status, 200, "{text}");
+
     let resize = |size: u64| {
         vm.call(
             "PUT",
