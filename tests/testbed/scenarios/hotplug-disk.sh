@@ -34,7 +34,8 @@ wait_line "NUBO-HP-DISK-ADD .*serial=hp-disk-1 " 10
 t2=$(now)
 echo "HOTPLUG_DISK_VISIBLE_MS=$(ms_between "$t0" "$t2")"
 echo "HOTPLUG_DISK_AFTER_ANSWER_MS=$(ms_between "$t1" "$t2")"
-wait_line "NUBO-HP-DISK-WROTE" 10
+# The whole line: the console file grows byte by byte.
+wait_line 'NUBO-HP-DISK-WROTE name=vd[a-z]* pattern=NUBO-PATTERN-vd[a-z]*-[0-9a-f]\{8\}' 10
 pattern=$(tr -d '\r' <"$CON" | sed -n 's/.*NUBO-HP-DISK-WROTE name=[^ ]* pattern=\([^ ]*\).*/\1/p' | head -n1)
 [ -n "$pattern" ] || fail "the guest wrote no pattern"
 api_ok GET /vm
