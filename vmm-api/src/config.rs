@@ -548,4 +548,39 @@ mod tests {
         assert!(json.contains(r#""format":"qcow2""#), "{json}");
         assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), config);
     }
+
+    #[test]
+    fn hot_plug_bodies_and_answers() {
+        let add: AddNetRequest =
+            serde_json::from_str(r#"{"id":"port-1","mac":[82,84,0,1,2,3]}"#).unwrap();
+        assert_eq!(add.id.as_deref(), Some("port-1"));
+        assert_eq!(add.net.mac, Some([82, 84, 0, 1, 2, 3]));
+        assert_eq!((add.net.tap, add.net.fd), (None, None));
+        let add: AddNetRequest = serde_json::from_str(r#"{"tap":"tap0"}"#).unwrap();
+        assert_eq!((add.id, add.net.tap.as_deref()), (None, Some("tap0")));
+
+        let remove: RemoveDeviceRequest = serde_json::from_str(r#"{"id":"vol-1"}"#).unwrap();
+        assert_eq!(remove.timeout_ms, None);
+        assert!(serde_json::from_str::<RemoveDeviceRequest>(r#"{"id":"a","x":1}"#).is_err());
+        assert!(serde_json::from_str::<ResizeDiskRequest>(r#"{"id":"a"}"#).is_err());
+
+        let info = DeviceInfo {
+            id: "vol-1".into(),
+            kind: DeviceKind::Disk,
+            slot: 10,
+            bdf: DeviceInfo::bdf_of(10),
+            path: None,
+            tap: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&info).unwrap(),
+            r#"{"id":"vol-1","kind":"disk","slot":10,"bdf":"0000:00:0a.0"}"#
+        );
+
+        assert!(check_device_id("vol-1").is_ok());
+        assert!(check_device_id(&"x".repeat(20)).is_ok());
+        for bad in ["", "a b", "é", &"x".repeat(21)] {
+            assert!(check_device_id(bad).is_err(), "{bad:?}");
+        }
+    }
 }
