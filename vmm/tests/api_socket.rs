@@ -347,10 +347,34 @@ fn runs_unprivileged_after_setup() {
     }
     assert_eq!(vm.call("PUT", "/vm/pause", None).0, 204);
     assert_eq!(vm.call("PUT", "/vm/resume", None).0, 204);
+    // A jailed VMM opens no image by path; it takes one passed with the request.
+    let image = vm.dir.join("jailed.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let body = format!(
+        r#"{{"path":"{}","read_only":false,"id":"jailed","format":"raw"}}"#,
+        image.display()
+    );
+    let (status, text) = vm.call("PUT", "/vm/add-disk", Some(&body));
+    assert_eq!(status, 400, "by path, in the jail: {text}");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image)
+        .unwrap();
+    let fds = [std::os::fd::AsFd::as_fd(&file)];
+    let (status, text) =
+        vmm::client::request_with_fds(&vm.socket, "PUT", "/vm/add-disk", Some(&body), &fds)
+            .unwrap();
+    assert_eq!(status, 200, "with its descriptor: {text}");
     assert_eq!(
         vm.call("PUT", "/vm/reboot", None).0,
         204,
         "restarts reuse the open /dev/kvm and kernel"
+    );
+    let (_, text) = vm.call("GET", "/vm", None);
+    assert!(
+        text.contains(r#""id":"jailed""#),
+        "the disk is back after the restart: {text}"
     );
     assert_eq!(vm.call("PUT", "/vm/stop", None).0, 204);
     assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
