@@ -10,7 +10,8 @@
 #  * then does what `nubo.then=` says: poweroff (default) | reboot | halt |
 #    blkcheck (report and exercise virtio-blk disks, then power off) |
 #    netcheck (configure eth0, ping the host, receive a TCP stream) |
-#    net (stay up; probes, see below) | shell | counter (prints "COUNTER n uptime" every 0.1 s, n = 1, 2, ...)
+#    net (stay up; probes, see below) | shell | counter (prints "COUNTER n uptime" every 0.1 s, n = 1, 2, ...) |
+#    hotplug (report disks and NICs as they come and go, see below)
 #  * just before the readiness line, starts busybox acpid so an ACPI power
 #    button press (PNP0C0C, button.ko -> /dev/input/event*) runs
 #    /etc/acpi/PWRF/00000080 (from guest/build.sh): it prints
@@ -276,6 +277,74 @@ EOS
             done
         fi
         while :; do sleep 3600; done ;;
+    hotplug)
+        # PCI hot-plug checks for the testbed: every 50 ms, report what
+        # appeared, changed or went (U = uptime):
+        #   NUBO-HP-DISK-ADD name=vdX serial=S sectors=N uptime=U, then
+        #     NUBO-HP-DISK-READ name=vdX pattern=P if sector 8 holds a
+        #     pattern already, else NUBO-HP-DISK-WROTE name=vdX pattern=P
+        #     (written and synced)
+        #   NUBO-HP-DISK-SIZE name=vdX sectors=N
+        #   NUBO-HP-DISK-GONE name=vdX uptime=U
+        #   NUBO-HP-NET-ADD name=ethN mac=M uptime=U, then with nubo.ip and
+        #     nubo.peer: NUBO-HP-NET-PING ok|fail (the NIC gets nubo.ip)
+        #   NUBO-HP-NET-GONE name=ethN
+        hip=$(param nubo.ip "") hpeer=$(param nubo.peer "")
+        mkdir -p /run/hp/blk /run/hp/net
+        while :; do
+            for b in /sys/block/vd*; do
+                [ -e "$b" ] || continue
+                n=${b##*/} s=$(cat "$b/size")
+                if [ ! -e "/run/hp/blk/$n" ]; then
+                    echo "$s" >"/run/hp/blk/$n"
+                    read -r up _ </proc/uptime
+                    echo "NUBO-HP-DISK-ADD name=$n serial=$(cat "$b/serial" 2>/dev/null) sectors=$s uptime=$up"
+                    back=$(dd if="/dev/$n" bs=512 skip=8 count=1 iflag=direct 2>/dev/null | head -n1)
+                    case "$back" in
+                        NUBO-PATTERN-*) echo "NUBO-HP-DISK-READ name=$n pattern=$back" ;;
+                        *)
+                            pat="NUBO-PATTERN-$n-$(cut -c1-8 /proc/sys/kernel/random/uuid)"
+                            printf '%s\n' "$pat" | dd of="/dev/$n" bs=512 seek=8 count=1 conv=sync,fsync 2>/dev/null &&
+                                sync && echo "NUBO-HP-DISK-WROTE name=$n pattern=$pat" ;;
+                    esac
+                elif [ "$(cat "/run/hp/blk/$n")" != "$s" ]; then
+                    echo "$s" >"/run/hp/blk/$n"
+                    echo "NUBO-HP-DISK-SIZE name=$n sectors=$s"
+                fi
+            done
+            for f in /run/hp/blk/*; do
+                [ -e "$f" ] || continue
+                n=${f##*/}
+                [ -e "/sys/block/$n" ] && continue
+                rm -f "$f"
+                read -r up _ </proc/uptime
+                echo "NUBO-HP-DISK-GONE name=$n uptime=$up"
+            done
+            for d in /sys/class/net/eth*; do
+                [ -e "$d" ] || continue
+                n=${d##*/}
+                [ -e "/run/hp/net/$n" ] && continue
+                : >"/run/hp/net/$n"
+                read -r up _ </proc/uptime
+                echo "NUBO-HP-NET-ADD name=$n mac=$(cat "$d/address") uptime=$up"
+                if [ -n "$hip" ]; then
+                    ip addr add "$hip" dev "$n"; ip link set "$n" up
+                    if ping -c 3 -W 2 "$hpeer" >/dev/null 2>&1; then
+                        echo "NUBO-HP-NET-PING ok"
+                    else
+                        echo "NUBO-HP-NET-PING fail"
+                    fi
+                fi
+            done
+            for f in /run/hp/net/*; do
+                [ -e "$f" ] || continue
+                n=${f##*/}
+                [ -e "/sys/class/net/$n" ] && continue
+                rm -f "$f"
+                echo "NUBO-HP-NET-GONE name=$n"
+            done
+            usleep 50000
+        done ;;
     shell)  while :; do setsid cttyhack sh || sh; done ;;
     *)      sync; poweroff -f ;;
 esac

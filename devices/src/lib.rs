@@ -9,6 +9,7 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod i8042;
 pub mod pci;
+pub mod pci_hotplug;
 pub mod serial;
 pub mod trigger;
 pub mod virtio;

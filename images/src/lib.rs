@@ -138,6 +138,30 @@ pub fn open(
     })
 }
 
+/// Opens an image over files its caller opened (a jailed VMM opens nothing
+/// by path): `files[0]` is the image (opened for writing too unless
+/// `read_only`), `files[1..]` a qcow2 image's backing chain top-down, each
+/// backing reference resolved to the next file. The count must match: a
+/// raw image takes one file, a qcow2 image one per file of its chain.
+pub fn open_files(
+    files: Vec<File>,
+    format: ImageFormat,
+    read_only: bool,
+) -> Result<Box<dyn BlockBackend>, ImageError> {
+    Ok(match format {
+        ImageFormat::Raw => {
+            let count = files.len();
+            let Ok([file]) = <[File; 1]>::try_from(files) else {
+                return Err(ImageError::InvalidArgument(format!(
+                    "a raw image takes exactly one descriptor, got {count}"
+                )));
+            };
+            Box::new(RawImage::from_file(file, read_only)?)
+        }
+        ImageFormat::Qcow2 => Box::new(Qcow2Image::open_files(files, read_only)?),
+    })
+}
+
 /// Guesses the format of a file: qcow2 if it starts with the qcow2 magic, raw otherwise.
 ///
 /// Use this only for uploaded images and for backing files, which are opened read-only.

@@ -452,6 +452,11 @@ enum BackingPolicy<'a> {
     /// Refuse an image that names a backing file, before anything is opened (uploads:
     /// an untrusted image must not make the host open a path of its choosing).
     Refuse,
+    /// Take the next of these already open files (a jailed VMM opens nothing by path).
+    Given {
+        files: &'a mut std::collections::VecDeque<std::fs::File>,
+        depth: usize,
+    },
 }
 
 /// A qcow2 image (version 3; version 2 is also accepted).
@@ -530,6 +535,32 @@ impl Qcow2Image {
                 chain,
             },
         )
+    }
+
+    /// Opens the qcow2 image over `files`: the image first, then its backing
+    /// chain top-down, each backing reference resolved to the next file. The
+    /// count must match the chain.
+    pub fn open_files(files: Vec<std::fs::File>, read_only: bool) -> Result<Self, ImageError> {
+        let given = files.len();
+        let mut files: std::collections::VecDeque<_> = files.into();
+        let top = files
+            .pop_front()
+            .ok_or_else(|| ImageError::InvalidArgument("no image descriptor given".into()))?;
+        let image = Self::open_storage(
+            Box::new(top),
+            read_only,
+            BackingPolicy::Given {
+                files: &mut files,
+                depth: 0,
+            },
+        )?;
+        if !files.is_empty() {
+            return Err(ImageError::InvalidArgument(format!(
+                "{given} descriptors given but the image's chain has {} files",
+                given - files.len()
+            )));
+        }
+        Ok(image)
     }
 
     fn open_storage(
@@ -660,6 +691,23 @@ impl Qcow2Image {
                     Some(Box::new(MemRaw(pattern)) as Box<dyn BlockBackend>),
                     Some(name.clone()),
                 )
+            }
+            (Some(name), BackingPolicy::Given { files, depth }) => {
+                if depth + 1 > MAX_BACKING_DEPTH {
+                    return Err(ImageError::BackingChainTooDeep(MAX_BACKING_DEPTH));
+                }
+                let next = files.pop_front().ok_or_else(|| {
+                    ImageError::InvalidArgument(format!(
+                        "the chain needs more descriptors: no file given for backing file {}",
+                        name.display()
+                    ))
+                })?;
+                let b = given_backing(next, h.backing_format.as_deref(), files, depth + 1)
+                    .map_err(|e| ImageError::Backing {
+                        path: name.clone(),
+                        source: Box::new(e),
+                    })?;
+                (Some(b), Some(name.clone()))
             }
             (
                 Some(name),
@@ -1550,6 +1598,42 @@ fn open_backing(
     Ok(match format {
         ImageFormat::Raw => Box::new(crate::RawImage::open(path, true)?),
         ImageFormat::Qcow2 => Box::new(Qcow2Image::open_chain(path, true, depth, chain)?),
+    })
+}
+
+/// A backing file from an open `file` (read-only), its format from the
+/// header's extension or else its first bytes; its own backing from `rest`.
+fn given_backing(
+    file: std::fs::File,
+    format: Option<&[u8]>,
+    rest: &mut std::collections::VecDeque<std::fs::File>,
+    depth: usize,
+) -> Result<Box<dyn BlockBackend>, ImageError> {
+    use std::os::unix::fs::FileExt;
+    let format = match format {
+        Some(b"raw") => ImageFormat::Raw,
+        Some(b"qcow2") => ImageFormat::Qcow2,
+        Some(other) => {
+            return Err(ImageError::Unsupported(format!(
+                "backing file format {:?}",
+                String::from_utf8_lossy(other)
+            )))
+        }
+        None => {
+            let mut magic = [0u8; 4];
+            match file.read_exact_at(&mut magic, 0) {
+                Ok(()) if magic == MAGIC => ImageFormat::Qcow2,
+                _ => ImageFormat::Raw,
+            }
+        }
+    };
+    Ok(match format {
+        ImageFormat::Raw => Box::new(crate::RawImage::from_file(file, true)?),
+        ImageFormat::Qcow2 => Box::new(Qcow2Image::open_storage(
+            Box::new(file),
+            true,
+            BackingPolicy::Given { files: rest, depth },
+        )?),
     })
 }
 

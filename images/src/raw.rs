@@ -24,11 +24,16 @@ pub struct RawImage {
 impl RawImage {
     /// Opens `path` as a raw image, read-only or read-write.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, ImageError> {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
             .open(path)
             .map_err(ioe("opening raw image"))?;
+        Self::from_file(file, read_only)
+    }
+
+    /// A raw image over `file`, already open (for writing too unless `read_only`).
+    pub fn from_file(mut file: File, read_only: bool) -> Result<Self, ImageError> {
         // Seeking to the end also works for block devices, whose metadata length is 0.
         let size = file
             .seek(SeekFrom::End(0))

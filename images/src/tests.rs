@@ -1256,4 +1256,62 @@ fn standalone_check_refuses_backing_files_without_opening_them() {
     assert!(e.to_string().contains("truncated"), "{e}");
 }
 
+/// An image opened over given files: the chain resolves to them in order,
+/// without opening any path, and the count must match the chain.
+#[test]
+fn open_files_resolves_the_chain_to_given_files() {
+    let dir = TempDir::new("files");
+    let (base, mid, top) = (
+        dir.path("base.raw"),
+        dir.path("mid.qcow2"),
+        dir.path("top.qcow2"),
+    );
+    std::fs::write(&base, vec![0x5au8; 1 << 20]).unwrap();
+    create_qcow2_overlay(&mid, &base, ImageFormat::Raw).unwrap();
+    create_qcow2_overlay(&top, &mid, ImageFormat::Qcow2).unwrap();
+    let ro = |p: &Path| std::fs::File::open(p).unwrap();
+    let rw = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap()
+    };
+
+    let mut image = open_files(
+        vec![rw(&top), ro(&mid), ro(&base)],
+        ImageFormat::Qcow2,
+        false,
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    image.read_at(&mut buf, 4096).unwrap();
+    assert_eq!(buf, [0x5a; 512], "read through the chain");
+    image.write_at(&[7u8; 512], 0).unwrap();
+    image.flush().unwrap();
+    drop(image);
+
+    let short = open_files(vec![rw(&top), ro(&mid)], ImageFormat::Qcow2, false);
+    let err = short
+        .err()
+        .expect("a missing backing descriptor")
+        .to_string();
+    assert!(err.contains("more descriptors"), "{err}");
+    let long = open_files(
+        vec![rw(&top), ro(&mid), ro(&base), ro(&base)],
+        ImageFormat::Qcow2,
+        false,
+    );
+    let err = long.err().expect("an extra descriptor").to_string();
+    assert!(err.contains("4 descriptors"), "{err}");
+    assert!(open_files(vec![], ImageFormat::Qcow2, true).is_err());
+
+    let mut raw = open_files(vec![ro(&base)], ImageFormat::Raw, true).unwrap();
+    assert_eq!(raw.size(), 1 << 20);
+    raw.read_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, [0x5a; 512]);
+    let two = open_files(vec![ro(&base), ro(&base)], ImageFormat::Raw, true);
+    assert!(two.err().unwrap().to_string().contains("exactly one"));
+}
+
 mod resize;

@@ -210,6 +210,9 @@ pub enum ConfigError {
     /// The serial option could not be parsed.
     #[error("invalid serial option '{0}': use stdio, off, file=PATH or socket=PATH")]
     Serial(String),
+    /// A device id is empty, too long or not printable ASCII.
+    #[error("invalid device id '{0}': 1 to 20 printable ASCII characters")]
+    DeviceId(String),
 }
 
 /// `n` bytes as "N MiB" when a whole number of MiB, else "N bytes".
@@ -330,6 +333,89 @@ impl VmConfigBuilder {
         }
         Ok(self.config)
     }
+}
+
+/// What kind of device a [`DeviceInfo`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// A virtio-blk disk.
+    Disk,
+    /// A virtio-net NIC.
+    Net,
+}
+
+/// One PCI device of a guest: the answer of `PUT /vm/add-disk` and
+/// `PUT /vm/add-net`, and an entry of `GET /vm`'s `devices`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceInfo {
+    /// The device's id (for a disk also its serial); boot devices without
+    /// one are `diskN` / `netN`.
+    pub id: String,
+    /// Disk or NIC.
+    pub kind: DeviceKind,
+    /// The PCI slot on bus 0 (1..=31).
+    pub slot: u8,
+    /// The guest's PCI address, `0000:00:SS.0`.
+    pub bdf: String,
+    /// A disk's image path (as given; absent when only descriptors were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// A NIC's TAP interface name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+}
+
+impl DeviceInfo {
+    /// The PCI address of function 0 of `slot` on bus 0 of segment 0.
+    pub fn bdf_of(slot: u8) -> String {
+        format!("0000:00:{slot:02x}.0")
+    }
+}
+
+/// The body of `PUT /vm/add-net`: a [`NetConfig`] (`tap` or, with a
+/// descriptor passed along, neither) and the NIC's id.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AddNetRequest {
+    /// The NIC (its `fd` field is ignored: the descriptor comes with the request).
+    #[serde(flatten)]
+    pub net: NetConfig,
+    /// The device id (unique among the guest's devices, at most 20 ASCII
+    /// characters); `netN` when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// The body of `PUT /vm/remove-device`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveDeviceRequest {
+    /// The device's id.
+    pub id: String,
+    /// How long to wait for the guest to eject it (default 10000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The body of `PUT /vm/resize-disk`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeDiskRequest {
+    /// The disk's id.
+    pub id: String,
+    /// The new size in bytes (grow only).
+    pub size: u64,
+}
+
+/// Longest device id (a virtio-blk serial is 20 bytes).
+pub const MAX_DEVICE_ID: usize = 20;
+
+/// Checks a device id: 1 to [`MAX_DEVICE_ID`] printable ASCII characters.
+pub fn check_device_id(id: &str) -> Result<(), ConfigError> {
+    if id.is_empty() || id.len() > MAX_DEVICE_ID || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::DeviceId(id.to_string()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -461,5 +547,40 @@ mod tests {
         );
         assert!(json.contains(r#""format":"qcow2""#), "{json}");
         assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), config);
+    }
+
+    #[test]
+    fn hot_plug_bodies_and_answers() {
+        let add: AddNetRequest =
+            serde_json::from_str(r#"{"id":"port-1","mac":[82,84,0,1,2,3]}"#).unwrap();
+        assert_eq!(add.id.as_deref(), Some("port-1"));
+        assert_eq!(add.net.mac, Some([82, 84, 0, 1, 2, 3]));
+        assert_eq!((add.net.tap, add.net.fd), (None, None));
+        let add: AddNetRequest = serde_json::from_str(r#"{"tap":"tap0"}"#).unwrap();
+        assert_eq!((add.id, add.net.tap.as_deref()), (None, Some("tap0")));
+
+        let remove: RemoveDeviceRequest = serde_json::from_str(r#"{"id":"vol-1"}"#).unwrap();
+        assert_eq!(remove.timeout_ms, None);
+        assert!(serde_json::from_str::<RemoveDeviceRequest>(r#"{"id":"a","x":1}"#).is_err());
+        assert!(serde_json::from_str::<ResizeDiskRequest>(r#"{"id":"a"}"#).is_err());
+
+        let info = DeviceInfo {
+            id: "vol-1".into(),
+            kind: DeviceKind::Disk,
+            slot: 10,
+            bdf: DeviceInfo::bdf_of(10),
+            path: None,
+            tap: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&info).unwrap(),
+            r#"{"id":"vol-1","kind":"disk","slot":10,"bdf":"0000:00:0a.0"}"#
+        );
+
+        assert!(check_device_id("vol-1").is_ok());
+        assert!(check_device_id(&"x".repeat(20)).is_ok());
+        for bad in ["", "a b", "é", &"x".repeat(21)] {
+            assert!(check_device_id(bad).is_err(), "{bad:?}");
+        }
     }
 }

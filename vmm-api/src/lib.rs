@@ -12,7 +12,7 @@ pub mod fd_passing;
 
 pub use client::{request, ClientError};
 pub use config::{
-    ConfigError, DiskConfig, ImageFormat, MemorySize, NetConfig, SerialConfig, VmConfig,
-    VmConfigBuilder,
+    AddNetRequest, ConfigError, DeviceInfo, DeviceKind, DiskConfig, ImageFormat, MemorySize,
+    NetConfig, SerialConfig, VmConfig, VmConfigBuilder,
 };
 pub use fd_passing::request_with_fds;

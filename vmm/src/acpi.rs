@@ -9,7 +9,8 @@
 //! table 8-byte aligned:
 //!
 //! ```text
-//! RSDP (rev 2) -> XSDT -> FADT -> DSDT (AML: \_S5_, \_SB_.COM1, \_SB_.PS2_)
+//! RSDP (rev 2) -> XSDT -> FADT -> DSDT (AML: \_S5_, \_SB_.COM1, \_SB_.PS2_,
+//!                                        \_SB_.GED_, \_SB_.PHPR, \_SB_.PCI0.S001..S031)
 //!                      -> MADT (LAPIC per vCPU, IOAPIC, IRQ0->GSI2 override, LAPIC NMI)
 //! ```
 //!
@@ -37,10 +38,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
 use crate::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT,
-    ACPI_SLEEP_STATUS_PORT, ACPI_TABLES_END, APIC_START, COM1_IRQ, COM1_PORT, GED_IRQ,
+    ACPI_SLEEP_STATUS_PORT, ACPI_TABLES_END, APIC_START, COM1_IRQ, COM1_PORT, GED_IRQ, HOTPLUG_IRQ,
     I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_IRQ, IOAPIC_START, MMIO_32BIT_START,
-    PCI_MMCONFIG_START, RSDP_START,
+    PCI_HOTPLUG_START, PCI_MMCONFIG_START, RSDP_START,
 };
+use devices::pci_hotplug::PCI_HOTPLUG_SIZE;
 
 /// OEM ID written into the RSDP and every table header.
 const OEM_ID: [u8; 6] = *b"NUBO  ";
@@ -405,13 +407,26 @@ fn build_dsdt() -> Sdt {
     let pwrb = aml::Device::new("PWRB".into(), vec![&pwrb_hid, &pwrb_uid]);
     let ged_hid = aml::Name::new("_HID".into(), &"ACPI0013");
     let ged_uid = aml::Name::new("_UID".into(), &0u8);
+    // Two interrupts: the power button's and PCI hot-plug's; Linux calls
+    // _EVT with the number of the one that fired.
     let ged_irq = aml::Interrupt::new(true, true, false, false, GED_IRQ);
-    let ged_crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&ged_irq]));
+    let hotplug_irq = aml::Interrupt::new(true, true, false, false, HOTPLUG_IRQ);
+    let ged_crs = aml::Name::new(
+        "_CRS".into(),
+        &aml::ResourceTemplate::new(vec![&ged_irq, &hotplug_irq]),
+    );
     let pwrb_path = aml::Path::new("\\_SB_.PWRB");
     let power_pressed = 0x80u8;
     let notify = aml::Notify::new(&pwrb_path, &power_pressed);
-    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
+    let is_power = aml::Equal::new(&aml::Arg(0), &GED_IRQ);
+    let if_power = aml::If::new(&is_power, vec![&notify]);
+    let pcnt = aml::MethodCall::new("\\_SB_.PCI0.PCNT".into(), vec![]);
+    let is_hotplug = aml::Equal::new(&aml::Arg(0), &HOTPLUG_IRQ);
+    let if_hotplug = aml::If::new(&is_hotplug, vec![&pcnt]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&if_power, &if_hotplug]);
     let ged = aml::Device::new("GED_".into(), vec![&ged_hid, &ged_uid, &ged_crs, &evt]);
+    let phpr = RawAml(hotplug_controller());
+    let slots = RawAml(hotplug_slots());
 
     // The PCI host bridge: bus 0, config ports 0xCF8-0xCFF, and the 32-bit
     // window where the VMM places BARs (Linux keeps BARs inside _CRS).
@@ -435,10 +450,15 @@ fn build_dsdt() -> Sdt {
     );
     let pci0 = aml::Device::new(
         "PCI0".into(),
-        vec![&pci_hid, &pci_cid, &pci_uid, &pci_seg, &pci_bbn, &pci_crs],
+        vec![
+            &pci_hid, &pci_cid, &pci_uid, &pci_seg, &pci_bbn, &pci_crs, &slots,
+        ],
     );
 
-    let sb = aml::Scope::new("\\_SB_".into(), vec![&com1, &ps2, &pwrb, &ged, &pci0]);
+    let sb = aml::Scope::new(
+        "\\_SB_".into(),
+        vec![&com1, &ps2, &pwrb, &ged, &phpr, &pci0],
+    );
 
     let mut body = Vec::new();
     s5.to_aml_bytes(&mut body);
@@ -447,6 +467,100 @@ fn build_dsdt() -> Sdt {
     let mut dsdt = new_sdt(*b"DSDT", DSDT_REVISION);
     dsdt.append_slice(&body);
     dsdt
+}
+
+/// AML already encoded, e.g. a list of objects built in a loop.
+struct RawAml(Vec<u8>);
+
+impl Aml for RawAml {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+/// The hot-pluggable PCI slots of bus 0 (slot 0 is the host bridge).
+const HOTPLUG_SLOTS: std::ops::RangeInclusive<u8> = 1..=31;
+
+/// The ACPI name of slot `slot`'s device under `\_SB_.PCI0`.
+fn slot_name(slot: u8) -> String {
+    format!("S{slot:03}")
+}
+
+/// `\_SB_.PHPR`, the PCI hot-plug controller: its MMIO registers
+/// (`devices::pci_hotplug`) as fields, and `PCEJ (slot)`, which `_EJ0`
+/// calls to tell the VMM that the guest let go of a slot.
+fn hotplug_controller() -> Vec<u8> {
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A06"));
+    let uid = aml::Name::new("_UID".into(), &"PCI hot-plug controller");
+    let mem = aml::Memory32Fixed::new(true, PCI_HOTPLUG_START as u32, PCI_HOTPLUG_SIZE as u32);
+    let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&mem]));
+    let region = aml::OpRegion::new(
+        "PCST".into(),
+        aml::OpRegionSpace::SystemMemory,
+        &PCI_HOTPLUG_START,
+        &PCI_HOTPLUG_SIZE,
+    );
+    let fields = aml::Field::new(
+        "PCST".into(),
+        aml::FieldAccessType::DWord,
+        aml::FieldLockRule::NoLock,
+        aml::FieldUpdateRule::WriteAsZeroes,
+        vec![
+            aml::FieldEntry::Named(*b"PCIU", 32),
+            aml::FieldEntry::Named(*b"PCID", 32),
+            aml::FieldEntry::Named(*b"B0EJ", 32),
+            aml::FieldEntry::Named(*b"PSEG", 32),
+        ],
+    );
+    let mutex = aml::Mutex::new("BLCK".into(), 0);
+    let acquire = aml::Acquire::new("BLCK".into(), 0xffff);
+    let b0ej = aml::Path::new("B0EJ");
+    let eject_bit = aml::ShiftLeft::new(&b0ej, &aml::ONE, &aml::Arg(0));
+    let release = aml::Release::new("BLCK".into());
+    let pcej = aml::Method::new("PCEJ".into(), 1, true, vec![&acquire, &eject_bit, &release]);
+    let device = aml::Device::new(
+        "PHPR".into(),
+        vec![&hid, &uid, &crs, &region, &fields, &mutex, &pcej],
+    );
+    let mut bytes = Vec::new();
+    device.to_aml_bytes(&mut bytes);
+    bytes
+}
+
+/// One device per hot-pluggable slot under `\_SB_.PCI0` (with `_ADR`,
+/// `_SUN` and `_EJ0`, which is what makes Linux's acpiphp manage it), and
+/// `PCNT`, which the GED's `_EVT` calls: it notifies "bus check" (1) for
+/// every slot in `PCIU` and "eject request" (3) for every slot in `PCID`.
+fn hotplug_slots() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for slot in HOTPLUG_SLOTS {
+        let adr = aml::Name::new("_ADR".into(), &(u32::from(slot) << 16));
+        let sun = aml::Name::new("_SUN".into(), &slot);
+        let sun_path = aml::Path::new("_SUN");
+        let pcej = aml::MethodCall::new("\\_SB_.PHPR.PCEJ".into(), vec![&sun_path]);
+        let ej0 = aml::Method::new("_EJ0".into(), 1, false, vec![&pcej]);
+        aml::Device::new(slot_name(slot).as_str().into(), vec![&adr, &sun, &ej0])
+            .to_aml_bytes(&mut bytes);
+    }
+    // DVNT (bitmap, event): Notify every slot whose bit is set.
+    let mut dvnt_body = Vec::new();
+    for slot in HOTPLUG_SLOTS {
+        let bit = 1u32 << slot;
+        let and = aml::And::new(&aml::ZERO, &aml::Arg(0), &bit);
+        let path = aml::Path::new(&slot_name(slot));
+        let notify = aml::Notify::new(&path, &aml::Arg(1));
+        aml::If::new(&and, vec![&notify]).to_aml_bytes(&mut dvnt_body);
+    }
+    let dvnt_body = RawAml(dvnt_body);
+    aml::Method::new("DVNT".into(), 2, true, vec![&dvnt_body]).to_aml_bytes(&mut bytes);
+    let (pciu, pcid) = (
+        aml::Path::new("\\_SB_.PHPR.PCIU"),
+        aml::Path::new("\\_SB_.PHPR.PCID"),
+    );
+    let up = aml::MethodCall::new("DVNT".into(), vec![&pciu, &aml::ONE]);
+    let down = aml::MethodCall::new("DVNT".into(), vec![&pcid, &3u8]);
+    aml::Method::new("PCNT".into(), 0, true, vec![&up, &down]).to_aml_bytes(&mut bytes);
+    bytes
 }
 
 #[cfg(test)]
@@ -652,6 +766,22 @@ mod tests {
         // IRQNoFlags () {1}
         assert!(contains(&[0x22, 0x02, 0x00]));
         assert!(contains(b"_SB_"));
+        // PCI hot-plug: the controller, its registers, a device per slot.
+        for name in [
+            &b"PHPR"[..],
+            b"PCIU",
+            b"PCID",
+            b"B0EJ",
+            b"PCEJ",
+            b"PCNT",
+            b"DVNT",
+        ] {
+            assert!(contains(name), "{}", String::from_utf8_lossy(name));
+        }
+        for slot in HOTPLUG_SLOTS {
+            assert!(contains(slot_name(slot).as_bytes()), "slot {slot}");
+        }
+        assert!(!contains(b"S000"), "slot 0 is the host bridge");
     }
 
     #[test]

@@ -8,21 +8,29 @@
 //! | `PUT /vm/shutdown` `{"timeout_s": 30}` | press the ACPI power button; stop hard after the timeout |
 //! | `PUT /vm/reboot` | restart the guest |
 //! | `PUT /vm/stop` | stop now; the VMM exits |
+//! | `PUT /vm/add-disk` (DiskConfig, optional descriptors) | hot-add a disk; 200 with its DeviceInfo |
+//! | `PUT /vm/add-net` (NetConfig + id, a TAP descriptor) | hot-add a NIC; 200 with its DeviceInfo |
+//! | `PUT /vm/remove-device` `{"id": "...", "timeout_ms": 10000}` | 204 once the guest ejected it |
+//! | `PUT /vm/resize-disk` `{"id": "...", "size": N}` | grow a disk; the guest is told |
 //! | `GET /metrics` | counters in the Prometheus text format |
 
+use std::fs::File;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 
-use crate::control::{ControlError, VmController};
+use crate::config::DiskConfig;
+use crate::control::{ControlError, VmController, DEFAULT_REMOVE_TIMEOUT};
+use crate::fd_stream::{FdListener, ReceivedFds};
 use crate::socket::SocketError;
+use vmm_api::config::{AddNetRequest, RemoveDeviceRequest, ResizeDiskRequest};
 
 /// Errors of starting the API server.
 #[derive(Debug, thiserror::Error)]
@@ -51,13 +59,26 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// Maps a controller's answer to HTTP: 204, 409 for a wrong state, 503 when gone.
+/// Maps a controller's error to HTTP: 400 for a bad request, 404 for an
+/// unknown device, 409 for a wrong state, 503 when gone, 504 when the guest
+/// did not do its part in time.
+fn control_error(e: ControlError) -> Response {
+    let status = match &e {
+        ControlError::WrongState { .. } => StatusCode::CONFLICT,
+        ControlError::Gone => StatusCode::SERVICE_UNAVAILABLE,
+        ControlError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ControlError::NoDevice(_) => StatusCode::NOT_FOUND,
+        ControlError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+    };
+    error(status, e.to_string())
+}
+
+/// Maps a controller's answer to HTTP: 204, or its error.
 fn answer(result: Result<(), ControlError>) -> Response {
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e @ ControlError::WrongState { .. }) => error(StatusCode::CONFLICT, e.to_string()),
-        Err(e @ ControlError::Gone) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        Err(e @ ControlError::Failed(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => control_error(e),
     }
 }
 
@@ -70,6 +91,117 @@ async fn control(
         Ok(result) => answer(result),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// Runs a blocking controller call that answers with a JSON body.
+async fn control_json<T: serde::Serialize + Send + 'static>(
+    ctl: VmController,
+    call: impl FnOnce(&VmController) -> Result<T, ControlError> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(move || call(&ctl)).await {
+        Ok(Ok(value)) => Json(value).into_response(),
+        Ok(Err(e)) => control_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Parses a JSON body; the error says why it is not one.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
+}
+
+/// The descriptors that came with the request (none without a connection,
+/// e.g. in tests).
+fn request_fds(extensions: &axum::http::Extensions) -> Vec<std::os::fd::OwnedFd> {
+    extensions
+        .get::<ConnectInfo<ReceivedFds>>()
+        .map(|ConnectInfo(fds)| fds.take())
+        .unwrap_or_default()
+}
+
+async fn add_disk(
+    State(ctl): State<VmController>,
+    extensions: axum::http::Extensions,
+    body: Bytes,
+) -> Response {
+    let fds = request_fds(&extensions);
+    let disk: DiskConfig = match parse(&body) {
+        Ok(d) => d,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let files = (!fds.is_empty()).then(|| fds.into_iter().map(File::from).collect());
+    control_json(ctl, move |c| c.add_disk(disk, files)).await
+}
+
+async fn add_net(
+    State(ctl): State<VmController>,
+    extensions: axum::http::Extensions,
+    body: Bytes,
+) -> Response {
+    let mut fds = request_fds(&extensions);
+    let request: AddNetRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    if fds.len() > 1 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("a NIC takes one TAP descriptor, got {}", fds.len()),
+        );
+    }
+    let tap = fds.pop();
+    control_json(ctl, move |c| c.add_net(request.net, request.id, tap)).await
+}
+
+/// Longest wait for an eject that a request may ask for.
+const MAX_REMOVE_TIMEOUT_MS: u64 = 600_000;
+
+async fn remove_device(State(ctl): State<VmController>, body: Bytes) -> Response {
+    let request: RemoveDeviceRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let timeout = match request.timeout_ms {
+        None => DEFAULT_REMOVE_TIMEOUT,
+        Some(ms) if ms <= MAX_REMOVE_TIMEOUT_MS => Duration::from_millis(ms),
+        Some(ms) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("timeout_ms must be at most {MAX_REMOVE_TIMEOUT_MS}, got {ms}"),
+            )
+        }
+    };
+    control(ctl, move |c| c.remove_device(&request.id, timeout)).await
+}
+
+async fn resize_disk(State(ctl): State<VmController>, body: Bytes) -> Response {
+    let request: ResizeDiskRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    control(ctl, move |c| c.resize_disk(&request.id, request.size)).await
+}
+
+/// Closes the descriptors a request came with but did not take.
+async fn drop_unused_fds(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let fds = request
+        .extensions()
+        .get::<ConnectInfo<ReceivedFds>>()
+        .cloned();
+    let response = next.run(request).await;
+    if let Some(ConnectInfo(fds)) = fds {
+        let left = fds.take();
+        if !left.is_empty() {
+            tracing::debug!(
+                count = left.len(),
+                "closed descriptors the request did not take"
+            );
+        }
+    }
+    response
 }
 
 /// The body of `PUT /vm/shutdown`.
@@ -128,6 +260,10 @@ pub fn router(controller: VmController) -> Router {
             "/vm/stop",
             put(|State(ctl): State<VmController>| control(ctl, |c| c.stop())),
         )
+        .route("/vm/add-disk", put(add_disk))
+        .route("/vm/add-net", put(add_net))
+        .route("/vm/remove-device", put(remove_device))
+        .route("/vm/resize-disk", put(resize_disk))
         .route(
             "/metrics",
             get(|State(ctl): State<VmController>| async move {
@@ -143,6 +279,7 @@ pub fn router(controller: VmController) -> Router {
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn(drop_unused_fds))
         .with_state(controller)
 }
 
@@ -274,10 +411,10 @@ pub fn serve(listener: ApiListener, controller: VmController) -> Result<ApiServe
                         return;
                     }
                 };
-                let serve =
-                    axum::serve(listener, router(controller)).with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    });
+                let app = router(controller).into_make_service_with_connect_info::<ReceivedFds>();
+                let serve = axum::serve(FdListener(listener), app).with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                });
                 if let Err(e) = serve.await {
                     tracing::error!(error = %e, "the API server stopped");
                 }

@@ -2,6 +2,7 @@
 //! tests on hosts without curl can drive a VMM: vmm-api's async client on a
 //! runtime of its own.
 
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 pub use vmm_api::client::ClientError as ApiError;
@@ -31,4 +32,23 @@ pub fn request(
         .build()
         .map_err(ClientError::Runtime)?;
     Ok(runtime.block_on(vmm_api::client::request(socket, method, path, body, None))?)
+}
+
+/// Like [`request`], passing `fds` along with the request (`SCM_RIGHTS`:
+/// an image and its backing files for `PUT /vm/add-disk`, a TAP for
+/// `PUT /vm/add-net`).
+pub fn request_with_fds(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(u16, String), ClientError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ClientError::Runtime)?;
+    Ok(runtime.block_on(vmm_api::request_with_fds(
+        socket, method, path, body, fds, None,
+    ))?)
 }

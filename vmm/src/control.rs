@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use std::os::fd::FromRawFd;
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
 
-use crate::config::{NetConfig, SerialConfig, VmConfig};
+use crate::config::{DiskConfig, NetConfig, SerialConfig, VmConfig};
 use crate::console::{ConsoleHub, SharedLog, DEFAULT_LOG_CAP};
 use crate::device_manager::DiskStats;
 use crate::disk::SharedDisk;
@@ -21,6 +22,7 @@ use crate::error::VmError;
 use devices::virtio::block::BlockCounters;
 use devices::virtio::net::NetCounters;
 use images::BlockBackend;
+use vmm_api::config::DeviceInfo;
 
 /// The lifecycle state of a guest, as the API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -68,21 +70,91 @@ pub enum ControlError {
     /// Carrying out the request failed.
     #[error("{0}")]
     Failed(String),
+    /// The request itself is wrong (a bad or duplicate id, an image that
+    /// cannot be opened, a size that shrinks).
+    #[error("{0}")]
+    Invalid(String),
+    /// No device has this id.
+    #[error("no device '{0}'")]
+    NoDevice(String),
+    /// The guest did not do its part in time.
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// A request for the control loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Command {
     Pause,
     Resume,
-    Shutdown { timeout: Option<Duration> },
+    Shutdown {
+        timeout: Option<Duration>,
+    },
     Reboot,
     Stop,
+    /// Hot-adds a disk, over `files` (the image, then its backing chain)
+    /// when given, else over its path.
+    AddDisk {
+        disk: DiskConfig,
+        files: Option<Vec<File>>,
+    },
+    /// Hot-adds a NIC on `tap` when given, else on the TAP its config names.
+    AddNet {
+        net: NetConfig,
+        id: Option<String>,
+        tap: Option<OwnedFd>,
+    },
+    /// Asks the guest to release a device; `done` is answered once it has
+    /// been ejected and taken off the bus.
+    RemoveDevice {
+        id: String,
+        done: SyncSender<Result<(), ControlError>>,
+    },
+    /// Grows a disk and tells the guest.
+    ResizeDisk {
+        id: String,
+        size: u64,
+    },
+}
+
+/// What the control loop answers.
+pub(crate) enum Reply {
+    Done,
+    Device(DeviceInfo),
 }
 
 pub(crate) struct Request {
     pub command: Command,
-    pub reply: SyncSender<Result<(), ControlError>>,
+    pub reply: SyncSender<Result<Reply, ControlError>>,
+}
+
+/// A disk of the guest, with its image opened once; it stays across
+/// reboots until it is removed.
+pub(crate) struct AttachedDisk {
+    pub name: String,
+    pub config: DiskConfig,
+    pub image: SharedDisk,
+}
+
+/// A NIC of the guest, with its TAP opened once.
+pub(crate) struct AttachedNet {
+    pub name: String,
+    pub config: NetConfig,
+    pub tap: netstack::Tap,
+}
+
+/// The guest's current devices: the boot ones and those hot-added since,
+/// less those removed. Each boot of this process builds these.
+#[derive(Default)]
+pub(crate) struct Attached {
+    pub disks: Vec<AttachedDisk>,
+    pub nets: Vec<AttachedNet>,
+}
+
+impl Attached {
+    /// Whether a device is named `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.disks.iter().any(|d| d.name == name) || self.nets.iter().any(|n| n.name == name)
+    }
 }
 
 /// What the guest's vCPUs did, counted by exit reason.
@@ -126,12 +198,12 @@ pub(crate) struct ControlShared {
     pub kvm: kvm_ioctls::Kvm,
     /// The kernel and initramfs, opened once for the same reason.
     pub boot_files: crate::boot::BootFiles,
-    /// The disk images (with their backing chains), opened once; each boot's
-    /// virtio-blk devices share them.
-    pub images: Vec<SharedDisk>,
-    /// The NICs' TAPs, opened once (before privileges are dropped); each
-    /// boot gets a duplicate of each.
-    pub taps: Vec<netstack::Tap>,
+    /// The disks (images with their backing chains) and the NICs' TAPs,
+    /// opened once (before privileges are dropped, or handed over with a
+    /// hot-add); each boot's devices share them.
+    pub attached: Mutex<Attached>,
+    /// The current devices, for `GET /vm`.
+    pub devices: Mutex<Vec<DeviceInfo>>,
     /// The current boot's NICs, for metrics.
     pub nets: Mutex<Vec<(String, Arc<NetCounters>)>>,
     /// The current boot's disks, for metrics.
@@ -152,11 +224,14 @@ impl ControlShared {
     pub fn new(config: &VmConfig) -> Result<Arc<Self>, VmError> {
         crate::memory::check_fits_host(config.memory_bytes)?;
         let boot_files = crate::boot::BootFiles::open(&config.kernel, config.initrd.as_deref())?;
-        let images = config
-            .disks
-            .iter()
-            .map(SharedDisk::open)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut attached = Attached::default();
+        for (index, disk) in config.disks.iter().enumerate() {
+            attached.disks.push(AttachedDisk {
+                name: disk.id.clone().unwrap_or_else(|| format!("disk{index}")),
+                config: disk.clone(),
+                image: SharedDisk::open(disk)?,
+            });
+        }
         let console = match &config.serial {
             SerialConfig::Socket(path) => Some(ConsoleHub::listen(path)?),
             _ => None,
@@ -168,20 +243,23 @@ impl ControlShared {
             ),
             _ => None,
         };
-        let mut taps = Vec::with_capacity(config.nets.len());
-        for net in &config.nets {
-            taps.push(open_tap(net)?);
+        for (index, net) in config.nets.iter().enumerate() {
+            attached.nets.push(AttachedNet {
+                name: format!("net{index}"),
+                config: net.clone(),
+                tap: open_tap(net)?,
+            });
         }
         let kvm = kvm_ioctls::Kvm::new()
             .map_err(|e| VmError::OpenKvm(std::io::Error::from_raw_os_error(e.errno())))?;
         Ok(Arc::new(Self {
             kvm,
             boot_files,
-            images,
+            attached: Mutex::new(attached),
+            devices: Mutex::new(Vec::new()),
             console,
             console_log,
             disks: Mutex::new(Vec::new()),
-            taps,
             nets: Mutex::new(Vec::new()),
             requests: Mutex::new(VecDeque::new()),
             evt: EventFd::new(EFD_NONBLOCK).map_err(VmError::Event)?,
@@ -219,11 +297,21 @@ impl ControlShared {
     /// Writes back what the disk images cache (qcow2 metadata) and syncs
     /// them: done at the end of every boot, as the images outlive it.
     pub fn flush_images(&self) {
-        for (image, disk) in self.images.iter().zip(&self.config.disks) {
-            if let Err(e) = image.clone().flush() {
-                tracing::error!(path = %disk.path.display(), error = %e, "cannot flush a disk");
+        for disk in &self.attached().disks {
+            if let Err(e) = disk.image.clone().flush() {
+                tracing::error!(disk = %disk.name, error = %e, "cannot flush a disk");
             }
         }
+    }
+
+    /// The guest's current disks and NICs.
+    pub fn attached(&self) -> std::sync::MutexGuard<'_, Attached> {
+        self.attached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the current devices for `GET /vm`.
+    pub fn set_devices(&self, devices: Vec<DeviceInfo>) {
+        *self.devices.lock().unwrap_or_else(|e| e.into_inner()) = devices;
     }
 
     /// Takes the next pending request.
@@ -236,7 +324,7 @@ impl ControlShared {
 }
 
 /// Opens (or adopts) the TAP of `net` and brings its link up when allowed.
-fn open_tap(net: &NetConfig) -> Result<netstack::Tap, VmError> {
+pub(crate) fn open_tap(net: &NetConfig) -> Result<netstack::Tap, VmError> {
     let tap = match (&net.tap, net.fd) {
         (Some(name), _) => netstack::Tap::open(name),
         (None, Some(fd)) => {
@@ -268,8 +356,25 @@ pub struct VmInfo {
     pub uptime_ms: u64,
     /// How many times the guest has booted in this process.
     pub boot_count: u64,
-    /// What the guest was started with.
+    /// What the guest runs with: its disks and NICs are the current ones
+    /// (hot-added included, removed ones gone).
     pub config: VmConfig,
+    /// Every PCI device of the guest, with its slot.
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// How long [`VmController::remove_device`] waits by default.
+pub const DEFAULT_REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `10 s`, `1.5 s` or `250 ms`.
+fn human_duration(d: Duration) -> String {
+    if d.as_millis().is_multiple_of(1000) {
+        format!("{} s", d.as_secs())
+    } else if d >= Duration::from_secs(1) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
 }
 
 /// How long a controller waits for the control loop to answer.
@@ -283,6 +388,10 @@ pub struct VmController {
 
 impl VmController {
     fn send(&self, command: Command) -> Result<(), ControlError> {
+        self.ask(command).map(|_| ())
+    }
+
+    fn ask(&self, command: Command) -> Result<Reply, ControlError> {
         if self.shared.status().state == VmState::Stopped {
             return Err(ControlError::Gone);
         }
@@ -327,14 +436,87 @@ impl VmController {
         self.send(Command::Stop)
     }
 
+    /// Hot-adds a virtio-blk disk; `disk.id` is required (the serial and
+    /// the device id). With `files` (the image, then a qcow2 image's backing
+    /// chain top-down), nothing is opened by path.
+    pub fn add_disk(
+        &self,
+        disk: DiskConfig,
+        files: Option<Vec<File>>,
+    ) -> Result<DeviceInfo, ControlError> {
+        match self.ask(Command::AddDisk { disk, files })? {
+            Reply::Device(info) => Ok(info),
+            Reply::Done => Err(ControlError::Failed("no device in the answer".into())),
+        }
+    }
+
+    /// Hot-adds a virtio-net NIC on `tap` (an open TAP) or, without it, on
+    /// the TAP `net.tap` names; `id` names the device (`netN` if absent).
+    pub fn add_net(
+        &self,
+        net: NetConfig,
+        id: Option<String>,
+        tap: Option<OwnedFd>,
+    ) -> Result<DeviceInfo, ControlError> {
+        match self.ask(Command::AddNet { net, id, tap })? {
+            Reply::Device(info) => Ok(info),
+            Reply::Done => Err(ControlError::Failed("no device in the answer".into())),
+        }
+    }
+
+    /// Asks the guest to release device `id` and waits up to `timeout` for
+    /// it to do so; then the device is off the bus and its files are
+    /// flushed and closed. On [`ControlError::Timeout`] the device stays,
+    /// and a later eject by the guest still completes the removal.
+    pub fn remove_device(&self, id: &str, timeout: Duration) -> Result<(), ControlError> {
+        let (done, finished) = sync_channel(1);
+        self.send(Command::RemoveDevice {
+            id: id.to_string(),
+            done,
+        })?;
+        match finished.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(ControlError::Timeout(format!(
+                "the guest did not release device {id} within {}",
+                human_duration(timeout)
+            ))),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(ControlError::Gone),
+        }
+    }
+
+    /// Grows disk `id` to `size` bytes and tells the guest (a virtio
+    /// configuration change).
+    pub fn resize_disk(&self, id: &str, size: u64) -> Result<(), ControlError> {
+        self.send(Command::ResizeDisk {
+            id: id.to_string(),
+            size,
+        })
+    }
+
+    /// The guest's current PCI devices.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        self.shared
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The guest's state, uptime and configuration.
     pub fn info(&self) -> VmInfo {
+        let mut config = self.shared.config.clone();
+        {
+            let attached = self.shared.attached();
+            config.disks = attached.disks.iter().map(|d| d.config.clone()).collect();
+            config.nets = attached.nets.iter().map(|n| n.config.clone()).collect();
+        }
         let status = self.shared.status();
         VmInfo {
             state: status.state,
             uptime_ms: status.booted_at.elapsed().as_millis() as u64,
             boot_count: status.boots,
-            config: self.shared.config.clone(),
+            config,
+            devices: self.devices(),
         }
     }
 

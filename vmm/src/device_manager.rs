@@ -109,6 +109,7 @@ enum Kind {
 }
 
 struct ManagedDevice {
+    name: String,
     slot: u8,
     bar: u64,
     device: Arc<Mutex<VirtioPciDevice>>,
@@ -176,33 +177,6 @@ impl DeviceManager {
         })
     }
 
-    /// Adds one virtio-blk device per configured disk, in order.
-    pub fn add_block_devices(
-        &mut self,
-        events: &EventLoop,
-        disks: &[DiskConfig],
-        images: &[SharedDisk],
-    ) -> Result<(), VmError> {
-        for (index, (disk, image)) in disks.iter().zip(images).enumerate() {
-            let name = disk.id.clone().unwrap_or_else(|| format!("disk{index}"));
-            self.add_block(events, disk, image, name)?;
-        }
-        Ok(())
-    }
-
-    /// Adds one virtio-net device per configured NIC, in order.
-    pub fn add_net_devices(
-        &mut self,
-        events: &EventLoop,
-        nets: &[NetConfig],
-        taps: &[netstack::Tap],
-    ) -> Result<(), VmError> {
-        for (net, tap) in nets.iter().zip(taps) {
-            self.add_net(events, net, tap)?;
-        }
-        Ok(())
-    }
-
     /// Adds a virtio-blk device over `image` in the lowest free PCI slot and
     /// registers its queues in `events`; `name` labels its metrics.
     pub fn add_block(
@@ -220,43 +194,44 @@ impl DeviceManager {
             },
         );
         let kind = Kind::Disk(DiskStats {
-            name,
+            name: name.clone(),
             counters: block.counters(),
         });
-        let id = self.attach_pci(events, Box::new(block), kind, None)?;
+        let id = self.attach_pci(events, name, Box::new(block), kind, None)?;
         tracing::info!(slot = self.devices[&id].slot, path = %disk.path.display(), "virtio-blk disk");
         Ok(id)
     }
 
     /// Adds a virtio-net device over a duplicate of `tap` in the lowest free
-    /// PCI slot and registers its queues and the TAP in `events`.
+    /// PCI slot and registers its queues and the TAP in `events`; `name` is
+    /// its device id.
     pub fn add_net(
         &mut self,
         events: &EventLoop,
         net: &NetConfig,
         tap: &netstack::Tap,
+        name: String,
     ) -> Result<DeviceId, VmError> {
         let fd = tap
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| VmError::Net(format!("cannot duplicate the TAP: {e}")))?;
         let tap = netstack::Tap::from_fd(fd).map_err(|e| VmError::Net(e.to_string()))?;
-        let name = tap.name().to_string();
+        let tap_name = tap.name().to_string();
         let mac = net.mac.unwrap_or_else(|| local_mac(self.nics_added));
         self.nics_added += 1;
         let nic = Net::new(Box::new(tap), mac);
         let backend = nic.backend_fd();
-        let kind = Kind::Nic(name.clone(), nic.counters());
-        let id = self.attach_pci(events, Box::new(nic), kind, Some(backend))?;
-        tracing::info!(slot = self.devices[&id].slot, tap = %name, "virtio-net NIC");
+        let kind = Kind::Nic(tap_name.clone(), nic.counters());
+        let id = self.attach_pci(events, name, Box::new(nic), kind, Some(backend))?;
+        tracing::info!(slot = self.devices[&id].slot, tap = %tap_name, "virtio-net NIC");
         Ok(id)
     }
 
     /// Takes a device off the PCI bus: its descriptors leave `events`, its
     /// ioeventfds leave KVM and its BAR space is free again. The guest must
     /// have let go of it first (PCI hot-unplug is the caller's business).
-    /// Its MSI-X GSIs are not given back: [`GsiRouter`] has no way to free
-    /// one yet, so each hot-add uses up a few of them.
+    /// Its MSI-X GSIs are given back when the device is dropped.
     pub fn remove_device(&mut self, events: &EventLoop, id: DeviceId) -> Result<(), VmError> {
         let managed = self
             .devices
@@ -329,12 +304,51 @@ impl DeviceManager {
         Some(self.devices.get(&id)?.slot)
     }
 
+    /// The device named `name`.
+    pub fn find(&self, name: &str) -> Option<DeviceId> {
+        self.devices
+            .iter()
+            .find(|(_, d)| d.name == name)
+            .map(|(id, _)| *id)
+    }
+
+    /// The device in PCI slot `slot`.
+    pub fn at_slot(&self, slot: u8) -> Option<DeviceId> {
+        self.devices
+            .iter()
+            .find(|(_, d)| d.slot == slot)
+            .map(|(id, _)| *id)
+    }
+
+    /// The name of device `id`.
+    pub fn name(&self, id: DeviceId) -> Option<&str> {
+        Some(self.devices.get(&id)?.name.as_str())
+    }
+
+    /// Whether device `id` is a disk.
+    pub fn is_disk(&self, id: DeviceId) -> bool {
+        self.devices
+            .get(&id)
+            .is_some_and(|d| matches!(d.kind, Kind::Disk(_)))
+    }
+
+    /// Tells device `id` that its configuration changed (a disk grew): it
+    /// re-reads it and, when it changed, interrupts the guest. False when
+    /// nothing changed.
+    pub fn config_changed(&self, id: DeviceId) -> bool {
+        match self.devices.get(&id) {
+            Some(d) => lock(&d.device).config_changed(),
+            None => false,
+        }
+    }
+
     /// Puts one virtio device on the PCI bus (a BAR, MSI-X vectors with
     /// GSIs, ioeventfds for its queues) and watches its queues, and
     /// `backend` when given, in `events`.
     fn attach_pci(
         &mut self,
         events: &EventLoop,
+        name: String,
         virtio: Box<dyn VirtioDevice>,
         kind: Kind,
         backend: Option<RawFd>,
@@ -410,6 +424,7 @@ impl DeviceManager {
         self.devices.insert(
             id,
             ManagedDevice {
+                name,
                 slot,
                 bar,
                 device,

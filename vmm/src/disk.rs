@@ -25,9 +25,36 @@ impl SharedDisk {
         Ok(Self(Arc::new(Mutex::new(backend))))
     }
 
+    /// The image of `disk` over `files` its caller opened (the image, then
+    /// a qcow2 image's backing chain top-down): nothing is opened by path.
+    pub fn from_files(files: Vec<std::fs::File>, disk: &DiskConfig) -> Result<Self, VmError> {
+        let bad = |reason: String| VmError::Disk {
+            path: disk.path.clone(),
+            reason,
+        };
+        if let Some(top) = files.first() {
+            if !disk.read_only && !writable(top) {
+                return Err(bad(
+                    "the image's descriptor is read-only but the disk is not".into(),
+                ));
+            }
+        }
+        let backend = images::open_files(files, disk.format, disk.read_only)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Self(Arc::new(Mutex::new(backend))))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Box<dyn BlockBackend>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Whether `file` was opened for writing.
+fn writable(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETFL only reads the flags of a descriptor `file` owns.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_ACCMODE != libc::O_RDONLY
 }
 
 impl BlockBackend for SharedDisk {

@@ -45,6 +45,8 @@ pub struct GsiRouter {
 
 struct RouterState {
     next_gsi: u32,
+    // GSIs given back by removed devices, handed out again first.
+    free: Vec<u32>,
     msi: BTreeMap<u32, MsiMessage>,
 }
 
@@ -55,6 +57,7 @@ impl GsiRouter {
             vm,
             state: Mutex::new(RouterState {
                 next_gsi: IOAPIC_NUM_PINS,
+                free: Vec::new(),
                 msi: BTreeMap::new(),
             }),
         }
@@ -67,12 +70,28 @@ impl GsiRouter {
     /// Reserves a GSI for one MSI vector.
     fn allocate(&self) -> Result<u32, InterruptError> {
         let mut state = self.lock();
+        if let Some(gsi) = state.free.pop() {
+            return Ok(gsi);
+        }
         if state.next_gsi > MAX_GSI {
             return Err(InterruptError::OutOfGsis);
         }
         let gsi = state.next_gsi;
         state.next_gsi += 1;
         Ok(gsi)
+    }
+
+    /// Gives `gsi` back (its device is gone): its route goes, and the next
+    /// [`GsiRouter::allocate`] may hand it out again.
+    fn release(&self, gsi: u32) {
+        let mut state = self.lock();
+        let routed = state.msi.remove(&gsi).is_some();
+        state.free.push(gsi);
+        if routed {
+            if let Err(e) = self.apply(&state.msi) {
+                tracing::warn!(gsi, error = %e, "cannot remove an MSI route");
+            }
+        }
     }
 
     /// Installs the table with no MSI routes yet, replacing KVM's default
@@ -159,6 +178,18 @@ impl DeviceMsi {
     }
 }
 
+impl Drop for DeviceMsi {
+    /// A removed device's vectors: irqfds unregistered, GSIs given back.
+    fn drop(&mut self) {
+        for (gsi, evt) in &self.vectors {
+            if let Err(e) = self.router.vm.unregister_irqfd(evt, *gsi) {
+                tracing::debug!(gsi, error = %e, "cannot unregister an MSI irqfd");
+            }
+            self.router.release(*gsi);
+        }
+    }
+}
+
 impl MsiInterrupts for DeviceMsi {
     fn update_route(&self, vector: u16, msg: Option<MsiMessage>) {
         let Some((gsi, _)) = self.vectors.get(usize::from(vector)) else {
@@ -180,6 +211,40 @@ impl MsiInterrupts for DeviceMsi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A removed device's GSIs are handed out again (hot-plug cycles do not
+    /// use the table up); needs /dev/kvm.
+    #[test]
+    fn gsis_of_a_dropped_device_are_reused() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("skipped: /dev/kvm is not usable here");
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        vm.create_irq_chip().unwrap();
+        let router = Arc::new(GsiRouter::new(vm));
+        router.install().unwrap();
+        let gsis = |msi: &DeviceMsi| {
+            let mut v: Vec<u32> = msi.vectors.iter().map(|(g, _)| *g).collect();
+            v.sort_unstable();
+            v
+        };
+        let first = DeviceMsi::new(router.clone(), 3).unwrap();
+        first.update_route(
+            0,
+            Some(MsiMessage {
+                address: 0xfee0_0000,
+                data: 0x41,
+            }),
+        );
+        let used = gsis(&first);
+        drop(first);
+        assert!(router.lock().msi.is_empty(), "its route went with it");
+        let second = DeviceMsi::new(router.clone(), 3).unwrap();
+        assert_eq!(gsis(&second), used);
+        let third = DeviceMsi::new(router, 1).unwrap();
+        assert_eq!(gsis(&third), vec![used[2] + 1], "new ones after the reused");
+    }
 
     #[test]
     fn ioapic_routes_and_msi_entries_no_pic() {

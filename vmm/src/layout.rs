@@ -93,5 +93,11 @@ pub const I8042_IRQ: u32 = 1;
 /// Interrupt line of the ACPI Generic Event Device (GED) that signals the
 /// power button.
 pub const GED_IRQ: u32 = 5;
+/// Interrupt line of the GED that signals PCI hot-plug events (the same GED
+/// device, a second interrupt: its `_EVT` tells them apart by number).
+pub const HOTPLUG_IRQ: u32 = 7;
+/// Guest physical address of the PCI hot-plug registers
+/// (`devices::pci_hotplug`), above the ECAM window, below the IOAPIC.
+pub const PCI_HOTPLUG_START: u64 = 0xfeb0_0000;
 /// Number of IOAPIC pins (GSIs) of KVM's in-kernel IOAPIC.
 pub const IOAPIC_NUM_PINS: u32 = 24;

@@ -6,6 +6,12 @@
 //! any thread. [`Vmm`] adds restarts on reboot. The `nubo-vmm` binary and its
 //! API socket are thin layers over these.
 //!
+//! Devices come and go while the guest runs (ACPI PCI hot-plug; Linux's
+//! `acpiphp`): [`VmController::add_disk`], [`VmController::add_net`],
+//! [`VmController::remove_device`] (returns once the guest ejected it, or
+//! [`ControlError::Timeout`]), [`VmController::resize_disk`] and
+//! [`VmController::devices`]. They stay across reboots in the same process.
+//!
 //! ```no_run
 //! use vmm::{VmConfig, VmHandle, ExitReason};
 //! let config = VmConfig::builder("bzImage")
@@ -30,6 +36,7 @@ pub mod cpu;
 pub mod device_manager;
 pub mod disk;
 pub mod error;
+pub mod fd_stream;
 pub mod interrupts;
 pub mod jail;
 pub mod layout;

@@ -34,6 +34,17 @@ enum Command {
         path: String,
         /// JSON body.
         body: Option<String>,
+        /// Open FILE and pass its descriptor with the request (repeat for
+        /// a qcow2 image's backing chain, top-down): for `/vm/add-disk`.
+        #[arg(long = "fd-file")]
+        fd_files: Vec<PathBuf>,
+        /// Open the --fd-file files read-only.
+        #[arg(long)]
+        fd_readonly: bool,
+        /// Open (creating it if needed) TAP NAME and pass its descriptor
+        /// with the request: for `/vm/add-net`.
+        #[arg(long = "fd-tap")]
+        fd_tap: Option<String>,
     },
     /// Create a qcow2 overlay on a base image (copy-on-write, in milliseconds).
     Overlay {
@@ -208,9 +219,51 @@ fn overlay(backing: &std::path::Path, format: &str, out: &std::path::Path) -> an
         .with_context(|| format!("cannot create the overlay {}", out.display()))
 }
 
-fn api(socket: PathBuf, method: String, path: String, body: Option<String>) -> anyhow::Result<()> {
-    let (status, text) =
-        vmm::client::request(&socket, &method.to_uppercase(), &path, body.as_deref())?;
+/// What `nubo-vmm api` passes along with the request.
+struct Passed {
+    files: Vec<PathBuf>,
+    read_only: bool,
+    tap: Option<String>,
+}
+
+fn api(
+    socket: PathBuf,
+    method: String,
+    path: String,
+    body: Option<String>,
+    passed: Passed,
+) -> anyhow::Result<()> {
+    use std::os::fd::AsFd;
+    let files = passed
+        .files
+        .iter()
+        .map(|p| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(!passed.read_only)
+                .open(p)
+                .with_context(|| format!("cannot open {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tap = match &passed.tap {
+        Some(name) => {
+            let tap = netstack::Tap::open(name).with_context(|| format!("TAP {name}"))?;
+            tap.set_up(true)
+                .with_context(|| format!("cannot bring {name} up"))?;
+            Some(tap)
+        }
+        None => None,
+    };
+    let mut fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+    if let Some(tap) = &tap {
+        fds.push(tap.as_fd());
+    }
+    let method = method.to_uppercase();
+    let (status, text) = if fds.is_empty() {
+        vmm::client::request(&socket, &method, &path, body.as_deref())?
+    } else {
+        vmm::client::request_with_fds(&socket, &method, &path, body.as_deref(), &fds)?
+    };
     println!("{status}");
     if !text.is_empty() {
         println!("{text}");
@@ -269,7 +322,20 @@ fn main() -> ExitCode {
             method,
             path,
             body,
-        } => api(socket, method, path, body),
+            fd_files,
+            fd_readonly,
+            fd_tap,
+        } => api(
+            socket,
+            method,
+            path,
+            body,
+            Passed {
+                files: fd_files,
+                read_only: fd_readonly,
+                tap: fd_tap,
+            },
+        ),
         Command::TinyGuest { out, pvh, then } => {
             let end = match then.as_str() {
                 "poweroff" => vmm::tiny_guest::TinyEnd::AcpiPowerOff,

@@ -120,6 +120,8 @@ const CONTROL: &[libc::c_long] = &[
     libc::SYS_fdatasync,
     libc::SYS_fsync,
     libc::SYS_fallocate,
+    // Hot-adding a NIC brings its TAP up (SIOCSIFFLAGS on a socket).
+    libc::SYS_socket,
 ];
 
 /// A vCPU runs KVM_RUN and the devices' ioctls (irqfd writes are plain writes).

@@ -2,15 +2,18 @@
 //! devices, ACPI, kernel, vCPUs), runs one thread per vCPU, and gives back a
 //! [`VmHandle`] to wait for the guest's end or stop it from another thread.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devices::acpi_pm::{self, AcpiPmDevice};
 use devices::i8042::I8042Device;
+use devices::pci_hotplug::{PciHotplug, PCI_HOTPLUG_SIZE};
 use devices::serial::SerialDevice;
 use devices::trigger::EventFdTrigger;
 use devices::{MmioBus, PioBus};
@@ -27,7 +30,7 @@ use vmm_sys_util::signal::Killable;
 use crate::acpi::{create_acpi_tables, AcpiConfig};
 use crate::boot::{self, BootSource};
 use crate::config::{SerialConfig, VmConfig};
-use crate::control::{Command, ControlError, ControlShared, VmController, VmState};
+use crate::control::{Command, ControlError, ControlShared, Reply, VmController, VmState};
 use crate::cpu::cpuid::CpuidContext;
 use crate::cpu::regs::{setup_boot_vcpu, BootEntry};
 use crate::device_manager::{DeviceManager, EventLoop, DEVICE_TOKEN_BASE};
@@ -35,10 +38,14 @@ use crate::error::VmError;
 use crate::interrupts::GsiRouter;
 use crate::layout::{
     ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, COM1_IRQ, COM1_PORT, GED_IRQ,
-    I8042_DATA_PORT, I8042_IRQ, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS,
+    HOTPLUG_IRQ, I8042_DATA_PORT, I8042_IRQ, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS,
+    PCI_HOTPLUG_START,
 };
 use crate::memory::create_guest_memory;
 use crate::vcpu::{self, install_kick_handler, kick_signal, VcpuShared, VcpuStop};
+
+mod hotplug;
+use hotplug::device_list;
 
 /// Why a guest's VM ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -69,6 +76,10 @@ pub struct VmHandle {
     shutdown_deadline: Option<Instant>,
     event_loop: EventLoop,
     devices: DeviceManager,
+    hotplug: PciHotplug,
+    hotplug_irq: EventFd,
+    // Removals waiting for the guest to eject, by PCI slot.
+    removals: BTreeMap<u8, Vec<SyncSender<Result<(), ControlError>>>>,
     vm: Arc<VmFd>,
     // Kept alive for as long as the vCPUs run.
     _memory: GuestMemoryMmap,
@@ -84,6 +95,7 @@ enum Wake {
     Control,
     VcpuStopped,
     Stdin,
+    Eject,
 }
 
 impl VmHandle {
@@ -118,8 +130,26 @@ impl VmHandle {
         let router = setup_msi_routing(&vm)?;
         let event_loop = EventLoop::new()?;
         let mut devices = DeviceManager::new(vm.clone(), memory.clone(), router, &mut pio, &mmio)?;
-        devices.add_block_devices(&event_loop, &config.disks, &control.images)?;
-        devices.add_net_devices(&event_loop, &config.nets, &control.taps)?;
+        let hotplug = PciHotplug::new(EventFd::new(EFD_NONBLOCK).map_err(VmError::Event)?);
+        mmio.insert(
+            Arc::new(Mutex::new(hotplug.clone())),
+            PCI_HOTPLUG_START,
+            PCI_HOTPLUG_SIZE,
+        )
+        .map_err(|e| VmError::Devices(e.to_string()))?;
+        let hotplug_irq = irqfd(&vm, HOTPLUG_IRQ)?;
+        {
+            // The current devices: the boot ones, and those hot-added (and
+            // not removed) in earlier boots of this process.
+            let attached = control.attached();
+            for disk in &attached.disks {
+                devices.add_block(&event_loop, &disk.config, &disk.image, disk.name.clone())?;
+            }
+            for net in &attached.nets {
+                devices.add_net(&event_loop, &net.config, &net.tap, net.name.clone())?;
+            }
+            control.set_devices(device_list(&devices, &attached));
+        }
         control.set_disks(&devices.disk_stats());
         control.set_nets(devices.net_stats());
         let entry = load_kernel(&memory, config, &control)?;
@@ -151,6 +181,9 @@ impl VmHandle {
             shutdown_deadline: None,
             event_loop,
             devices,
+            hotplug,
+            hotplug_irq,
+            removals: BTreeMap::new(),
             vm,
             _memory: memory,
         })
@@ -170,6 +203,12 @@ impl VmHandle {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.unpark();
         join_vcpus(std::mem::take(&mut self.vcpu_threads));
+        // A device being removed does not come back in the next boot: the
+        // guest is gone, so it needs no eject.
+        let pending: Vec<u8> = self.removals.keys().copied().collect();
+        for slot in pending {
+            self.finish_removal(slot);
+        }
         // The images outlive this boot: write back what they cache now, as
         // dropping them used to.
         self.control.flush_images();
@@ -187,6 +226,7 @@ impl VmHandle {
         watch(self.reset_evt.as_raw_fd(), Wake::Reset).map_err(VmError::Event)?;
         watch(self.control.evt.as_raw_fd(), Wake::Control).map_err(VmError::Event)?;
         watch(self.shared.stop_evt.as_raw_fd(), Wake::VcpuStopped).map_err(VmError::Event)?;
+        watch(self.hotplug.eject_event().as_raw_fd(), Wake::Eject).map_err(VmError::Event)?;
         // stdin may be a file or /dev/null, which epoll refuses: then there is no input.
         let mut stdin_open = self.stdin_input && watch(libc::STDIN_FILENO, Wake::Stdin).is_ok();
         // Requests queued before the loop started (e.g. while booting) are served now.
@@ -238,6 +278,7 @@ impl VmHandle {
                     x if x >= DEVICE_TOKEN_BASE => {
                         self.devices.handle(x);
                     }
+                    x if x == Wake::Eject as u64 => self.serve_ejects(),
                     x if x == Wake::Stdin as u64 && stdin_open && !self.forward_stdin() => {
                         let _ = self.event_loop.remove(libc::STDIN_FILENO);
                         stdin_open = false;
@@ -266,20 +307,37 @@ impl VmHandle {
         &mut self,
         command: Command,
         state: VmState,
-    ) -> (Result<(), ControlError>, Option<ExitReason>) {
+    ) -> (Result<Reply, ControlError>, Option<ExitReason>) {
         let wrong = |action| (Err(ControlError::WrongState { action, state }), None);
+        let done = |r: Result<(), ControlError>| (r.map(|()| Reply::Done), None);
+        // Devices come and go while the guest runs (or is paused).
+        let live = matches!(state, VmState::Running | VmState::Paused);
         match command {
-            Command::Pause if state == VmState::Running => (self.pause(), None),
+            Command::Pause if state == VmState::Running => done(self.pause()),
             Command::Pause => wrong("pause"),
-            Command::Resume if state == VmState::Paused => (self.resume(), None),
+            Command::Resume if state == VmState::Paused => done(self.resume()),
             Command::Resume => wrong("resume"),
+            Command::AddDisk { disk, files } if live => {
+                (self.add_disk(disk, files).map(Reply::Device), None)
+            }
+            Command::AddDisk { .. } => wrong("add a disk to"),
+            Command::AddNet { net, id, tap } if live => {
+                (self.add_net(net, id, tap).map(Reply::Device), None)
+            }
+            Command::AddNet { .. } => wrong("add a NIC to"),
+            Command::RemoveDevice { id, done: waiter } if live => {
+                done(self.remove_device(id, waiter))
+            }
+            Command::RemoveDevice { .. } => wrong("remove a device from"),
+            Command::ResizeDisk { id, size } if live => done(self.resize_disk(&id, size)),
+            Command::ResizeDisk { .. } => wrong("resize a disk of"),
             Command::Shutdown { timeout } if state == VmState::Running => {
                 match self.power_button.write(1) {
                     Ok(()) => {
                         tracing::info!(?timeout, "pressed the ACPI power button");
                         self.control.set_state(VmState::ShuttingDown);
                         self.shutdown_deadline = timeout.map(|t| Instant::now() + t);
-                        (Ok(()), None)
+                        (Ok(Reply::Done), None)
                     }
                     Err(e) => (
                         Err(ControlError::Failed(format!("power button: {e}"))),
@@ -288,8 +346,8 @@ impl VmHandle {
                 }
             }
             Command::Shutdown { .. } => wrong("shut down"),
-            Command::Reboot => (Ok(()), Some(ExitReason::Restart)),
-            Command::Stop => (Ok(()), Some(ExitReason::Stopped)),
+            Command::Reboot => (Ok(Reply::Done), Some(ExitReason::Restart)),
+            Command::Stop => (Ok(Reply::Done), Some(ExitReason::Stopped)),
         }
     }
 

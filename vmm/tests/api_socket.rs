@@ -347,10 +347,34 @@ fn runs_unprivileged_after_setup() {
     }
     assert_eq!(vm.call("PUT", "/vm/pause", None).0, 204);
     assert_eq!(vm.call("PUT", "/vm/resume", None).0, 204);
+    // A jailed VMM opens no image by path; it takes one passed with the request.
+    let image = vm.dir.join("jailed.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let body = format!(
+        r#"{{"path":"{}","read_only":false,"id":"jailed","format":"raw"}}"#,
+        image.display()
+    );
+    let (status, text) = vm.call("PUT", "/vm/add-disk", Some(&body));
+    assert_eq!(status, 400, "by path, in the jail: {text}");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image)
+        .unwrap();
+    let fds = [std::os::fd::AsFd::as_fd(&file)];
+    let (status, text) =
+        vmm::client::request_with_fds(&vm.socket, "PUT", "/vm/add-disk", Some(&body), &fds)
+            .unwrap();
+    assert_eq!(status, 200, "with its descriptor: {text}");
     assert_eq!(
         vm.call("PUT", "/vm/reboot", None).0,
         204,
         "restarts reuse the open /dev/kvm and kernel"
+    );
+    let (_, text) = vm.call("GET", "/vm", None);
+    assert!(
+        text.contains(r#""id":"jailed""#),
+        "the disk is back after the restart: {text}"
     );
     assert_eq!(vm.call("PUT", "/vm/stop", None).0, 204);
     assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
@@ -453,4 +477,135 @@ fn a_live_console_socket_is_refused() {
     assert!(s.read(&mut buf).unwrap() > 0);
     assert_eq!(first.state(), "running");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The hot-plug endpoints with a guest that never ejects anything (a tiny
+/// guest has no ACPI): descriptors passed with the request through the
+/// seccomp-filtered API thread, the answers, `GET /vm`'s devices, resize,
+/// and the 504 of a removal the guest ignores (the device stays).
+#[test]
+fn hot_plug_requests_through_the_socket() {
+    use std::os::fd::AsFd;
+    if !kvm_available() {
+        return;
+    }
+    let mut vm = Vmm::start("hotplug", TinyEnd::Dots, &[]);
+    let image = vm.dir.join("hp.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let rw = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&image)
+            .unwrap()
+    };
+    let body = |id: &str| {
+        format!(
+            r#"{{"path":"{}","read_only":false,"id":"{id}","format":"raw"}}"#,
+            image.display()
+        )
+    };
+    let with_fds = |path: &str, body: &str, files: &[&std::fs::File]| {
+        let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+        vmm::client::request_with_fds(&vm.socket, "PUT", path, Some(body), &fds).unwrap()
+    };
+
+    let file = rw();
+    let (status, text) = with_fds("/vm/add-disk", &body("hp-1"), &[&file]);
+    assert_eq!(status, 200, "{text}");
+    let info: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (info["id"].as_str(), info["kind"].as_str()),
+        (Some("hp-1"), Some("disk"))
+    );
+    let slot = info["slot"].as_u64().unwrap();
+    assert_eq!(info["bdf"], format!("0000:00:{slot:02x}.0"));
+
+    let (_, text) = vm.call("GET", "/vm", None);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let devices = v["devices"].as_array().unwrap();
+    assert!(
+        devices
+            .iter()
+            .any(|d| d["id"] == "hp-1" && d["slot"] == slot),
+        "{text}"
+    );
+    let disks = v["config"]["disks"].as_array().unwrap();
+    assert!(disks.iter().any(|d| d["id"] == "hp-1"), "{text}");
+
+    let (status, text) = with_fds("/vm/add-disk", &body("hp-1"), &[&rw()]);
+    assert_eq!(status, 400, "a duplicate id: {text}");
+    assert!(text.contains("exists already"), "{text}");
+    let (status, text) = with_fds("/vm/add-disk", &body("hp-2"), &[&rw(), &rw()]);
+    assert_eq!(status, 400, "two descriptors for a raw image: {text}");
+    assert!(text.contains("exactly one"), "{text}");
+    let read_only = std::fs::File::open(&image).unwrap();
+    let (status, text) = with_fds("/vm/add-disk", &body("hp-2"), &[&read_only]);
+    assert_eq!(status, 400, "a read-only descriptor: {text}");
+    let no_id = format!(
+        r#"{{"path":"{}","read_only":true,"id":null,"format":"raw"}}"#,
+        image.display()
+    );
+    let (status, text) = vm.call("PUT", "/vm/add-disk", Some(&no_id));
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("needs an id"), "{text}");
+    let (status, _) = vm.call("PUT", "/vm/add-disk", Some("{not json"));
+    assert_eq!(status, 400);
+    let (status, text) = vm.call("PUT", "/vm/add-net", Some(r#"{"id":"n1"}"#));
+    assert_eq!(status, 400, "a NIC without a TAP: {text}");
+
+    // A qcow2 overlay over given files: its backing file is the next one.
+    let overlay = vm.dir.join("hp.qcow2");
+    images::create_qcow2_overlay(&overlay, &image, images::ImageFormat::Raw).unwrap();
+    let qcow2 = format!(
+        r#"{{"path":"{}","read_only":false,"id":"hp-q","format":"qcow2"}}"#,
+        overlay.display()
+    );
+    let top = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&overlay)
+        .unwrap();
+    let base = std::fs::File::open(&image).unwrap();
+    let (status, text) = with_fds("/vm/add-disk", &qcow2, &[&top]);
+    assert_eq!(status, 400, "the chain needs its backing file: {text}");
+    assert!(text.contains("more descriptors"), "{text}");
+    let (status, text) = with_fds("/vm/add-disk", &qcow2, &[&top, &base]);
+    assert_eq!(status, 200, "{text}");
+
+    let resize = |size: u64| {
+        vm.call(
+            "PUT",
+            "/vm/resize-disk",
+            Some(&format!(r#"{{"id":"hp-1","size":{size}}}"#)),
+        )
+    };
+    assert_eq!(resize(2 << 20).0, 204);
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 2 << 20);
+    let (status, text) = resize(1 << 20);
+    assert_eq!(status, 400, "shrinking: {text}");
+    let (status, _) = vm.call("PUT", "/vm/resize-disk", Some(r#"{"id":"nope","size":1}"#));
+    assert_eq!(status, 404);
+
+    let started = Instant::now();
+    let (status, text) = vm.call(
+        "PUT",
+        "/vm/remove-device",
+        Some(r#"{"id":"hp-1","timeout_ms":300}"#),
+    );
+    assert_eq!(status, 504, "{text}");
+    assert!(
+        text.contains("did not release device hp-1 within 300 ms"),
+        "{text}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let (_, text) = vm.call("GET", "/vm", None);
+    assert!(text.contains(r#""id":"hp-1""#), "the device stays: {text}");
+    let (status, _) = vm.call("PUT", "/vm/remove-device", Some(r#"{"id":"nope"}"#));
+    assert_eq!(status, 404);
+    let (status, _) = vm.call("PUT", "/vm/remove-device", Some(r#"{"id":"hp-1","x":1}"#));
+    assert_eq!(status, 400, "unknown fields");
+    assert_eq!(vm.state(), "running");
+    assert_eq!(vm.call("PUT", "/vm/stop", None).0, 204);
+    assert_eq!(vm.wait_exit(Duration::from_secs(5)), Some(0));
 }

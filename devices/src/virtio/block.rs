@@ -568,6 +568,17 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.active = None;
     }
+
+    fn update_config(&mut self) -> bool {
+        let sectors = self.disk.backend.size() / SECTOR_SIZE;
+        let capacity = sectors * SECTOR_SIZE;
+        if capacity == self.disk.capacity {
+            return false;
+        }
+        self.disk.capacity = capacity;
+        self.config[..8].copy_from_slice(&sectors.to_le_bytes());
+        true
+    }
 }
 
 #[cfg(test)]
@@ -669,6 +680,62 @@ mod tests {
         let mut v = vec![0; len];
         d.mem.read_slice(&mut v, GuestAddress(at)).unwrap();
         v
+    }
+
+    /// A backend shared with the test, as the VMM shares its images.
+    struct Shared(Arc<std::sync::Mutex<images::RawImage>>);
+
+    impl BlockBackend for Shared {
+        fn size(&self) -> u64 {
+            self.0.lock().unwrap().size()
+        }
+        fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), images::ImageError> {
+            self.0.lock().unwrap().read_at(buf, offset)
+        }
+        fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), images::ImageError> {
+            self.0.lock().unwrap().write_at(buf, offset)
+        }
+        fn flush(&mut self) -> Result<(), images::ImageError> {
+            self.0.lock().unwrap().flush()
+        }
+        fn discard(&mut self, offset: u64, len: u64) -> Result<(), images::ImageError> {
+            self.0.lock().unwrap().discard(offset, len)
+        }
+        fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), images::ImageError> {
+            self.0.lock().unwrap().write_zeroes(offset, len)
+        }
+        fn resize(&mut self, new_size: u64) -> Result<(), images::ImageError> {
+            self.0.lock().unwrap().resize(new_size)
+        }
+    }
+
+    /// A disk that grew: the capacity register follows, config_generation
+    /// moves and the config vector fires; nothing when the size is the same.
+    #[test]
+    fn a_grown_disk_raises_a_config_change() {
+        let file = TempFile(
+            std::env::temp_dir().join(format!("nubo-virtio-blk-grow-{}.raw", std::process::id())),
+        );
+        std::fs::write(&file.0, vec![0u8; DISK]).unwrap();
+        let image = Arc::new(std::sync::Mutex::new(
+            images::RawImage::open(&file.0, false).unwrap(),
+        ));
+        let blk = Block::new(Box::new(Shared(image.clone())), BlockOptions::default());
+        let d = Driver::new(Box::new(blk));
+        d.enable_msix(2);
+        let _q = start(&d);
+        let dev_cfg = d.caps.device;
+        assert_eq!(d.bar_r(dev_cfg, 8), (DISK / 512) as u64);
+        let generation = d.common_r(0x15, 1);
+        assert!(!d.dev.lock().unwrap().config_changed(), "nothing changed");
+        assert!(d.msi.take().is_empty());
+
+        image.lock().unwrap().resize(4 * DISK as u64).unwrap();
+        assert!(d.dev.lock().unwrap().config_changed());
+        assert_eq!(d.bar_r(dev_cfg, 8), (4 * DISK / 512) as u64, "new capacity");
+        assert_ne!(d.common_r(0x15, 1), generation, "config_generation moved");
+        assert_eq!(d.msi.take(), vec![Event::Trigger(0)], "the config vector");
+        assert!(!d.dev.lock().unwrap().config_changed(), "once");
     }
 
     #[test]

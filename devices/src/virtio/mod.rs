@@ -157,4 +157,9 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: u16) -> Result<(), QueueError>;
     /// Back to the pre-activation state (drops queues and interrupt).
     fn reset(&mut self);
+    /// Re-reads what the configuration space reflects (a disk's size);
+    /// true when it changed and the driver must be told.
+    fn update_config(&mut self) -> bool {
+        false
+    }
 }

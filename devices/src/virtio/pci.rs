@@ -172,6 +172,7 @@ pub struct VirtioPciDevice {
     queues: Vec<QueueSetup>,
     queue_events: Vec<EventFd>,
     activated: bool,
+    config_generation: u8,
 }
 
 impl std::fmt::Debug for VirtioPciDevice {
@@ -313,6 +314,7 @@ impl VirtioPciDevice {
             queues: max_sizes.into_iter().map(QueueSetup::new).collect(),
             queue_events,
             activated: false,
+            config_generation: 0,
         })
     }
 
@@ -347,6 +349,22 @@ impl VirtioPciDevice {
     /// The device status register (for logs and tests).
     pub fn status(&self) -> u8 {
         self.status
+    }
+
+    /// Lets the device re-read its configuration (a disk grew); when it
+    /// changed, bumps `config_generation` and raises the configuration
+    /// change interrupt (if the driver is running). True when it changed.
+    pub fn config_changed(&mut self) -> bool {
+        if !self.device.update_config() {
+            return false;
+        }
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.activated {
+            if let Err(e) = self.interrupt.trigger(VirtioInterruptType::Config) {
+                tracing::warn!(error = %e, "cannot raise the config change interrupt");
+            }
+        }
+        true
     }
 
     /// Whether the device was activated (`DRIVER_OK` accepted).
@@ -420,7 +438,7 @@ impl VirtioPciDevice {
         );
         put(0x12, &self.num_queues().to_le_bytes());
         put(0x14, &[self.status]);
-        put(0x15, &[0]); // config_generation: the config never changes under the driver.
+        put(0x15, &[self.config_generation]);
         put(0x16, &self.queue_select.to_le_bytes());
         let q = usize::from(self.queue_select);
         if let Some(s) = self.queues.get(q) {
