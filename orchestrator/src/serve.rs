@@ -57,7 +57,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     enable_ksm();
     let images = Arc::new(images);
     let network = start_network(&db, &cfg_arc).await?;
-    let volume = start_volume(&db, &cfg_arc)?;
+    let volume = start_volume(&db, &cfg_arc).await?;
     let compute = Compute::new(
         db.clone(),
         Arc::clone(&cfg_arc),
@@ -96,8 +96,42 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// The Block Storage service over this host's volume backends: `file`
 /// always, `lvm` with `--lvm-volume-group`.
-fn start_volume(db: &Db, cfg: &Arc<Config>) -> anyhow::Result<Arc<crate::volume::VolumeService>> {
-    let drivers: Vec<Arc<dyn crate::host::storage::VolumeDriver>> = Vec::new();
+async fn start_volume(
+    db: &Db,
+    cfg: &Arc<Config>,
+) -> anyhow::Result<Arc<crate::volume::VolumeService>> {
+    use crate::host::storage::{file::FileDriver, lvm::LvmDriver, VolumeDriver};
+    let file_dir = cfg
+        .volume
+        .file_dir
+        .clone()
+        .unwrap_or_else(|| cfg.state_dir.join("volumes"));
+    let lvm = cfg.volume.lvm_volume_group.clone().map(|vg| {
+        let pool = cfg
+            .volume
+            .lvm_thin_pool
+            .clone()
+            .unwrap_or_else(|| "nubo-pool".into());
+        (vg, pool)
+    });
+    // The drivers look at (and the lvm one may make) their storage: blocking.
+    let drivers = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut drivers: Vec<Arc<dyn VolumeDriver>> = Vec::new();
+        let file = FileDriver::new(&file_dir)
+            .with_context(|| format!("the file volume backend in {}", file_dir.display()))?;
+        drivers.push(Arc::new(file));
+        if let Some((vg, pool)) = lvm {
+            let driver = LvmDriver::new(&vg, &pool)
+                .with_context(|| format!("the lvm volume backend on {vg}/{pool}"))?;
+            drivers.push(Arc::new(driver));
+        }
+        Ok(drivers)
+    })
+    .await
+    .context("starting the volume backends")??;
+    for d in &drivers {
+        tracing::info!(backend = d.backend_name(), "volume backend ready");
+    }
     // `new` seeds the `__DEFAULT__` type; the reconcile fails creates a
     // crash interrupted and finishes its deletes in the background.
     let volume = crate::volume::VolumeService::new(db.clone(), Arc::clone(cfg), drivers);
