@@ -13,6 +13,8 @@ pub mod servers;
 #[cfg(test)]
 mod tests;
 pub mod volume_attachments;
+#[cfg(test)]
+mod volume_tests;
 
 use axum::routing::{get, post};
 use axum::Router;

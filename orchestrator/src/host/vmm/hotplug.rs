@@ -178,6 +178,8 @@ impl Agent {
         )?;
         match status {
             204 | 200 => {}
+            // Not (or no longer) plugged: nothing holds the file.
+            404 => tracing::info!(server_id, id, "device to remove is not plugged"),
             504 => {
                 return Err(AgentError::Timeout {
                     server_id: server_id.to_owned(),
