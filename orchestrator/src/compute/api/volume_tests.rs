@@ -73,11 +73,12 @@ async fn volume(s: &Server, token: &str, project: &str) -> String {
         .await;
     assert_eq!(r.status, 202, "{}", text(&r));
     let id = r.json()["volume"]["id"].as_str().unwrap().to_string();
-    volume_status(s, project, &id, "available").await;
+    let path = format!("/volume/v3/{project}/volumes/{id}");
+    wait_for(s, &path, token, |_, v| v["volume"]["status"] == "available").await;
     id
 }
 
-/// Waits until the volume has `status`.
+/// Waits until the admin project's volume has `status`.
 async fn volume_status(s: &Server, project: &str, id: &str, status: &str) -> Value {
     let path = format!("/volume/v3/{project}/volumes/{id}");
     wait_for(s, &path, &s.admin, |_, v| v["volume"]["status"] == status).await["volume"].clone()
