@@ -358,6 +358,17 @@ async fn delete_on_termination_deletes_the_root_volume() {
 #[tokio::test]
 async fn a_server_boots_from_a_new_volume_made_from_an_image() {
     let s = start().await;
+    // The image's properties become the volume's volume_image_metadata,
+    // which the server boots with.
+    s.db.lock()
+        .execute(
+            "UPDATE images SET properties = ?1 WHERE id = ?2",
+            rusqlite::params![
+                r#"{"os_command_line": "console=ttyS0 root=/dev/vda bfv"}"#,
+                IMAGE
+            ],
+        )
+        .unwrap();
     let id = create(
         &s,
         json!({ "name": "bfv", "imageRef": "", "flavorRef": "tiny",
