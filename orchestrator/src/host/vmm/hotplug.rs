@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vmm_api::config::DiskConfig;
 
-use super::{io_err, Agent, AgentError, VmmSpec, API_TIMEOUT, SPEC_FILE};
+use super::{io_err, Agent, AgentError, Liveness, VmmSpec, API_TIMEOUT, SPEC_FILE};
 
 /// Longest device id the VMM accepts (it is also the guest's disk serial).
 pub const MAX_DEVICE_ID_LEN: usize = 20;
@@ -92,6 +92,16 @@ fn error_text(body: &str) -> String {
 }
 
 impl Agent {
+    /// [`AgentError::NotRunning`] unless the server's VMM runs.
+    fn require_running(&self, server_id: &str) -> Result<(), AgentError> {
+        match self.liveness(server_id)? {
+            Liveness::Alive(_) => Ok(()),
+            _ => Err(AgentError::NotRunning {
+                server_id: server_id.to_owned(),
+            }),
+        }
+    }
+
     /// One request with `fds` passed along and its own time limit.
     fn api_with_fds(
         &self,
@@ -128,15 +138,32 @@ impl Agent {
     ) -> Result<DeviceInfo, AgentError> {
         let id = disk.id.as_deref().unwrap_or_default();
         validate_device_id(server_id, id)?;
+        self.require_running(server_id)?;
         let files = open_disk_files(disk, backing)?;
+        let device = self.send_add_disk(server_id, disk, &files)?;
+        // The VMM holds its own duplicates now.
+        drop(files);
+        tracing::info!(server_id, id, bdf = ?device.bdf, "disk hot-added");
+        self.edit_spec_disks(server_id, |disks| {
+            disks.retain(|d| d.id.as_deref() != Some(id));
+            disks.push(disk.clone());
+        })?;
+        Ok(device)
+    }
+
+    /// `PUT /vm/add-disk` with `files` (the image, then its backing files).
+    fn send_add_disk(
+        &self,
+        server_id: &str,
+        disk: &DiskConfig,
+        files: &[File],
+    ) -> Result<DeviceInfo, AgentError> {
         let body = add_disk_body(disk).map_err(|e| AgentError::InvalidSpec {
             server_id: server_id.to_owned(),
             reason: e.to_string(),
         })?;
         let (status, text) =
-            self.api_with_fds(server_id, "/vm/add-disk", &body, &files, API_TIMEOUT)?;
-        // The VMM holds its own duplicates now.
-        drop(files);
+            self.api_with_fds(server_id, "/vm/add-disk", &body, files, API_TIMEOUT)?;
         if status != 200 {
             return Err(AgentError::Device {
                 server_id: server_id.to_owned(),
@@ -144,16 +171,10 @@ impl Agent {
                 reason: error_text(&text),
             });
         }
-        let device: DeviceInfo = serde_json::from_str(&text).map_err(|e| AgentError::Api {
+        serde_json::from_str(&text).map_err(|e| AgentError::Api {
             server_id: server_id.to_owned(),
             reason: format!("add-disk answered bad JSON: {e}"),
-        })?;
-        tracing::info!(server_id, id, bdf = ?device.bdf, "disk hot-added");
-        self.edit_spec_disks(server_id, |disks| {
-            disks.retain(|d| d.id.as_deref() != Some(id));
-            disks.push(disk.clone());
-        })?;
-        Ok(device)
+        })
     }
 
     /// Unplugs device `id` (`PUT /vm/remove-device`): returns once the guest
@@ -167,6 +188,7 @@ impl Agent {
         timeout: Duration,
     ) -> Result<(), AgentError> {
         validate_device_id(server_id, id)?;
+        self.require_running(server_id)?;
         let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let body = serde_json::json!({ "id": id, "timeout_ms": ms }).to_string();
         let (status, text) = self.api_with_fds(
@@ -205,6 +227,7 @@ impl Agent {
     /// (`PUT /vm/resize-disk`); the guest sees the new capacity.
     pub fn resize_disk(&self, server_id: &str, id: &str, size: u64) -> Result<(), AgentError> {
         validate_device_id(server_id, id)?;
+        self.require_running(server_id)?;
         let body = serde_json::json!({ "id": id, "size": size }).to_string();
         let (status, text) =
             self.api_with_fds(server_id, "/vm/resize-disk", &body, &[], API_TIMEOUT)?;
@@ -222,6 +245,7 @@ impl Agent {
 
     /// The running guest's devices (`GET /vm`'s `devices`).
     pub fn devices(&self, server_id: &str) -> Result<Vec<DeviceInfo>, AgentError> {
+        self.require_running(server_id)?;
         let (status, body) = self.api(server_id, "GET", "/vm", None)?;
         let bad = |reason: String| AgentError::Api {
             server_id: server_id.to_owned(),
@@ -359,7 +383,8 @@ mod tests {
             id: Some("vol-1".into()),
             format: images::ImageFormat::Qcow2,
         };
-        let dev = agent.hot_add_disk(sid, &disk, &[base]).unwrap();
+        let files = open_disk_files(&disk, &[base]).unwrap();
+        let dev = agent.send_add_disk(sid, &disk, &files).unwrap();
         let (text, back) = server.join().unwrap();
         assert!(text.starts_with("PUT /vm/add-disk HTTP/1.1\r\n"), "{text}");
         assert!(text.contains("\"id\":\"vol-1\""), "{text}");
