@@ -623,6 +623,18 @@ pub async fn power_sync(c: Arc<Compute>) {
     }
 }
 
+/// Plugs and unplugs a running server's volumes as its attachments say
+/// (after a daemon restart), in the background.
+fn spawn_replug(c: &Arc<Compute>, id: &str) {
+    let c = Arc::clone(c);
+    let sid = id.to_string();
+    tokio::spawn(async move {
+        if let Some(_busy) = c.try_busy(&sid) {
+            super::volumes::replug(&c, &sid).await;
+        }
+    });
+}
+
 /// After a (re)start of the daemon: adopts running VMMs, finishes or fails
 /// interrupted operations, marks servers whose VMM died SHUTOFF, and removes
 /// instance directories no server owns.
@@ -667,7 +679,8 @@ pub async fn reconcile(c: Arc<Compute>) {
         }
         match (s.status.as_str(), running) {
             (status::BUILD, true) | (status::REBOOT, true) | (status::HARD_REBOOT, true) => {
-                set_state(&c, &s.id, status::ACTIVE, None, power::RUNNING, None)
+                set_state(&c, &s.id, status::ACTIVE, None, power::RUNNING, None);
+                spawn_replug(&c, &s.id);
             }
             (status::BUILD, false) => {
                 // Start the build over: claims are idempotent and the
@@ -679,18 +692,7 @@ pub async fn reconcile(c: Arc<Compute>) {
                     tokio::spawn(start(Arc::clone(&c), s.id.clone(), b));
                 }
             }
-            (status::ACTIVE, true) if task.is_none() => {
-                // Plug what was attached or detached while the daemon was away.
-                tokio::spawn({
-                    let c = Arc::clone(&c);
-                    let sid = s.id.clone();
-                    async move {
-                        if let Some(_busy) = c.try_busy(&sid) {
-                            super::volumes::replug(&c, &sid).await;
-                        }
-                    }
-                });
-            }
+            (status::ACTIVE, true) if task.is_none() => spawn_replug(&c, &s.id),
             (status::ACTIVE, true) => {
                 // An interrupted stop: finish it.
                 if task == Some("powering-off") {
