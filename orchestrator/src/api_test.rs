@@ -31,6 +31,10 @@ pub(crate) struct Server {
     pub vmm: Arc<FakeVmmHost>,
     /// Its network host.
     pub net: Arc<crate::host::net::fake::FakeNetHost>,
+    /// Its Block Storage service (what compute calls).
+    pub volume: Arc<crate::volume::VolumeService>,
+    /// Its volume backend (`file`, in memory).
+    pub storage: Arc<crate::host::storage::fake::FakeVolumeDriver>,
     /// The service prefix [`Server::call`] puts before paths (`/image`).
     pub prefix: &'static str,
     /// The admin's token (admin project).
@@ -128,7 +132,9 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         net.clone(),
         crate::compute::host_name(),
     );
-    let volume = crate::volume::VolumeService::new(db.clone(), cfg.clone(), Vec::new());
+    let storage = Arc::new(crate::host::storage::fake::FakeVolumeDriver::new("file"));
+    let volume =
+        crate::volume::VolumeService::new(db.clone(), cfg.clone(), vec![storage.clone() as _]);
     let compute = crate::compute::Compute::new(
         db.clone(),
         cfg.clone(),
@@ -144,7 +150,7 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         images,
         compute,
         network,
-        volume,
+        volume: Arc::clone(&volume),
     };
     let app = crate::http::router::router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -156,6 +162,8 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         dir,
         vmm,
         net,
+        volume,
+        storage,
         prefix,
         admin,
         admin_project,
@@ -183,6 +191,37 @@ impl Server {
             if let Some(c) = &ctype {
                 headers.push(("Content-Type", c.as_str()));
             }
+            http_client::http(addr, &method, &path, &headers, Some(&body))
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the test client's task failed: {e}"))
+    }
+
+    /// Sends one request with `extra` headers (a microversion, say) and a
+    /// JSON body.
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        extra: &[(&str, &str)],
+        body: &Value,
+    ) -> Resp {
+        let addr = self.addr;
+        let (method, path) = (method.to_string(), format!("{}{path}", self.prefix));
+        let token = token.to_string();
+        let extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let body = body.to_string().into_bytes();
+        tokio::task::spawn_blocking(move || {
+            let mut headers = vec![
+                ("X-Auth-Token", token.as_str()),
+                ("Content-Type", "application/json"),
+            ];
+            headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             http_client::http(addr, &method, &path, &headers, Some(&body))
                 .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
         })

@@ -200,6 +200,43 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX security_group_rules_remote ON security_group_rules(remote_group_id);
     CREATE INDEX security_group_rules_project ON security_group_rules(project_id);
     "#,
+    // 6: Block Storage: volume types, volumes, snapshots, attachments and
+    // the user-visible messages of failed operations. A volume's row goes
+    // when its data is gone; its attachments go with it.
+    r#"
+    CREATE TABLE volume_types (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+        description TEXT NOT NULL DEFAULT '', is_public INTEGER NOT NULL DEFAULT 1,
+        extra_specs TEXT NOT NULL DEFAULT '{}', created_at TEXT NOT NULL);
+    CREATE TABLE volumes (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL, user_id TEXT NOT NULL,
+        name TEXT, description TEXT, size INTEGER NOT NULL, status TEXT NOT NULL,
+        volume_type_id TEXT NOT NULL, backend TEXT NOT NULL,
+        bootable INTEGER NOT NULL DEFAULT 0, multiattach INTEGER NOT NULL DEFAULT 0,
+        metadata TEXT NOT NULL DEFAULT '{}', image_metadata TEXT,
+        snapshot_id TEXT, source_volid TEXT,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE INDEX volumes_project ON volumes(project_id);
+    CREATE TABLE volume_snapshots (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL, user_id TEXT NOT NULL,
+        volume_id TEXT NOT NULL, name TEXT, description TEXT,
+        size INTEGER NOT NULL, status TEXT NOT NULL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE INDEX volume_snapshots_volume ON volume_snapshots(volume_id);
+    CREATE INDEX volume_snapshots_project ON volume_snapshots(project_id);
+    CREATE TABLE volume_attachments (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+        volume_id TEXT NOT NULL REFERENCES volumes(id) ON DELETE CASCADE,
+        server_id TEXT NOT NULL, device TEXT NOT NULL, status TEXT NOT NULL,
+        delete_on_termination INTEGER NOT NULL DEFAULT 0, boot_index INTEGER,
+        attached_at TEXT, UNIQUE (volume_id, server_id));
+    CREATE INDEX volume_attachments_server ON volume_attachments(server_id);
+    CREATE TABLE volume_messages (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL, resource_type TEXT NOT NULL,
+        resource_id TEXT NOT NULL, message TEXT NOT NULL, created_at TEXT NOT NULL);
+    CREATE INDEX volume_messages_project ON volume_messages(project_id);
+    "#,
 ];
 
 /// A shared handle on the state database. Statements are short; one

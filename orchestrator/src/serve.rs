@@ -98,11 +98,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 /// always, `lvm` with `--lvm-volume-group`.
 fn start_volume(db: &Db, cfg: &Arc<Config>) -> anyhow::Result<Arc<crate::volume::VolumeService>> {
     let drivers: Vec<Arc<dyn crate::host::storage::VolumeDriver>> = Vec::new();
-    Ok(crate::volume::VolumeService::new(
-        db.clone(),
-        Arc::clone(cfg),
-        drivers,
-    ))
+    // `new` seeds the `__DEFAULT__` type; the reconcile fails creates a
+    // crash interrupted and finishes its deletes in the background.
+    let volume = crate::volume::VolumeService::new(db.clone(), Arc::clone(cfg), drivers);
+    let pending = volume.reconcile();
+    if !pending.is_empty() {
+        tracing::info!(
+            deletes = pending.len(),
+            "finishing interrupted volume deletes"
+        );
+    }
+    Ok(volume)
 }
 
 /// The Networking service over this host's agent: the external network

@@ -21,6 +21,8 @@ pub enum ServiceKind {
     Image,
     /// Neutron's Networking v2.0.
     Network,
+    /// Cinder's Block Storage v3.
+    Volume,
 }
 
 /// One OpenStack service: where it is mounted and how it is listed.
@@ -34,20 +36,25 @@ pub struct Service {
     pub name: &'static str,
     /// The path prefix its routes are nested under (`/identity`).
     pub prefix: &'static str,
-    /// The endpoint path clients are given (`/identity/v3`).
+    /// The endpoint path clients are given (`/identity/v3`); `{project_id}`
+    /// in it is the token's project.
     pub endpoint: &'static str,
+    /// More catalog types the same endpoint is listed under (Cinder's
+    /// `volumev3` next to `block-storage`).
+    pub alias_types: &'static [&'static str],
     /// How its errors are shaped.
     pub style: ErrorStyle,
 }
 
 /// Every service, in catalog order.
-pub const SERVICES: [Service; 4] = [
+pub const SERVICES: [Service; 5] = [
     Service {
         kind: ServiceKind::Identity,
         catalog_type: "identity",
         name: "keystone",
         prefix: "/identity",
         endpoint: "/identity/v3",
+        alias_types: &[],
         style: ErrorStyle::Identity,
     },
     Service {
@@ -56,6 +63,7 @@ pub const SERVICES: [Service; 4] = [
         name: "nova",
         prefix: "/compute",
         endpoint: "/compute/v2.1",
+        alias_types: &[],
         style: ErrorStyle::Compute,
     },
     Service {
@@ -64,6 +72,7 @@ pub const SERVICES: [Service; 4] = [
         name: "glance",
         prefix: "/image",
         endpoint: "/image",
+        alias_types: &[],
         style: ErrorStyle::Image,
     },
     Service {
@@ -72,9 +81,24 @@ pub const SERVICES: [Service; 4] = [
         name: "neutron",
         prefix: "/network",
         endpoint: "/network",
+        alias_types: &[],
         style: ErrorStyle::Network,
     },
+    Service {
+        kind: ServiceKind::Volume,
+        catalog_type: "block-storage",
+        name: "cinderv3",
+        prefix: "/volume",
+        endpoint: "/volume/v3/{project_id}",
+        alias_types: &["volumev3"],
+        style: ErrorStyle::Volume,
+    },
 ];
+
+/// A service's endpoint path with `project` in place of `{project_id}`.
+fn endpoint_path(s: &Service, project: &str) -> String {
+    s.endpoint.replace("{project_id}", project)
+}
 
 /// `GET /`: where each service lives.
 pub async fn root(BaseUrl(base): BaseUrl) -> Json<Value> {
@@ -83,22 +107,28 @@ pub async fn root(BaseUrl(base): BaseUrl) -> Json<Value> {
         .map(|s| {
             (
                 s.catalog_type.to_string(),
-                json!(format!("{base}{}", s.endpoint)),
+                json!(format!(
+                    "{base}{}",
+                    s.endpoint.trim_end_matches("/{project_id}")
+                )),
             )
         })
         .collect();
     Json(json!({ "name": "nubo", "services": services }))
 }
 
-/// The service catalog carried in every token.
-pub fn catalog(base: &str) -> Value {
-    let entry = |s: &Service| {
-        let url = format!("{base}{}", s.endpoint);
+/// The service catalog carried in every token. `project` is the token's
+/// project (in the Block Storage URL); `None` leaves Keystone's template
+/// `%(project_id)s` there (Identity's endpoint views).
+pub fn catalog(base: &str, project: Option<&str>) -> Value {
+    let project = project.unwrap_or("%(project_id)s");
+    let entry = |s: &Service, ty: &str, id: String| {
+        let url = format!("{base}{}", endpoint_path(s, project));
         let endpoints: Vec<Value> = ["public", "internal", "admin"]
             .iter()
             .map(|iface| {
                 json!({
-                    "id": format!("{}-{iface}", s.name),
+                    "id": format!("{id}-{iface}"),
                     "interface": iface,
                     "region": "RegionOne",
                     "region_id": "RegionOne",
@@ -106,7 +136,14 @@ pub fn catalog(base: &str) -> Value {
                 })
             })
             .collect();
-        json!({ "id": s.name, "type": s.catalog_type, "name": s.name, "endpoints": endpoints })
+        json!({ "id": id, "type": ty, "name": s.name, "endpoints": endpoints })
     };
-    Value::Array(SERVICES.iter().map(entry).collect())
+    let mut out = Vec::new();
+    for s in &SERVICES {
+        out.push(entry(s, s.catalog_type, s.name.to_string()));
+        for ty in s.alias_types {
+            out.push(entry(s, ty, format!("{}-{ty}", s.name)));
+        }
+    }
+    Value::Array(out)
 }

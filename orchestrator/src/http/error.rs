@@ -114,6 +114,9 @@ pub enum ErrorStyle {
     Image,
     /// Neutron: `{"NeutronError": {"type", "message", "detail"}}`.
     Network,
+    /// Cinder: `{"badRequest": {"message", "code"}}`, `itemNotFound`,
+    /// `overLimit`... (the same fault names as Nova's).
+    Volume,
 }
 
 fn title(status: StatusCode) -> &'static str {
@@ -160,7 +163,7 @@ pub fn render(style: ErrorStyle, err: &ApiError) -> Response {
         ErrorStyle::Identity => json!({
             "error": { "code": code, "message": err.message, "title": title(err.status) }
         }),
-        ErrorStyle::Compute => {
+        ErrorStyle::Compute | ErrorStyle::Volume => {
             json!({ nova_name(err.status): { "code": code, "message": err.message } })
         }
         ErrorStyle::Image => json!({

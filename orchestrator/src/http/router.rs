@@ -20,6 +20,7 @@ fn routes(kind: ServiceKind) -> Router<AppState> {
         ServiceKind::Compute => crate::compute::api::router(),
         ServiceKind::Image => crate::image::api::router(),
         ServiceKind::Network => crate::network::api::router(),
+        ServiceKind::Volume => crate::volume::api::router(),
     }
 }
 

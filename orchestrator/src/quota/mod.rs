@@ -24,6 +24,9 @@ pub const NETWORK_RESOURCES: [&str; 7] = [
     "security_group_rule",
 ];
 
+/// The Block Storage service's resources with limits (Cinder's names).
+pub const VOLUME_RESOURCES: [&str; 3] = ["volumes", "gigabytes", "snapshots"];
+
 /// The daemon's default limit for `resource` (unknown: unlimited).
 pub fn default_limit(defaults: &QuotaDefaults, resource: &str) -> i64 {
     match resource {
@@ -37,6 +40,9 @@ pub fn default_limit(defaults: &QuotaDefaults, resource: &str) -> i64 {
         "floatingip" => defaults.floatingip,
         "security_group" => defaults.security_group,
         "security_group_rule" => defaults.security_group_rule,
+        "volumes" => defaults.volumes,
+        "gigabytes" => defaults.gigabytes,
+        "snapshots" => defaults.snapshots,
         _ => -1,
     }
 }

@@ -12,6 +12,8 @@
 //! sense: deleting what is not there succeeds, so a retried delete after a
 //! crash finishes the job.
 
+pub mod fake;
+
 use std::path::PathBuf;
 
 use images::ImageFormat;

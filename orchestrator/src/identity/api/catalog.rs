@@ -31,7 +31,7 @@ pub fn router() -> Router<AppState> {
 }
 
 fn catalog_entries(base: &str) -> Vec<Value> {
-    match catalog::catalog(base) {
+    match catalog::catalog(base, None) {
         Value::Array(entries) => entries,
         _ => Vec::new(),
     }

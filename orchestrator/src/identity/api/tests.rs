@@ -99,7 +99,20 @@ async fn the_catalog_lists_every_service_from_the_one_list() {
         .iter()
         .map(|e| e["type"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(types, ["identity", "compute", "image", "network"]);
+    assert_eq!(
+        types,
+        [
+            "identity",
+            "compute",
+            "image",
+            "network",
+            "block-storage",
+            "volumev3"
+        ]
+    );
+    // Block Storage's URL carries the token's project.
+    let url = r.json()["catalog"][5]["endpoints"][0]["url"].clone();
+    assert!(url.as_str().unwrap().ends_with("/volume/v3/other"), "{url}");
     let r = s.get("/v3/services", &s.admin).await;
-    assert_eq!(r.json()["services"].as_array().unwrap().len(), 4);
+    assert_eq!(r.json()["services"].as_array().unwrap().len(), 6);
 }

@@ -164,7 +164,7 @@ fn token_body(conn: &Connection, rec: &token::TokenRecord, base: &str) -> ApiRes
         });
         tok["is_domain"] = json!(false);
         tok["roles"] = json!(roles);
-        tok["catalog"] = catalog::catalog(base);
+        tok["catalog"] = catalog::catalog(base, Some(&rec.project_id));
     }
     Ok(json!({ "token": tok }))
 }
@@ -290,6 +290,9 @@ pub(super) async fn auth_projects(
     ))
 }
 
-pub(super) async fn auth_catalog(Auth(_): Auth, BaseUrl(base): BaseUrl) -> Json<Value> {
-    Json(json!({ "catalog": catalog::catalog(&base), "links": links(&base, "auth/catalog") }))
+pub(super) async fn auth_catalog(Auth(ctx): Auth, BaseUrl(base): BaseUrl) -> Json<Value> {
+    let project = (!ctx.project_id.is_empty()).then_some(ctx.project_id.as_str());
+    Json(
+        json!({ "catalog": catalog::catalog(&base, project), "links": links(&base, "auth/catalog") }),
+    )
 }
