@@ -1,7 +1,8 @@
 //! A server's volumes, Nova's side of them: attach and detach (hot-plugged
 //! into an ACTIVE server's VMM, recorded for the next start of a SHUTOFF
 //! one), the disks a starting VMM gets, re-plugging after a daemon restart,
-//! releasing them when the server goes, and growing an attached one.
+//! releasing them when the server goes, and growing an attached one
+//! ([`VmmResize`], the volume service's online-resize hook).
 //!
 //! The volume service keeps the attachments (statuses, who may attach
 //! what); this module decides when the host plugs or unplugs them.
@@ -400,25 +401,26 @@ pub async fn release_all(c: &Arc<Compute>, server_id: &str) {
     }
 }
 
-impl Compute {
-    /// Tells server `server_id`'s running guest that its volume
-    /// `volume_id` grew to `new_size` bytes (the online extend). Succeeds
-    /// when the server runs no VMM (it sees the size at its next start).
-    pub async fn resize_volume(
-        self: &Arc<Self>,
-        server_id: &str,
-        volume_id: &str,
-        new_size: u64,
-    ) -> ApiResult<()> {
+/// The volume service's online-resize hook: a running guest is told that
+/// its attached volume grew (`resize-disk`); a server without a running VMM
+/// sees the new size at its next start.
+pub struct VmmResize {
+    vmm: Arc<dyn crate::host::vmm::VmmHost>,
+}
+
+impl VmmResize {
+    /// The hook over this host's VMMs.
+    pub fn new(vmm: Arc<dyn crate::host::vmm::VmmHost>) -> Self {
+        VmmResize { vmm }
+    }
+}
+
+impl crate::volume::OnlineResize for VmmResize {
+    fn resize(&self, server_id: &str, volume_id: &str, new_size_bytes: u64) -> Result<(), String> {
         let serial = crate::volume::attachments::serial_of(volume_id);
-        let vmm = Arc::clone(&self.vmm);
-        let sid = server_id.to_string();
-        match blocking(move || vmm.resize_disk(&sid, &serial, new_size)).await? {
+        match self.vmm.resize_disk(server_id, &serial, new_size_bytes) {
             Ok(()) | Err(AgentError::NotRunning { .. }) => Ok(()),
-            Err(e) => Err(plug_error(
-                &format!("Failed to resize volume {volume_id} in server {server_id}"),
-                &e,
-            )),
+            Err(e) => Err(format!("the guest of server {server_id} was not told: {e}")),
         }
     }
 }

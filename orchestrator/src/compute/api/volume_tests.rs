@@ -422,3 +422,38 @@ async fn bad_block_device_mappings_are_refused() {
         "failed creates leave no server"
     );
 }
+
+#[tokio::test]
+async fn extending_an_attached_volume_tells_the_running_guest() {
+    let s = start().await;
+    // As `serve` wires it.
+    s.volume.set_online_resize(std::sync::Arc::new(
+        crate::compute::volumes::VmmResize::new(s.vmm.clone()),
+    ));
+    let id = active_server(&s).await;
+    let vol = volume(&s, &s.admin, &s.admin_project).await;
+    assert_eq!(attach(&s, &id, &vol).await.status, 200);
+    let r = s
+        .call_with(
+            "POST",
+            &format!("/volume/v3/{}/volumes/{vol}/action", s.admin_project),
+            &s.admin,
+            &[("OpenStack-API-Version", "volume 3.42")],
+            &json!({ "os-extend": { "new_size": 2 } }),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", text(&r));
+    let v = volume_status(&s, &s.admin_project, &vol, "in-use").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.vmm.hotplug_calls().iter().any(|c| {
+        matches!(c, HotplugCall::Resize { server_id, id: dev, size }
+            if server_id == &id && *dev == serial(&vol) && *size == 2 << 30)
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "no resize: {:?} {v}",
+            s.vmm.hotplug_calls()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
