@@ -457,3 +457,53 @@ async fn extending_an_attached_volume_tells_the_running_guest() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// After a daemon restart, a running guest gets what its attachments say:
+/// a volume attached while the daemon was away (or lost by the VMM) is
+/// plugged, a device of a volume no longer attached is unplugged, an
+/// interrupted detach is finished.
+#[tokio::test]
+async fn reconcile_replugs_a_running_servers_volumes() {
+    use crate::host::vmm::VmmHost;
+    use crate::volume::attachments::ReserveRequest;
+    let s = start().await;
+    let id = active_server(&s).await;
+    let (kept, lost, leaving) = (
+        volume(&s, &s.admin, &s.admin_project).await,
+        volume(&s, &s.admin, &s.admin_project).await,
+        volume(&s, &s.admin, &s.admin_project).await,
+    );
+    for v in [&kept, &leaving] {
+        assert_eq!(attach(&s, &id, v).await.status, 200);
+    }
+    // Recorded as attached, but the VMM never got it.
+    let a = s
+        .volume
+        .reserve(&ReserveRequest {
+            project_id: s.admin_project.clone(),
+            volume_id: lost.clone(),
+            server_id: id.clone(),
+            device: "/dev/vdd".into(),
+            delete_on_termination: false,
+            boot_index: None,
+        })
+        .unwrap();
+    s.volume.attach_done(&a.id).unwrap();
+    // A detach the restart interrupted.
+    s.volume.begin_detach(&id, &leaving).unwrap();
+    // A device of no attachment.
+    let mut stale = crate::compute::volumes::disk_of(&a);
+    stale.id = Some("stale-device".into());
+    s.vmm.hot_add_disk(&id, &stale, &[]).unwrap();
+
+    crate::compute::volumes::replug(&s.compute, &id).await;
+    let ids: Vec<Option<String>> = s.vmm.disks(&id).into_iter().map(|d| d.id).collect();
+    assert_eq!(
+        ids,
+        vec![None, Some(serial(&kept)), Some(serial(&lost))],
+        "{:?}",
+        s.vmm.hotplug_calls()
+    );
+    volume_status(&s, &s.admin_project, &leaving, "available").await;
+    volume_status(&s, &s.admin_project, &lost, "in-use").await;
+}
