@@ -115,14 +115,18 @@ pub async fn volume_ids_of(
     blocking(move || {
         server_ids
             .iter()
-            .map(|id| {
-                volume
-                    .attachments_of_server(id)
-                    .map(|atts| atts.into_iter().map(|a| a.volume_id).collect())
+            .map(|id| match volume.attachments_of_server(id) {
+                Ok(atts) => atts.into_iter().map(|a| a.volume_id).collect(),
+                // A server stays visible when its volumes cannot be read
+                // (say, their backend is gone).
+                Err(e) => {
+                    tracing::warn!(server = %id, error = %e.message, "cannot read the server's volumes");
+                    Vec::new()
+                }
             })
             .collect()
     })
-    .await?
+    .await
 }
 
 /// What a failed hot-plug tells the user: the VMM's refusal as 409, the
@@ -379,13 +383,11 @@ pub async fn release_all(c: &Arc<Compute>, server_id: &str) {
     };
     for a in atts {
         let volume = Arc::clone(&c.volume);
-        let (sid, a2) = (server_id.to_string(), a.clone());
+        let a2 = a.clone();
+        // Nothing holds the volume any more: the attachment simply ends.
         let ended = blocking(move || match a2.status {
             AttachmentStatus::Reserved => volume.attach_failed(&a2.id, "the server was deleted"),
-            AttachmentStatus::Attached => volume
-                .begin_detach(&sid, &a2.volume_id)
-                .and_then(|b| volume.detach_done(&b.id)),
-            AttachmentStatus::Detaching => volume.detach_done(&a2.id),
+            AttachmentStatus::Attached | AttachmentStatus::Detaching => volume.detach_done(&a2.id),
         })
         .await
         .and_then(|r| r);
