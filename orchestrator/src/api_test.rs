@@ -33,6 +33,8 @@ pub(crate) struct Server {
     pub net: Arc<crate::host::net::fake::FakeNetHost>,
     /// Its Block Storage service (what compute calls).
     pub volume: Arc<crate::volume::VolumeService>,
+    /// Its compute service (for the lifecycle's background steps).
+    pub compute: Arc<crate::compute::Compute>,
     /// Its volume backend (`file`, in memory).
     pub storage: Arc<crate::host::storage::fake::FakeVolumeDriver>,
     /// The service prefix [`Server::call`] puts before paths (`/image`).
@@ -148,7 +150,7 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         db: db.clone(),
         cfg,
         images,
-        compute,
+        compute: Arc::clone(&compute),
         network,
         volume: Arc::clone(&volume),
     };
@@ -163,6 +165,7 @@ pub(crate) async fn start(prefix: &'static str, max_image_size: u64) -> Server {
         vmm,
         net,
         volume,
+        compute,
         storage,
         prefix,
         admin,

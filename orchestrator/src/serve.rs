@@ -66,6 +66,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Arc::clone(&network),
         Arc::clone(&volume),
     );
+    // Extending an attached volume tells its running guest.
+    volume.set_online_resize(Arc::new(crate::compute::volumes::VmmResize::new(
+        Arc::clone(&compute.vmm),
+    )));
     lifecycle::reconcile(Arc::clone(&compute)).await;
     tokio::spawn(lifecycle::power_sync(Arc::clone(&compute)));
     let state = AppState {

@@ -127,14 +127,20 @@ fn server_context(c: &Compute, s: &Server) -> Result<AuthContext, String> {
         .ok_or_else(|| format!("the server's user {} no longer exists", s.user_id))
 }
 
-/// The VMM spec of a server: its boot disk, and the kernel, initramfs and
-/// command line from the image's `kernel_id`/`ramdisk_id`/`os_command_line`
-/// properties or the daemon's defaults. A kernel or ramdisk image must be
-/// visible to the server's project, as the boot image is (the API checked
-/// that when the server was created; the image's properties may have
-/// changed since).
-fn spec_for(c: &Compute, s: &Server, disk: PathBuf) -> Result<VmmSpec, String> {
-    let props = image_info(c, &s.image_id)?.properties;
+/// The VMM spec of a server: its boot disk (none for a server booted from
+/// a volume: its volumes are added at every start, root first), and the
+/// kernel, initramfs and command line from `props` (the image's
+/// properties, or a root volume's `volume_image_metadata`):
+/// `kernel_id`/`ramdisk_id`/`os_command_line`, or the daemon's defaults. A
+/// kernel or ramdisk image must be visible to the server's project, as the
+/// boot image is (the API checked that when the server was created; the
+/// image's properties may have changed since).
+fn spec_for(
+    c: &Compute,
+    s: &Server,
+    props: &serde_json::Map<String, serde_json::Value>,
+    disk: Option<PathBuf>,
+) -> Result<VmmSpec, String> {
     let prop = |k: &str| props.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let side_image = |key: &str, want: &str| -> Result<Option<PathBuf>, String> {
         let Some(id) = prop(key) else { return Ok(None) };
@@ -175,16 +181,25 @@ fn spec_for(c: &Compute, s: &Server, disk: PathBuf) -> Result<VmmSpec, String> {
             memory_bytes: (s.ram.max(16) as u64) << 20,
             // The agent points the console at the instance's log when it starts.
             serial: SerialConfig::Off,
-            disks: vec![DiskConfig {
-                path: disk,
-                read_only: false,
-                id: None,
-                format: images::ImageFormat::Qcow2,
-            }],
+            disks: disk
+                .into_iter()
+                .map(|path| DiskConfig {
+                    path,
+                    read_only: false,
+                    id: None,
+                    format: images::ImageFormat::Qcow2,
+                })
+                .collect(),
             nets: Vec::new(),
         },
         vmm_uid: None,
     })
+}
+
+/// [`spec_for`] a server booted from its image, with its boot disk `disk`.
+fn spec_for_image(c: &Compute, s: &Server, disk: PathBuf) -> Result<VmmSpec, String> {
+    let props = image_info(c, &s.image_id)?.properties;
+    spec_for(c, s, &props, Some(disk))
 }
 
 /// How a start ended.
@@ -236,6 +251,14 @@ async fn start_vmm(c: &Arc<Compute>, s: &Server, spec: Option<VmmSpec>) -> Resul
         }
     };
     let mut spec = spec;
+    // The instance's own disks (no id), then its volumes as attached now.
+    spec.vm.disks.retain(|d| d.id.is_none());
+    spec.vm
+        .disks
+        .extend(super::volumes::disks_for_start(c, &s.id).await?);
+    if spec.vm.disks.is_empty() {
+        return Err("the server has no boot disk and no root volume".into());
+    }
     let ports = server_ports(c, &s.id).await?;
     if !ports.is_empty() {
         // The bridges and filters of the server's networks exist before its
@@ -297,8 +320,21 @@ async fn start_vmm(c: &Arc<Compute>, s: &Server, spec: Option<VmmSpec>) -> Resul
     }
 }
 
-/// Builds a new server: claim capacity, create the boot disk, start the VMM.
-pub async fn build(c: Arc<Compute>, id: String) {
+/// The root volume a build makes from an image (`--boot-from-volume`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRootVolume {
+    /// The image its data comes from.
+    pub image_id: String,
+    /// Its size in GiB.
+    pub size_gib: u64,
+    /// Delete it with the server.
+    pub delete_on_termination: bool,
+}
+
+/// Builds a new server: claim capacity, create the boot disk (or, booting
+/// from a volume, make the root volume from `new_root` when asked), start
+/// the VMM.
+pub async fn build(c: Arc<Compute>, id: String, new_root: Option<NewRootVolume>) {
     let Some(_busy) = c.try_busy(&id) else {
         tracing::warn!(server = %id, "build skipped: another operation holds the server");
         return;
@@ -315,10 +351,12 @@ pub async fn build(c: Arc<Compute>, id: String) {
         power::NOSTATE,
         None,
     );
+    let from_volume = super::volumes::boots_from_volume(&s);
     let req = Request {
         vcpus: s.vcpus.max(0) as u64,
         memory_mb: s.ram.max(0) as u64,
-        disk_gb: s.disk.max(0) as u64,
+        // A server booted from a volume has no disk on the host.
+        disk_gb: if from_volume { 0 } else { s.disk.max(0) as u64 },
     };
     let claim = {
         let c2 = Arc::clone(&c);
@@ -351,6 +389,15 @@ pub async fn build(c: Arc<Compute>, id: String) {
         None,
     );
     let result = async {
+        if from_volume {
+            let props = root_volume_props(&c, &s, new_root).await?;
+            let vmm = Arc::clone(&c.vmm);
+            let sid = id.clone();
+            // A previous attempt (daemon killed mid-build) may have left files.
+            let _ = blocking(move || vmm.remove_instance(&sid)).await;
+            let spec = spec_for(&c, &s, &props, None)?;
+            return start_vmm(&c, &s, Some(spec)).await;
+        }
         let fmt = image_info(&c, &s.image_id)?.disk_format;
         let format = fmt
             .parse::<crate::image::files::DiskFormat>()
@@ -372,7 +419,7 @@ pub async fn build(c: Arc<Compute>, id: String) {
         })
         .await?
         .map_err(|e| e.to_string())?;
-        let spec = spec_for(&c, &s, disk)?;
+        let spec = spec_for_image(&c, &s, disk)?;
         start_vmm(&c, &s, Some(spec)).await
     }
     .await;
@@ -391,6 +438,52 @@ pub async fn build(c: Arc<Compute>, id: String) {
             set_error(&c, &id, &format!("Build of instance {id} aborted: {e}"));
         }
     }
+}
+
+/// A server booted from a volume: makes its root volume from an image when
+/// asked (and reserves it as the root), and returns the root volume's
+/// `volume_image_metadata`, which stands for an image's properties.
+async fn root_volume_props(
+    c: &Arc<Compute>,
+    s: &Server,
+    new_root: Option<NewRootVolume>,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let text = |e: crate::http::error::ApiError| e.message;
+    if let Some(root) = new_root {
+        let name = format!("{}-root", s.name);
+        let volume_id = c
+            .volume
+            .create_for_boot(&s.project_id, &root.image_id, root.size_gib, &name)
+            .await
+            .map_err(|e| format!("the root volume: {}", e.message))?;
+        let req = crate::volume::attachments::ReserveRequest {
+            project_id: s.project_id.clone(),
+            volume_id,
+            server_id: s.id.clone(),
+            device: super::volumes::ROOT_DEVICE.into(),
+            delete_on_termination: root.delete_on_termination,
+            boot_index: Some(0),
+        };
+        let volume = Arc::clone(&c.volume);
+        blocking(move || volume.reserve(&req))
+            .await?
+            .map_err(text)?;
+    }
+    let atts = super::volumes::attachments(c, &s.id).await.map_err(text)?;
+    let root = super::volumes::root_of(&atts)
+        .ok_or(
+            "the server boots from a volume but has no root volume (its creation was interrupted)",
+        )?
+        .volume_id
+        .clone();
+    let volume = Arc::clone(&c.volume);
+    let meta = blocking(move || volume.image_metadata(&root))
+        .await?
+        .map_err(text)?;
+    Ok(meta
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect())
 }
 
 /// `os-stop`: ACPI shutdown, hard stop after the configured shutdown timeout.
@@ -466,8 +559,18 @@ pub async fn delete(c: Arc<Compute>, id: String) {
     c.take_proc(&id);
     let c2 = Arc::clone(&c);
     let sid = id.clone();
+    let removed = blocking(move || c2.vmm.remove_instance(&sid).map_err(|e| e.to_string()))
+        .await
+        .and_then(|r| r);
+    if let Err(e) = removed {
+        set_error(&c, &id, &format!("delete failed: {e}"));
+        return;
+    }
+    // The VMM is gone: the volumes are free.
+    super::volumes::release_all(&c, &id).await;
+    let c2 = Arc::clone(&c);
+    let sid = id.clone();
     let r = blocking(move || -> Result<(), String> {
-        c2.vmm.remove_instance(&sid).map_err(|e| e.to_string())?;
         let conn = c2.db.lock();
         placement::release(&conn, &sid).map_err(|e| e.to_string())?;
         // Its ports: the created ones go, the given ones are unbound.
@@ -520,6 +623,18 @@ pub async fn power_sync(c: Arc<Compute>) {
     }
 }
 
+/// Plugs and unplugs a running server's volumes as its attachments say
+/// (after a daemon restart), in the background.
+fn spawn_replug(c: &Arc<Compute>, id: &str) {
+    let c = Arc::clone(c);
+    let sid = id.to_string();
+    tokio::spawn(async move {
+        if let Some(_busy) = c.try_busy(&sid) {
+            super::volumes::replug(&c, &sid).await;
+        }
+    });
+}
+
 /// After a (re)start of the daemon: adopts running VMMs, finishes or fails
 /// interrupted operations, marks servers whose VMM died SHUTOFF, and removes
 /// instance directories no server owns.
@@ -564,19 +679,21 @@ pub async fn reconcile(c: Arc<Compute>) {
         }
         match (s.status.as_str(), running) {
             (status::BUILD, true) | (status::REBOOT, true) | (status::HARD_REBOOT, true) => {
-                set_state(&c, &s.id, status::ACTIVE, None, power::RUNNING, None)
+                set_state(&c, &s.id, status::ACTIVE, None, power::RUNNING, None);
+                spawn_replug(&c, &s.id);
             }
             (status::BUILD, false) => {
                 // Start the build over: claims are idempotent and the
                 // instance files are recreated.
-                tokio::spawn(build(Arc::clone(&c), s.id.clone()));
+                tokio::spawn(build(Arc::clone(&c), s.id.clone(), None));
             }
             (status::REBOOT, false) | (status::HARD_REBOOT, false) => {
                 if let Some(b) = c.try_busy(&s.id) {
                     tokio::spawn(start(Arc::clone(&c), s.id.clone(), b));
                 }
             }
-            (status::ACTIVE, true) if task.is_some() => {
+            (status::ACTIVE, true) if task.is_none() => spawn_replug(&c, &s.id),
+            (status::ACTIVE, true) => {
                 // An interrupted stop: finish it.
                 if task == Some("powering-off") {
                     if let Some(b) = c.try_busy(&s.id) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
-use super::spec_for;
+use super::spec_for_image;
 use crate::compute::model::Server;
 use crate::compute::Compute;
 use crate::config::Config;
@@ -121,12 +121,12 @@ fn the_build_boots_only_kernels_and_ramdisks_the_servers_project_may_see() {
         (K_DISK, "kernel_id", KERNEL),
         (R_DISK, "ramdisk_id", RAMDISK),
     ] {
-        let err = spec_for(&c, &server(&user, "p2", image), disk.clone())
+        let err = spec_for_image(&c, &server(&user, "p2", image), disk.clone())
             .expect_err("another project's private image must not boot");
         assert_eq!(err, format!("{key}: image {hidden} does not exist"));
     }
     // The owner's admin boots it; once public, so does p2.
-    let spec = spec_for(&c, &server(&admin, &admin_project, K_DISK), disk.clone())
+    let spec = spec_for_image(&c, &server(&admin, &admin_project, K_DISK), disk.clone())
         .expect("the admin may use every image");
     assert!(spec.vm.kernel.ends_with(KERNEL), "{spec:?}");
     db.lock()
@@ -135,7 +135,7 @@ fn the_build_boots_only_kernels_and_ramdisks_the_servers_project_may_see() {
             [RAMDISK],
         )
         .expect("publish");
-    let spec = spec_for(&c, &server(&user, "p2", R_DISK), disk).expect("a public ramdisk");
+    let spec = spec_for_image(&c, &server(&user, "p2", R_DISK), disk).expect("a public ramdisk");
     assert!(spec.vm.kernel.ends_with(OWN_KERNEL), "{spec:?}");
     assert!(
         spec.vm

@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod service;
 pub mod store;
+pub mod volumes;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -137,13 +137,15 @@ impl Server {
 
     /// Nova's server document (microversion 2.1 shape), ready to serialize;
     /// admin-only fields when `admin`. `host_id` is [`Server::host_id`] of
-    /// the server's project (callers listing many servers compute it once).
+    /// the server's project (callers listing many servers compute it once);
+    /// `volumes` are the ids of its attached volumes.
     pub fn view<'a>(
         &'a self,
         base: &'a str,
         admin: bool,
         host_id: &'a str,
         addresses: Value,
+        volumes: Vec<String>,
     ) -> ServerView<'a> {
         let metadata = serde_json::value::RawValue::from_string(self.metadata.clone())
             .unwrap_or_else(|_| empty_object());
@@ -157,12 +159,17 @@ impl Server {
             user_id: &self.user_id,
             metadata,
             host_id,
-            image: RefView {
-                id: &self.image_id,
-                links: [LinkView {
-                    rel: "bookmark",
-                    href: bookmark("images", &self.image_id),
-                }],
+            // Nova's "" for a server booted from a volume.
+            image: if self.image_id.is_empty() {
+                ImageView::None("")
+            } else {
+                ImageView::Ref(RefView {
+                    id: &self.image_id,
+                    links: [LinkView {
+                        rel: "bookmark",
+                        href: bookmark("images", &self.image_id),
+                    }],
+                })
             },
             flavor: RefView {
                 id: &self.flavor_id,
@@ -201,7 +208,7 @@ impl Server {
             config_drive: "",
             key_name: None,
             security_groups: [],
-            volumes_attached: [],
+            volumes_attached: volumes.into_iter().map(|id| VolumeRef { id }).collect(),
             host: admin.then(super::host_name),
             hypervisor_hostname: admin.then(super::host_name),
             instance_name: admin.then(|| format!("instance-{}", self.id)),
@@ -210,10 +217,17 @@ impl Server {
     }
 
     /// [`Server::view`] as a JSON value (`addresses` from the Networking
-    /// service).
-    pub fn to_json(&self, base: &str, admin: bool, addresses: Value) -> Value {
+    /// service, `volumes` from the Block Storage service).
+    pub fn to_json(
+        &self,
+        base: &str,
+        admin: bool,
+        addresses: Value,
+        volumes: Vec<String>,
+    ) -> Value {
         let host_id = Server::host_id(&self.project_id);
-        serde_json::to_value(self.view(base, admin, &host_id, addresses)).unwrap_or(Value::Null)
+        serde_json::to_value(self.view(base, admin, &host_id, addresses, volumes))
+            .unwrap_or(Value::Null)
     }
 }
 
@@ -316,6 +330,22 @@ pub struct RefView<'a> {
     links: [LinkView; 1],
 }
 
+/// A server's `image`: the image it booted, or `""` (booted from a volume).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+pub enum ImageView<'a> {
+    /// `{"id", "links"}`.
+    Ref(RefView<'a>),
+    /// `""`.
+    None(&'static str),
+}
+
+/// One of `os-extended-volumes:volumes_attached` (2.1: the id only).
+#[derive(serde::Serialize)]
+pub struct VolumeRef {
+    id: String,
+}
+
 /// `{}`.
 #[derive(serde::Serialize)]
 pub struct EmptyObject {}
@@ -331,7 +361,7 @@ pub struct ServerView<'a> {
     metadata: Box<serde_json::value::RawValue>,
     #[serde(rename = "hostId")]
     host_id: &'a str,
-    image: RefView<'a>,
+    image: ImageView<'a>,
     flavor: RefView<'a>,
     created: &'a str,
     updated: &'a str,
@@ -360,7 +390,7 @@ pub struct ServerView<'a> {
     key_name: Option<&'a str>,
     security_groups: [(); 0],
     #[serde(rename = "os-extended-volumes:volumes_attached")]
-    volumes_attached: [(); 0],
+    volumes_attached: Vec<VolumeRef>,
     #[serde(
         rename = "OS-EXT-SRV-ATTR:host",
         skip_serializing_if = "Option::is_none"

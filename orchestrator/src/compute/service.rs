@@ -168,16 +168,18 @@ pub fn insert_servers(
     Ok(ids)
 }
 
-/// Starts the build of each new server, tracked by its `create` action.
+/// Starts the build of each new server, tracked by its `create` action;
+/// with `new_root`, each boots from a new volume made from that image.
 pub fn spawn_builds(
     compute: &Arc<Compute>,
     ids: &[(String, i64)],
     image_id: &str,
     flavor_id: &str,
+    new_root: Option<lifecycle::NewRootVolume>,
 ) {
     for (id, row) in ids {
         tracing::info!(server = %id, image = %image_id, flavor = %flavor_id, "server accepted");
-        let build = lifecycle::build(Arc::clone(compute), id.clone());
+        let build = lifecycle::build(Arc::clone(compute), id.clone(), new_root.clone());
         tokio::spawn(actions::track(Arc::clone(compute), *row, id.clone(), build));
     }
 }

@@ -12,6 +12,9 @@ pub mod server_actions;
 pub mod servers;
 #[cfg(test)]
 mod tests;
+pub mod volume_attachments;
+#[cfg(test)]
+mod volume_tests;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -54,5 +57,6 @@ pub fn router() -> Router<AppState> {
         .merge(interfaces::router())
         .merge(flavor_access::router())
         .merge(instance_actions::router())
+        .merge(volume_attachments::router())
         .layer(axum::middleware::map_response(version_headers))
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::common::*;
 use crate::compute::model::Server;
 use crate::compute::service::{self, usable_flavor, visible_server};
-use crate::compute::{lifecycle, store};
+use crate::compute::{lifecycle, store, volumes};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{BaseUrl, JsonBody, ProjectAuth};
 use crate::http::{AppState, RequestId};
@@ -26,11 +26,18 @@ pub(crate) async fn show_server(
     BaseUrl(base): BaseUrl,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let conn = st.db.lock();
-    let s = visible_server(&conn, &ctx, &id)?;
-    let addresses = crate::network::service::server_addresses(&conn, &s.id)?;
+    let (s, addresses) = {
+        let conn = st.db.lock();
+        let s = visible_server(&conn, &ctx, &id)?;
+        let addresses = crate::network::service::server_addresses(&conn, &s.id)?;
+        (s, addresses)
+    };
+    let volumes = volumes::volume_ids_of(&st.compute, vec![s.id.clone()])
+        .await?
+        .pop()
+        .unwrap_or_default();
     Ok(Json(
-        json!({ "server": s.to_json(&base, ctx.is_admin(), addresses) }),
+        json!({ "server": s.to_json(&base, ctx.is_admin(), addresses, volumes) }),
     ))
 }
 
@@ -174,10 +181,13 @@ pub(crate) async fn list_servers(
                 .map(|s| crate::network::service::server_addresses(&conn, &s.id))
                 .collect::<rusqlite::Result<Vec<_>>>()?
         };
+        let ids = servers.iter().map(|s| s.id.clone()).collect();
+        let volumes = volumes::volume_ids_of(&st.compute, ids).await?;
         let views: Vec<_> = servers
             .iter()
             .zip(addresses)
-            .map(|(s, a)| s.view(base, admin, &host_ids[s.project_id.as_str()], a))
+            .zip(volumes)
+            .map(|((s, a), v)| s.view(base, admin, &host_ids[s.project_id.as_str()], a, v))
             .collect();
         serde_json::to_vec(&ServersPage { servers: views, servers_links: next })
     } else {
@@ -269,9 +279,57 @@ pub(crate) struct CreateFields {
     return_reservation_id: Option<Value>,
 }
 
-/// The image to boot: `imageRef`, or the `boot_index: 0` image entry of
-/// `block_device_mapping_v2` (which the `openstack` CLI always sends).
-pub(crate) fn boot_image_id(f: &CreateFields) -> ApiResult<String> {
+/// What a server boots from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BootSource {
+    /// An image, on a boot disk of the host (`imageRef`, or a `local`
+    /// mapping of an image, which the `openstack` CLI always sends).
+    Image(String),
+    /// An existing volume (`--volume`).
+    Volume {
+        /// The volume.
+        volume_id: String,
+        /// Delete it with the server.
+        delete_on_termination: bool,
+    },
+    /// A new volume made from an image (`--image I --boot-from-volume N`).
+    ImageToVolume {
+        /// The image.
+        image_id: String,
+        /// The volume's size in GiB.
+        size_gib: u64,
+        /// Delete it with the server.
+        delete_on_termination: bool,
+    },
+}
+
+impl BootSource {
+    /// The server row's `image_id`: `""` when it boots from a volume.
+    fn row_image_id(&self) -> &str {
+        match self {
+            BootSource::Image(id) => id,
+            _ => "",
+        }
+    }
+}
+
+/// Nova's boolean forms.
+fn bool_field(name: &str, v: Option<&Value>) -> ApiResult<bool> {
+    match v {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if ["true", "True", "1", "yes"].contains(&s.as_str()) => Ok(true),
+        Some(Value::String(s)) if ["false", "False", "0", "no"].contains(&s.as_str()) => Ok(false),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "Invalid input for field/attribute {name}. Value: {v}. {v} is not of type 'boolean'"
+        ))),
+    }
+}
+
+/// What the server boots from: `imageRef`, or the `boot_index: 0` entry of
+/// `block_device_mapping_v2` (an image to a local disk, a volume, or an
+/// image to a new volume). Other mappings are refused (400).
+pub(crate) fn boot_source(f: &CreateFields) -> ApiResult<BootSource> {
     let mut from_bdm = None;
     for bdm in f.block_device_mapping_v2.iter().flatten() {
         let src = bdm.get("source_type").and_then(Value::as_str).unwrap_or("");
@@ -282,21 +340,58 @@ pub(crate) fn boot_image_id(f: &CreateFields) -> ApiResult<String> {
         let boot = bdm
             .get("boot_index")
             .map(|v| v.to_string().trim_matches('"').to_string());
-        if dst == "volume" || src == "volume" || src == "snapshot" {
-            return Err(ApiError::bad_request(
-                "block device mappings to volumes are not supported yet: boot from an image (destination_type local)",
-            ));
+        let uuid = bdm.get("uuid").and_then(Value::as_str).map(String::from);
+        let dot = bool_field("delete_on_termination", bdm.get("delete_on_termination"))?;
+        if boot.as_deref() != Some("0") {
+            if dst == "volume" || src == "volume" || src == "snapshot" {
+                return Err(ApiError::bad_request(
+                    "only the boot device (boot_index 0) may be a volume: attach more volumes once the server exists",
+                ));
+            }
+            continue;
         }
-        if src == "image" && boot.as_deref() == Some("0") {
-            from_bdm = bdm.get("uuid").and_then(Value::as_str).map(String::from);
-        }
+        let need_uuid = || {
+            uuid.clone().ok_or_else(|| {
+                ApiError::bad_request("Invalid input for field/attribute uuid: it is required")
+            })
+        };
+        from_bdm = Some(match (src, dst) {
+            ("image", "local") => BootSource::Image(need_uuid()?),
+            ("volume", "volume") => BootSource::Volume {
+                volume_id: need_uuid()?,
+                delete_on_termination: dot,
+            },
+            ("image", "volume") => {
+                let size = match bdm.get("volume_size") {
+                    None | Some(Value::Null) => {
+                        return Err(ApiError::bad_request(
+                            "Images with destination_type 'volume' need to have a non-zero size specified",
+                        ))
+                    }
+                    Some(v) => int_field("volume_size", v, 1)?,
+                };
+                BootSource::ImageToVolume {
+                    image_id: need_uuid()?,
+                    size_gib: size as u64,
+                    delete_on_termination: dot,
+                }
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "booting from source_type {src} with destination_type {dst} is not supported: use an image, a volume, or an image to a new volume"
+                )))
+            }
+        });
     }
-    match (f.image_ref.as_deref().filter(|s| !s.is_empty()), from_bdm) {
-        (Some(a), Some(b)) if a != b => Err(ApiError::bad_request(
+    let image_ref = f.image_ref.as_deref().filter(|s| !s.is_empty());
+    match (image_ref, from_bdm) {
+        (Some(a), Some(BootSource::Image(b))) if a != b => Err(ApiError::bad_request(
             "imageRef and the boot block device mapping name different images",
         )),
-        (Some(a), _) => Ok(a.to_string()),
-        (None, Some(b)) => Ok(b),
+        (_, Some(b @ BootSource::Image(_))) => Ok(b),
+        // Nova ignores imageRef when the boot device is a volume.
+        (_, Some(b)) => Ok(b),
+        (Some(a), None) => Ok(BootSource::Image(a.to_string())),
         (None, None) => Err(ApiError::bad_request(
             "an image is required (imageRef or a boot block device mapping)",
         )),
@@ -376,7 +471,7 @@ struct CreateRequest {
     nics: NicsAsked,
     min_count: i64,
     max_count: i64,
-    image_id: String,
+    boot: BootSource,
     flavor_id: String,
     metadata: String,
 }
@@ -426,7 +521,12 @@ fn validate(f: &CreateFields) -> ApiResult<CreateRequest> {
             "max_count may be at most {MAX_COUNT}"
         )));
     }
-    let image_id = boot_image_id(f)?;
+    let boot = boot_source(f)?;
+    if matches!(boot, BootSource::Volume { .. }) && max_count > 1 {
+        return Err(ApiError::bad_request(
+            "Multiple instances cannot boot from the same volume (min_count and max_count must be 1)",
+        ));
+    }
     let flavor_id = match &f.flavor_ref {
         Value::String(s) => s.rsplit('/').next().unwrap_or(s).to_string(),
         Value::Number(n) => n.to_string(),
@@ -439,7 +539,7 @@ fn validate(f: &CreateFields) -> ApiResult<CreateRequest> {
         nics,
         min_count,
         max_count,
-        image_id,
+        boot,
         flavor_id,
         metadata,
     })
@@ -461,10 +561,11 @@ pub(crate) async fn create_server(
         nics,
         min_count,
         max_count,
-        image_id,
+        boot,
         flavor_id,
         metadata,
     } = validate(&f)?;
+    let image_id = boot.row_image_id().to_string();
     // Quota and insert in one transaction, so concurrent creates cannot both
     // take the last of the quota.
     let ids = {
@@ -472,8 +573,22 @@ pub(crate) async fn create_server(
         let flavor = usable_flavor(&conn, &ctx, &flavor_id)?.ok_or_else(|| {
             ApiError::bad_request(format!("Flavor {flavor_id} could not be found."))
         })?;
-        let image = crate::image::service::bootable(&conn, &ctx, &image_id)?;
-        service::check_flavor_fits_image(&flavor, &image)?;
+        match &boot {
+            BootSource::Image(id) => {
+                let image = crate::image::service::bootable(&conn, &ctx, id)?;
+                service::check_flavor_fits_image(&flavor, &image)?;
+            }
+            BootSource::ImageToVolume { image_id, .. } => {
+                let image = crate::image::service::bootable(&conn, &ctx, image_id)?;
+                // The root disk is the volume: the flavor's disk does not count.
+                let volume_flavor = crate::compute::model::Flavor {
+                    disk: 0,
+                    ..flavor.clone()
+                };
+                service::check_flavor_fits_image(&volume_flavor, &image)?;
+            }
+            BootSource::Volume { .. } => {}
+        }
         let nics = crate::network::service::check_nics(&conn, &ctx, &nics, max_count)?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let count = service::quota_count(
@@ -503,8 +618,33 @@ pub(crate) async fn create_server(
         tx.commit()?;
         ids
     };
+    if let BootSource::Volume {
+        volume_id,
+        delete_on_termination,
+    } = &boot
+    {
+        // The root volume is reserved now, so a volume that cannot be used
+        // fails the request (as Nova's API checks it).
+        if let Err(e) = reserve_root(&st, &ctx, &ids, volume_id, *delete_on_termination).await {
+            forget_servers(&st, &ids);
+            st.network.sync_logged().await;
+            return Err(e);
+        }
+    }
     st.network.sync_logged().await;
-    service::spawn_builds(&st.compute, &ids, &image_id, &flavor_id);
+    let new_root = match &boot {
+        BootSource::ImageToVolume {
+            image_id,
+            size_gib,
+            delete_on_termination,
+        } => Some(lifecycle::NewRootVolume {
+            image_id: image_id.clone(),
+            size_gib: *size_gib,
+            delete_on_termination: *delete_on_termination,
+        }),
+        _ => None,
+    };
+    service::spawn_builds(&st.compute, &ids, &image_id, &flavor_id, new_root);
     let first = &ids[0].0;
     let body = if f
         .return_reservation_id
@@ -526,6 +666,47 @@ pub(crate) async fn create_server(
         resp.headers_mut().insert("location", v);
     }
     Ok(resp)
+}
+
+/// Reserves `volume_id` as the root volume of the one new server.
+async fn reserve_root(
+    st: &AppState,
+    ctx: &AuthContext,
+    ids: &[(String, i64)],
+    volume_id: &str,
+    delete_on_termination: bool,
+) -> ApiResult<()> {
+    let Some((server_id, _)) = ids.first() else {
+        return Ok(());
+    };
+    let req = crate::volume::attachments::ReserveRequest {
+        project_id: ctx.project_id.clone(),
+        volume_id: volume_id.to_string(),
+        server_id: server_id.clone(),
+        device: volumes::ROOT_DEVICE.into(),
+        delete_on_termination,
+        boot_index: Some(0),
+    };
+    let volume = Arc::clone(&st.volume);
+    tokio::task::spawn_blocking(move || volume.reserve(&req))
+        .await
+        .map_err(ApiError::internal)?
+        .map(|_| ())
+}
+
+/// Removes servers whose create failed after they were inserted (rows,
+/// actions, ports).
+fn forget_servers(st: &AppState, ids: &[(String, i64)]) {
+    let conn = st.db.lock();
+    for (id, _) in ids {
+        let r = crate::network::service::release_server_ports(&conn, id)
+            .map_err(|e| e.message)
+            .and_then(|()| store::forget_actions(&conn, id).map_err(|e| e.to_string()))
+            .and_then(|()| store::delete_server(&conn, id).map_err(|e| e.to_string()));
+        if let Err(e) = r {
+            tracing::error!(server = %id, error = %e, "cannot remove a server whose create failed");
+        }
+    }
 }
 
 pub(crate) async fn delete_server(

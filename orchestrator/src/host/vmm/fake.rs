@@ -8,8 +8,12 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use images::ImageFormat;
+use vmm_api::config::DiskConfig;
 
-use super::{validate_server_id, AgentError, ExitInfo, VmmHost, VmmProcess, VmmSpec};
+use super::{
+    validate_device_id, validate_server_id, AgentError, DeviceInfo, ExitInfo, VmmHost, VmmProcess,
+    VmmSpec,
+};
 
 /// What the console of every fake guest holds.
 pub const CONSOLE_LINE: &str = "fake guest: login:";
@@ -35,11 +39,54 @@ struct Instance {
     exit: Option<(ExitInfo, String)>,
 }
 
+/// How the next hot-plug requests end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HotplugOutcome {
+    /// As asked.
+    Works,
+    /// The VMM refuses (409) with this reason.
+    Fails(String),
+    /// The guest does not let go of a device (removals time out; adds work).
+    TimesOut,
+}
+
+/// One hot-plug request the fake saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HotplugCall {
+    /// `add-disk` of this disk with these backing files.
+    Add {
+        /// The server.
+        server_id: String,
+        /// The disk.
+        disk: DiskConfig,
+        /// Its backing files, top first.
+        backing: Vec<PathBuf>,
+    },
+    /// `remove-device`.
+    Remove {
+        /// The server.
+        server_id: String,
+        /// The device id.
+        id: String,
+    },
+    /// `resize-disk`.
+    Resize {
+        /// The server.
+        server_id: String,
+        /// The device id.
+        id: String,
+        /// The new size in bytes.
+        size: u64,
+    },
+}
+
 #[derive(Debug)]
 struct State {
     instances: BTreeMap<String, Instance>,
     next_pid: i32,
     starts: StartOutcome,
+    hotplug: HotplugOutcome,
+    calls: Vec<HotplugCall>,
 }
 
 /// The fake host.
@@ -55,6 +102,8 @@ impl Default for FakeVmmHost {
                 instances: BTreeMap::new(),
                 next_pid: 1000,
                 starts: StartOutcome::Runs,
+                hotplug: HotplugOutcome::Works,
+                calls: Vec::new(),
             }),
         }
     }
@@ -68,6 +117,49 @@ impl FakeVmmHost {
     /// How every start from now on ends.
     pub fn set_starts(&self, outcome: StartOutcome) {
         self.state().starts = outcome;
+    }
+
+    /// How every hot-plug request from now on ends.
+    pub fn set_hotplug(&self, outcome: HotplugOutcome) {
+        self.state().hotplug = outcome;
+    }
+
+    /// The hot-plug requests so far, oldest first.
+    pub fn hotplug_calls(&self) -> Vec<HotplugCall> {
+        self.state().calls.clone()
+    }
+
+    /// The disks the server's VMM was last started with, as recorded
+    /// (hot-plugs included).
+    pub fn disks(&self, server_id: &str) -> Vec<DiskConfig> {
+        self.state()
+            .instances
+            .get(server_id)
+            .and_then(|i| i.spec.as_ref())
+            .map(|s| s.vm.disks.clone())
+            .unwrap_or_default()
+    }
+
+    /// Runs `f` on a running instance's recorded spec; `NotRunning` when none.
+    fn on_running<T>(
+        &self,
+        server_id: &str,
+        call: HotplugCall,
+        f: impl FnOnce(&HotplugOutcome, &mut VmmSpec) -> Result<T, AgentError>,
+    ) -> Result<T, AgentError> {
+        validate_server_id(server_id)?;
+        let mut st = self.state();
+        st.calls.push(call);
+        let outcome = st.hotplug.clone();
+        let not_running = || AgentError::NotRunning {
+            server_id: server_id.to_owned(),
+        };
+        let i = st.instances.get_mut(server_id).ok_or_else(not_running)?;
+        if i.running.is_none() {
+            return Err(not_running());
+        }
+        let spec = i.spec.as_mut().ok_or_else(not_running)?;
+        f(&outcome, spec)
     }
 
     /// The guest of `server_id` powers off (its VMM exits with status 0).
@@ -251,5 +343,111 @@ impl VmmHost for FakeVmmHost {
 
     fn settle_running_vmms(&self, _known: &HashSet<String>) {
         // Every fake VMM is tracked by its instance; none runs untracked.
+    }
+
+    fn hot_add_disk(
+        &self,
+        server_id: &str,
+        disk: &DiskConfig,
+        backing: &[PathBuf],
+    ) -> Result<DeviceInfo, AgentError> {
+        let id = disk.id.clone().unwrap_or_default();
+        validate_device_id(server_id, &id)?;
+        let call = HotplugCall::Add {
+            server_id: server_id.to_owned(),
+            disk: disk.clone(),
+            backing: backing.to_vec(),
+        };
+        self.on_running(server_id, call, |outcome, spec| {
+            if let HotplugOutcome::Fails(reason) = outcome {
+                return Err(refused(server_id, reason));
+            }
+            if spec.vm.disks.iter().any(|d| d.id.as_deref() == Some(&id)) {
+                return Err(refused(server_id, &format!("device {id} exists")));
+            }
+            spec.vm.disks.push(disk.clone());
+            let slot = u32::try_from(spec.vm.disks.len() + 2).unwrap_or(u32::MAX);
+            Ok(DeviceInfo {
+                id: id.clone(),
+                kind: "disk".into(),
+                slot: Some(slot),
+                bdf: Some(format!("0000:00:{slot:02x}.0")),
+            })
+        })
+    }
+
+    fn hot_remove_device(
+        &self,
+        server_id: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<(), AgentError> {
+        let call = HotplugCall::Remove {
+            server_id: server_id.to_owned(),
+            id: id.to_owned(),
+        };
+        self.on_running(server_id, call, |outcome, spec| match outcome {
+            HotplugOutcome::Fails(reason) => Err(refused(server_id, reason)),
+            HotplugOutcome::TimesOut => Err(AgentError::Timeout {
+                server_id: server_id.to_owned(),
+                what: "the guest to release the device",
+                timeout,
+            }),
+            HotplugOutcome::Works => {
+                let before = spec.vm.disks.len();
+                spec.vm.disks.retain(|d| d.id.as_deref() != Some(id));
+                if spec.vm.disks.len() == before {
+                    return Err(refused(server_id, &format!("no device {id}")));
+                }
+                Ok(())
+            }
+        })
+    }
+
+    fn resize_disk(&self, server_id: &str, id: &str, size: u64) -> Result<(), AgentError> {
+        let call = HotplugCall::Resize {
+            server_id: server_id.to_owned(),
+            id: id.to_owned(),
+            size,
+        };
+        self.on_running(server_id, call, |outcome, spec| match outcome {
+            HotplugOutcome::Fails(reason) => Err(refused(server_id, reason)),
+            _ if spec.vm.disks.iter().any(|d| d.id.as_deref() == Some(id)) => Ok(()),
+            _ => Err(refused(server_id, &format!("no device {id}"))),
+        })
+    }
+
+    fn devices(&self, server_id: &str) -> Result<Vec<DeviceInfo>, AgentError> {
+        validate_server_id(server_id)?;
+        let st = self.state();
+        let spec = st
+            .instances
+            .get(server_id)
+            .filter(|i| i.running.is_some())
+            .and_then(|i| i.spec.as_ref())
+            .ok_or_else(|| AgentError::NotRunning {
+                server_id: server_id.to_owned(),
+            })?;
+        Ok(spec
+            .vm
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(n, d)| DeviceInfo {
+                id: d.id.clone().unwrap_or_else(|| format!("_disk{n}")),
+                kind: "disk".into(),
+                slot: None,
+                bdf: None,
+            })
+            .collect())
+    }
+}
+
+/// The VMM's 409.
+fn refused(server_id: &str, reason: &str) -> AgentError {
+    AgentError::Device {
+        server_id: server_id.to_owned(),
+        status: 409,
+        reason: reason.to_owned(),
     }
 }

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use images::ImageFormat;
+use vmm_api::config::DiskConfig;
 
-use super::{Agent, AgentError, VmmProcess, VmmSpec};
+use super::{Agent, AgentError, DeviceInfo, VmmProcess, VmmSpec};
 
 /// Runs one VMM per server on this host: its boot disk, its process, its
 /// console, its instance files. Blocking (std, no tokio): call it from async
@@ -81,6 +82,33 @@ pub trait VmmHost: Send + Sync {
     /// killing those of servers not in `known` (see
     /// [`Agent::settle_running_vmms`]).
     fn settle_running_vmms(&self, known: &HashSet<String>);
+
+    /// Plugs `disk` (its `id` is the device id and guest serial) into the
+    /// running guest; the host opens `disk.path` and its `backing` files
+    /// (top first) and passes them to the VMM (see [`Agent::hot_add_disk`]).
+    fn hot_add_disk(
+        &self,
+        server_id: &str,
+        disk: &DiskConfig,
+        backing: &[PathBuf],
+    ) -> Result<DeviceInfo, AgentError>;
+
+    /// Unplugs device `id` once the guest ejected it;
+    /// [`AgentError::Timeout`] if it did not within `timeout` (see
+    /// [`Agent::hot_remove_device`]).
+    fn hot_remove_device(
+        &self,
+        server_id: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<(), AgentError>;
+
+    /// Tells the running guest that disk `id` is now `size` bytes (see
+    /// [`Agent::resize_disk`]).
+    fn resize_disk(&self, server_id: &str, id: &str, size: u64) -> Result<(), AgentError>;
+
+    /// The running guest's devices (see [`Agent::devices`]).
+    fn devices(&self, server_id: &str) -> Result<Vec<DeviceInfo>, AgentError>;
 }
 
 impl VmmHost for Agent {
@@ -147,5 +175,31 @@ impl VmmHost for Agent {
 
     fn settle_running_vmms(&self, known: &HashSet<String>) {
         Agent::settle_running_vmms(self, known)
+    }
+
+    fn hot_add_disk(
+        &self,
+        server_id: &str,
+        disk: &DiskConfig,
+        backing: &[PathBuf],
+    ) -> Result<DeviceInfo, AgentError> {
+        Agent::hot_add_disk(self, server_id, disk, backing)
+    }
+
+    fn hot_remove_device(
+        &self,
+        server_id: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<(), AgentError> {
+        Agent::hot_remove_device(self, server_id, id, timeout)
+    }
+
+    fn resize_disk(&self, server_id: &str, id: &str, size: u64) -> Result<(), AgentError> {
+        Agent::resize_disk(self, server_id, id, size)
+    }
+
+    fn devices(&self, server_id: &str) -> Result<Vec<DeviceInfo>, AgentError> {
+        Agent::devices(self, server_id)
     }
 }

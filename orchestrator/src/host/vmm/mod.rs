@@ -35,6 +35,7 @@
 mod console;
 #[cfg(test)]
 pub mod fake;
+mod hotplug;
 mod interface;
 mod process;
 mod spec;
@@ -53,6 +54,7 @@ use std::time::{Duration, Instant};
 
 use images::ImageFormat;
 
+pub use hotplug::{validate_device_id, DeviceInfo, MAX_DEVICE_ID_LEN};
 pub use interface::VmmHost;
 pub use process::{ExitInfo, VmmProcess};
 pub use spec::{validate_server_id, VmmSpec, MAX_SERVER_ID_LEN, MAX_VCPUS};
@@ -201,6 +203,17 @@ pub enum AgentError {
         server_id: String,
         /// The first id of the range.
         base: u32,
+    },
+    /// The VMM refused a device request (`add-disk`, `remove-device`,
+    /// `resize-disk`): 400 or 409 with its reason.
+    #[error("the VMM of server {server_id} refused the device request ({status}): {reason}")]
+    Device {
+        /// The server.
+        server_id: String,
+        /// The VMM's HTTP status.
+        status: u16,
+        /// What it said.
+        reason: String,
     },
     /// Something did not happen in time.
     #[error("server {server_id}: timed out after {timeout:?} waiting for {what}")]
