@@ -366,12 +366,14 @@ impl VmmHost for FakeVmmHost {
                 return Err(refused(server_id, &format!("device {id} exists")));
             }
             spec.vm.disks.push(disk.clone());
-            let slot = u32::try_from(spec.vm.disks.len() + 2).unwrap_or(u32::MAX);
+            let slot = u8::try_from(spec.vm.disks.len() + 2).unwrap_or(u8::MAX);
             Ok(DeviceInfo {
                 id: id.clone(),
-                kind: "disk".into(),
-                slot: Some(slot),
-                bdf: Some(format!("0000:00:{slot:02x}.0")),
+                kind: vmm_api::config::DeviceKind::Disk,
+                slot,
+                bdf: DeviceInfo::bdf_of(slot),
+                path: Some(disk.path.clone()),
+                tap: None,
             })
         })
     }
@@ -433,11 +435,16 @@ impl VmmHost for FakeVmmHost {
             .disks
             .iter()
             .enumerate()
-            .map(|(n, d)| DeviceInfo {
-                id: d.id.clone().unwrap_or_else(|| format!("_disk{n}")),
-                kind: "disk".into(),
-                slot: None,
-                bdf: None,
+            .map(|(n, d)| {
+                let slot = u8::try_from(n + 1).unwrap_or(u8::MAX);
+                DeviceInfo {
+                    id: d.id.clone().unwrap_or_else(|| format!("disk{n}")),
+                    kind: vmm_api::config::DeviceKind::Disk,
+                    slot,
+                    bdf: DeviceInfo::bdf_of(slot),
+                    path: Some(d.path.clone()),
+                    tap: None,
+                }
             })
             .collect())
     }

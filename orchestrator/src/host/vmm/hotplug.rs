@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use vmm_api::config::DiskConfig;
 
 use super::{io_err, Agent, AgentError, Liveness, VmmSpec, API_TIMEOUT, SPEC_FILE};
@@ -17,20 +17,9 @@ use super::{io_err, Agent, AgentError, Liveness, VmmSpec, API_TIMEOUT, SPEC_FILE
 /// Longest device id the VMM accepts (it is also the guest's disk serial).
 pub const MAX_DEVICE_ID_LEN: usize = 20;
 
-/// A device of a running guest, as `GET /vm` and `PUT /vm/add-disk` report it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceInfo {
-    /// The device id (a volume's serial for disks compute plugs).
-    pub id: String,
-    /// `disk` or `net`.
-    pub kind: String,
-    /// Its PCI slot.
-    #[serde(default)]
-    pub slot: Option<u32>,
-    /// Its PCI address (`0000:00:05.0`).
-    #[serde(default)]
-    pub bdf: Option<String>,
-}
+/// A device of a running guest, as `GET /vm` and `PUT /vm/add-disk` report
+/// it: the VMM's own type.
+pub use vmm_api::config::DeviceInfo;
 
 /// Checks a device id: 1 to [`MAX_DEVICE_ID_LEN`] printable ASCII
 /// characters without commas or whitespace (it goes into `--disk id=`).
@@ -311,7 +300,7 @@ mod tests {
         let body = r#"{"state":"running","devices":[{"id":"vol1","kind":"disk","slot":5,"bdf":"0000:00:05.0"}]}"#;
         let d = devices_of(body).unwrap();
         assert_eq!(d[0].id, "vol1");
-        assert_eq!(d[0].slot, Some(5));
+        assert_eq!(d[0].slot, 5);
         assert!(devices_of(r#"{"state":"running"}"#).unwrap().is_empty());
         assert_eq!(error_text(r#"{"error":"no free slot"}"#), "no free slot");
         assert_eq!(error_text("plain\n"), "plain");
@@ -390,6 +379,6 @@ mod tests {
         assert!(text.contains("\"id\":\"vol-1\""), "{text}");
         assert_eq!(back, "base data");
         assert_eq!(std::fs::read(&top).unwrap(), b"written");
-        assert_eq!(dev.bdf.as_deref(), Some("0000:00:06.0"));
+        assert_eq!(dev.bdf, "0000:00:06.0");
     }
 }
