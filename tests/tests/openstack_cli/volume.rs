@@ -229,16 +229,7 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         })?;
         let mut types = vec![None];
         if lvm {
-            let t = cx.n("lvm");
-            tb.osc_json(&[
-                "volume",
-                "type",
-                "create",
-                "--property",
-                "volume_backend_name=lvm",
-                &t,
-            ])?;
-            types.push(Some(t));
+            types.push(Some(ensure_lvm_type(cx)?));
         } else if in_ci() {
             return Err("CI: L1 has no volume group nubo-vg (volume-fixture.sh)".into());
         }
@@ -280,7 +271,8 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
             ));
             let v = cx.volume_show(None, &i)?;
             ensure(
-                v.to_string().contains("os_command_line") && field(&v, "bootable") == "true",
+                v.to_string().contains("os_command_line")
+                    && (v["bootable"] == true || v["bootable"] == "true"),
                 || format!("volume from image lacks volume_image_metadata or bootable: {v}"),
             )?;
             if let Some(u1) = &cx.u1 {
@@ -332,7 +324,8 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
             format!("first attach: found {found}, wrote {wrote}")
         })?;
         let v = cx.volume_show(None, &d)?;
-        ensure(v.to_string().contains(&s1), || {
+        let s1_id = field(&cx.server_show(None, &s1)?, "id").to_string();
+        ensure(v.to_string().contains(&s1_id), || {
             format!("attachments lack {s1}: {v}")
         })?;
         cx.detach_live(&s1, &d, &sd)?;
@@ -382,7 +375,7 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         // Daemon kill -9 and restart: still attached, detach works.
         tb.restart_daemon_hard()?;
         let v = cx.wait_volume(&e, &["in-use"], 2 * minute)?;
-        ensure(v.to_string().contains(&s1), || {
+        ensure(v.to_string().contains(&s1_id), || {
             format!("after restart: {v}")
         })?;
         cx.detach_live(&s1, &e, &se)?;
@@ -400,7 +393,8 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         )?;
 
         if lvm {
-            let l = cx.make_volume(&cx.n("vl"), &["--size", "1", "--type", &cx.n("lvm")])?;
+            let t = ensure_lvm_type(cx)?;
+            let l = cx.make_volume(&cx.n("vl"), &["--size", "1", "--type", &t])?;
             let sl = serial(&l);
             let (found, _) = cx.attach_and_check(&s1, &l, &sl)?;
             ensure(found == 0, || {
@@ -474,6 +468,22 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
     for s in [&s1, &s2] {
         let _ = tb.osc_as(None, &["server", "delete", "--wait", s], 3 * minute);
     }
+}
+
+/// The volume type of the lvm backend, made once.
+fn ensure_lvm_type(cx: &Ctx) -> Result<String, String> {
+    let t = cx.n("lvm");
+    if cx.tb.osc_json(&["volume", "type", "show", &t]).is_err() {
+        cx.tb.osc_json(&[
+            "volume",
+            "type",
+            "create",
+            "--property",
+            "volume_backend_name=lvm",
+            &t,
+        ])?;
+    }
+    Ok(t)
 }
 
 /// Makes the image the volume guests boot, once.
