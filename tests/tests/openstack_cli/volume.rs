@@ -439,7 +439,14 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
         ensure(show.to_string().contains("volumes_attached"), || {
             format!("server show: {show}")
         })?;
+        // The root volume: kept or not as the CLI's mapping said; cleaned up.
+        let roots = uuids_in(&show["volumes_attached"].to_string());
         tb.osc(&["server", "delete", "--wait", &b1])?;
+        for r in &roots {
+            if cx.wait_volume(r, &["available"], minute).is_ok() {
+                tb.osc(&["volume", "delete", r])?;
+            }
+        }
 
         let r = cx.make_volume(&cx.n("vr"), &["--size", "1", "--image", &img, "--bootable"])?;
         let b2 = cx.n("bfv2");
@@ -468,6 +475,21 @@ pub(super) fn workflow(steps: &mut Steps, cx: &Ctx, tb: &Testbed) {
     for s in [&s1, &s2] {
         let _ = tb.osc_as(None, &["server", "delete", "--wait", s], 3 * minute);
     }
+}
+
+/// The UUIDs in a text (however the CLI printed a list of ids).
+fn uuids_in(text: &str) -> Vec<String> {
+    let b = text.as_bytes();
+    let shape = |w: &[u8]| {
+        w.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+    };
+    (0..b.len().saturating_sub(35))
+        .filter(|&i| shape(&b[i..i + 36]))
+        .map(|i| text[i..i + 36].to_string())
+        .collect()
 }
 
 /// The volume type of the lvm backend, made once.
