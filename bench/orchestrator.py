@@ -48,6 +48,7 @@ Usage: bench/orchestrator.py [--guest tiny|linux] [--runs N] [--concurrent N]
          [--list-servers N] [--list-requests N] [--json FILE] ...
 """
 import argparse
+import glob
 import concurrent.futures
 import json
 import os
@@ -524,6 +525,24 @@ def ctl_exec(ctl, script):
                                  method="POST")
     with OPENER.open(req, timeout=120) as r:
         return r.read().decode(errors="replace")
+
+
+def stage_bench_scenario(scenario, out):
+    """Stages a bench/testbed-scenarios/ scenario for tests/testbed/run.sh in
+    OUT/scenarios, with the bench rootfs (fio, iperf3: guest/bench-build.sh)
+    and loop.ko next to it; returns that directory."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    img = subprocess.run([os.path.join(root, "guest/bench-build.sh")], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
+    scen = os.path.join(out, "scenarios")
+    shutil.rmtree(scen, ignore_errors=True)
+    os.makedirs(scen)
+    shutil.copy(os.path.join(root, f"bench/testbed-scenarios/{scenario}.sh"), scen)
+    shutil.copy(img, os.path.join(scen, "bench-rootfs.ext4"))
+    loops = glob.glob(os.path.join(root, "guest/out/modules/lib/modules/*/kernel/drivers/block/loop.ko"))
+    if loops:
+        shutil.copy(loops[0], scen)
+    return scen
 
 
 def tiny_disk(path, size=1 << 20):

@@ -9,30 +9,16 @@ volume kind against the boot disk.
 Usage: bench/volume_io.py [--log CONSOLE_LOG]   (needs target/release/nubo-vmm)
 """
 import argparse
-import glob
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from orchestrator import stage_bench_scenario  # noqa: E402
 OUT = os.path.join(ROOT, "target/bench-volume-io")
-
-
-def stage():
-    img = subprocess.run([os.path.join(ROOT, "guest/bench-build.sh")], check=True,
-                         stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
-    scen = os.path.join(OUT, "scenarios")
-    shutil.rmtree(scen, ignore_errors=True)
-    os.makedirs(scen)
-    shutil.copy(os.path.join(ROOT, "bench/testbed-scenarios/volume-io.sh"), scen)
-    shutil.copy(img, os.path.join(scen, "bench-rootfs.ext4"))
-    loops = glob.glob(os.path.join(ROOT, "guest/out/modules/lib/modules/*/kernel/drivers/block/loop.ko"))
-    if loops:
-        shutil.copy(loops[0], scen)
-    return scen
 
 
 def main():
@@ -41,7 +27,7 @@ def main():
     args = ap.parse_args()
     log = args.log
     if not log:
-        scen = stage()
+        scen = stage_bench_scenario("volume-io", OUT)
         env = dict(os.environ, TESTBED_SCENARIO_DIR=scen, TESTBED_OUT=OUT,
                    TESTBED_TIMEOUT=os.environ.get("TESTBED_TIMEOUT", "2400"),
                    TESTBED_L1_MEM=os.environ.get("TESTBED_L1_MEM", "4096"))

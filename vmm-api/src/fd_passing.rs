@@ -8,7 +8,7 @@
 //! bytes, which is where the VMM's API server looks for them.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -137,6 +137,65 @@ fn send_with_fds(socket: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize>
     }
 }
 
+/// Room for the control message of [`MAX_FDS`] descriptors, as u64s (aligned
+/// for `cmsghdr`).
+const CONTROL_WORDS: usize = 64;
+const _: () = assert!(
+    CONTROL_WORDS * 8 >= 16 + MAX_FDS * 4,
+    "the control buffer holds MAX_FDS descriptors"
+);
+
+/// The receiving side: one `recvmsg` from `socket` into `buf`. Returns the
+/// bytes read, the descriptors that came with them (close-on-exec, owned by
+/// the caller) and whether the kernel dropped some because more than
+/// [`MAX_FDS`] came at once.
+pub fn recv_with_fds(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; CONTROL_WORDS];
+    // SAFETY: msghdr is plain data; every field used is set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at `iov` (over `buf`) and `control`, both alive
+    // and writable for the call.
+    let n = unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut received = Vec::new();
+    // SAFETY: the kernel filled `control` up to msg_controllen; CMSG_FIRSTHDR
+    // and CMSG_NXTHDR stay inside it and return null at its end.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` points at a complete header inside `control`.
+        let header = unsafe { &*cmsg };
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) only computes the header size.
+            let data_len = header.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = data_len / std::mem::size_of::<RawFd>();
+            // SAFETY: CMSG_DATA points at `data_len` bytes inside `control`.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+            for i in 0..count {
+                // SAFETY: reads the i-th descriptor (unaligned: the data has
+                // no alignment guarantee) inside the message.
+                let fd = unsafe { data.add(i).read_unaligned() };
+                // SAFETY: the kernel just installed `fd` in this process for
+                // us; nothing else owns it.
+                received.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        // SAFETY: as above; returns null after the last header.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    let truncated = msg.msg_flags & libc::MSG_CTRUNC != 0;
+    Ok((n as usize, received, truncated))
+}
+
 /// The status and body of a whole HTTP/1.1 response (content-length,
 /// chunked, or until the connection closed).
 fn parse_response(raw: &[u8]) -> Result<(u16, String), ClientError> {
@@ -222,29 +281,12 @@ mod tests {
             use std::io::Write;
             let (mut conn, _) = listener.accept().unwrap();
             let mut buf = [0u8; 4096];
-            let mut control = [0u64; 16];
-            let mut iov = libc::iovec {
-                iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-                iov_len: buf.len(),
-            };
-            // SAFETY: plain data, set below.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-            msg.msg_controllen = std::mem::size_of_val(&control) as _;
-            // SAFETY: msg points at live buffers of the sizes given.
-            let n = unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, 0) };
-            assert!(n > 0);
-            // SAFETY: msg was filled by recvmsg.
-            let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-            assert!(!cmsg.is_null());
-            // SAFETY: the header is SCM_RIGHTS with one descriptor.
-            let fd = unsafe { *(libc::CMSG_DATA(cmsg) as *const RawFd) };
-            let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
+            let (n, mut fds, truncated) = recv_with_fds(conn.as_raw_fd(), &mut buf).unwrap();
+            assert!(n > 0 && !truncated);
+            assert_eq!(fds.len(), 1);
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             assert!(text.starts_with("PUT /vm/add-net HTTP/1.1\r\n"), "{text}");
-            // SAFETY: the received descriptor is ours alone.
-            let mut passed = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let mut passed = std::fs::File::from(fds.remove(0));
             passed.write_all(b"hello").unwrap();
             conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n{\"a\"")
                 .unwrap();

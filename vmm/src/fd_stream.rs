@@ -8,7 +8,7 @@
 //! `api.rs`).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
@@ -65,66 +65,16 @@ impl FdStream {
     }
 }
 
-/// Room for the control message of [`MAX_FDS`] descriptors, as u64s (aligned
-/// for `cmsghdr`).
-const CONTROL_WORDS: usize = 64;
-const _: () = assert!(
-    CONTROL_WORDS * 8 >= 16 + MAX_FDS * 4,
-    "the control buffer holds MAX_FDS descriptors"
-);
-
 /// One `recvmsg` into `buf`; descriptors go to `fds` (close-on-exec).
 fn recv_with_fds(socket: RawFd, buf: &mut [u8], fds: &ReceivedFds) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut control = [0u64; CONTROL_WORDS];
-    // SAFETY: msghdr is plain data; every field used is set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: `msg` points at `iov` (over `buf`) and `control`, both alive
-    // and writable for the call.
-    let n = unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut received = Vec::new();
-    // SAFETY: the kernel filled `control` up to msg_controllen; CMSG_FIRSTHDR
-    // and CMSG_NXTHDR stay inside it and return null at its end.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    while !cmsg.is_null() {
-        // SAFETY: `cmsg` points at a complete header inside `control`.
-        let header = unsafe { &*cmsg };
-        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
-            // SAFETY: CMSG_LEN(0) only computes the header size.
-            let data_len = header.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
-            let count = data_len / std::mem::size_of::<RawFd>();
-            // SAFETY: CMSG_DATA points at `data_len` bytes inside `control`.
-            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
-            for i in 0..count {
-                // SAFETY: reads the i-th descriptor (unaligned: the data has
-                // no alignment guarantee) inside the message.
-                let fd = unsafe { data.add(i).read_unaligned() };
-                // SAFETY: the kernel just installed `fd` in this process for
-                // us; nothing else owns it.
-                received.push(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        }
-        // SAFETY: as above; returns null after the last header.
-        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
-    }
-    let truncated = msg.msg_flags & libc::MSG_CTRUNC != 0;
+    let (n, received, truncated) = vmm_api::fd_passing::recv_with_fds(socket, buf)?;
     if !fds.push(received) || truncated {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("more than {MAX_FDS} descriptors on one connection"),
         ));
     }
-    Ok(n as usize)
+    Ok(n)
 }
 
 impl AsyncRead for FdStream {

@@ -283,7 +283,6 @@ fn write_spec(path: &Path, spec: &VmmSpec) -> Result<(), AgentError> {
 mod tests {
     use super::*;
     use std::io::{Read, Seek, Write};
-    use std::os::fd::{FromRawFd, RawFd};
     use std::os::unix::io::AsRawFd;
 
     #[test]
@@ -327,32 +326,12 @@ mod tests {
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
             let mut buf = [0u8; 4096];
-            let mut control = [0u64; 16];
-            let mut iov = libc::iovec {
-                iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-                iov_len: buf.len(),
-            };
-            // SAFETY: plain data, set below.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-            msg.msg_controllen = std::mem::size_of_val(&control) as _;
-            // SAFETY: msg points at live buffers of the sizes given.
-            let n = unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, 0) };
-            assert!(n > 0);
-            // SAFETY: msg was filled by recvmsg.
-            let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-            assert!(!cmsg.is_null());
-            // SAFETY: the header is SCM_RIGHTS with two descriptors.
-            let fds = unsafe {
-                let p = libc::CMSG_DATA(cmsg) as *const RawFd;
-                [*p, *p.add(1)]
-            };
-            let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
-            // SAFETY: the received descriptors are ours alone.
-            let (mut f0, mut f1) =
-                unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+            let (n, fds, _) =
+                vmm_api::fd_passing::recv_with_fds(conn.as_raw_fd(), &mut buf).unwrap();
+            assert_eq!(fds.len(), 2);
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let mut fds = fds.into_iter().map(File::from);
+            let (mut f0, mut f1) = (fds.next().unwrap(), fds.next().unwrap());
             f0.write_all(b"written").unwrap();
             let mut back = String::new();
             f1.rewind().unwrap();
