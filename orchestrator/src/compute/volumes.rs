@@ -115,8 +115,8 @@ pub async fn volume_ids_of(
     blocking(move || {
         server_ids
             .iter()
-            .map(|id| match volume.attachments_of_server(id) {
-                Ok(atts) => atts.into_iter().map(|a| a.volume_id).collect(),
+            .map(|id| match volume.volume_ids_of_server(id) {
+                Ok(ids) => ids,
                 // A server stays visible when its volumes cannot be read
                 // (say, their backend is gone).
                 Err(e) => {

@@ -231,17 +231,31 @@ impl VolumeService {
     /// A server's attachments (any status), root volume first, then in
     /// attach order.
     pub fn attachments_of_server(&self, server_id: &str) -> ApiResult<Vec<Attachment>> {
-        let conn = self.db.lock();
-        let rows = store::attachments_of_server(&conn, server_id)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut a = row.attachment;
-            let vol = store::find_volume(&conn, &a.volume_id)?
-                .ok_or_else(|| volume_not_found(&a.volume_id))?;
-            a.target = self.target_of(&vol)?;
-            out.push(a);
-        }
-        Ok(out)
+        let rows = {
+            let conn = self.db.lock();
+            let rows = store::attachments_of_server(&conn, server_id)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let vol = store::find_volume(&conn, &row.attachment.volume_id)?
+                    .ok_or_else(|| volume_not_found(&row.attachment.volume_id))?;
+                out.push((row.attachment, vol));
+            }
+            out
+        };
+        // The drivers may run tools (lvs): not under the database lock.
+        rows.into_iter()
+            .map(|(mut a, vol)| {
+                a.target = self.target_of(&vol)?;
+                Ok(a)
+            })
+            .collect()
+    }
+
+    /// The ids of the volumes attached (or being attached) to a server, root
+    /// volume first: the database alone, no driver call (`server list`).
+    pub fn volume_ids_of_server(&self, server_id: &str) -> ApiResult<Vec<String>> {
+        let rows = store::attachments_of_server(&self.db.lock(), server_id)?;
+        Ok(rows.into_iter().map(|r| r.attachment.volume_id).collect())
     }
 
     /// Where a VMM opens a volume now (the driver's answer).
