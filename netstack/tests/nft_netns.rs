@@ -284,21 +284,25 @@ fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// Sends one datagram from `src` (in `from`) to `dst`, and returns the
-/// source address it arrives with at `bind` (in `to`).
+/// Sends one datagram from `src` (in `from`) to `dst` (the port is the
+/// receiver's), and returns the source address it arrives with at `bind` (in
+/// `to`, on a port the kernel picks: a fixed one could still be taken).
 fn datagram_source(
     ns: &Namespaces,
     from: usize,
     src: Ipv4Addr,
     to: usize,
-    bind: SocketAddrV4,
-    dst: SocketAddrV4,
+    bind: Ipv4Addr,
+    dst: Ipv4Addr,
 ) -> SocketAddrV4 {
-    let rx = in_netns(ns.name(to), || UdpSocket::bind(bind).unwrap());
+    let rx = in_netns(ns.name(to), || {
+        UdpSocket::bind(SocketAddrV4::new(bind, 0)).unwrap()
+    });
     rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let port = rx.local_addr().unwrap().port();
     in_netns(ns.name(from), || {
         let tx = UdpSocket::bind(SocketAddrV4::new(src, 0)).unwrap();
-        tx.send_to(b"nubo", dst).unwrap();
+        tx.send_to(b"nubo", SocketAddrV4::new(dst, port)).unwrap();
     });
     let mut buf = [0u8; 16];
     let (n, peer) = rx.recv_from(&mut buf).expect("datagram through the router");
@@ -362,8 +366,8 @@ fn router_nat_rewrites_addresses() {
     .unwrap();
     apply_tables(Some(&r), &[table]).unwrap();
 
-    let out = SocketAddrV4::new(a("203.0.113.2"), 9999);
-    let bind_out = SocketAddrV4::new(a("0.0.0.0"), 9999);
+    let out = a("203.0.113.2");
+    let bind_out = a("0.0.0.0");
     // SNAT: 10.0.0.2 leaves as the gateway's address.
     let src = datagram_source(&ns, inside, a("10.0.0.2"), outside, bind_out, out);
     assert_eq!(*src.ip(), a("203.0.113.1"));
@@ -376,8 +380,8 @@ fn router_nat_rewrites_addresses() {
         outside,
         a("203.0.113.2"),
         inside,
-        SocketAddrV4::new(a("10.0.0.3"), 9998),
-        SocketAddrV4::new(a("203.0.113.50"), 9998),
+        a("10.0.0.3"),
+        a("203.0.113.50"),
     );
     assert_eq!(*src.ip(), a("203.0.113.2"));
 }
