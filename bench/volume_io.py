@@ -30,7 +30,7 @@ def main():
         scen = stage_bench_scenario("volume-io", OUT)
         env = dict(os.environ, TESTBED_SCENARIO_DIR=scen, TESTBED_OUT=OUT,
                    TESTBED_TIMEOUT=os.environ.get("TESTBED_TIMEOUT", "2400"),
-                   TESTBED_L1_MEM=os.environ.get("TESTBED_L1_MEM", "4096"))
+                   TESTBED_L1_MEM=os.environ.get("TESTBED_L1_MEM", "6144"))
         rc = subprocess.run([os.path.join(ROOT, "tests/testbed/run.sh"), "volume-io"],
                             env=env, stdout=subprocess.DEVNULL).returncode
         log = os.path.join(OUT, "console.log")
