@@ -545,6 +545,24 @@ def stage_bench_scenario(scenario, out):
     return scen
 
 
+def run_bench_scenario(scenario, out, l1_mem):
+    """Stages `scenario` (stage_bench_scenario) and runs it in the testbed
+    (TESTBED_TIMEOUT and TESTBED_L1_MEM from the environment win); returns the
+    console log's path, which holds whatever results made it there also when
+    the run failed."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    scen = stage_bench_scenario(scenario, out)
+    env = dict(os.environ, TESTBED_SCENARIO_DIR=scen, TESTBED_OUT=out,
+               TESTBED_TIMEOUT=os.environ.get("TESTBED_TIMEOUT", "2400"),
+               TESTBED_L1_MEM=os.environ.get("TESTBED_L1_MEM", l1_mem))
+    rc = subprocess.run([os.path.join(root, "tests/testbed/run.sh"), scenario],
+                        env=env, stdout=subprocess.DEVNULL).returncode
+    log_path = os.path.join(out, "console.log")
+    if rc != 0:
+        print(f"testbed run failed (rc={rc}); see {log_path}", file=sys.stderr)
+    return log_path
+
+
 def tiny_disk(path, size=1 << 20):
     """A raw disk that no format probe mistakes for anything: a text pattern."""
     pat = b"nubo bench raw disk\n"

@@ -12,12 +12,11 @@ import argparse
 import os
 import re
 import statistics
-import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from orchestrator import stage_bench_scenario  # noqa: E402
+from orchestrator import run_bench_scenario  # noqa: E402
 OUT = os.path.join(ROOT, "target/bench-volume-io")
 
 
@@ -27,15 +26,7 @@ def main():
     args = ap.parse_args()
     log = args.log
     if not log:
-        scen = stage_bench_scenario("volume-io", OUT)
-        env = dict(os.environ, TESTBED_SCENARIO_DIR=scen, TESTBED_OUT=OUT,
-                   TESTBED_TIMEOUT=os.environ.get("TESTBED_TIMEOUT", "2400"),
-                   TESTBED_L1_MEM=os.environ.get("TESTBED_L1_MEM", "6144"))
-        rc = subprocess.run([os.path.join(ROOT, "tests/testbed/run.sh"), "volume-io"],
-                            env=env, stdout=subprocess.DEVNULL).returncode
-        log = os.path.join(OUT, "console.log")
-        if rc != 0:
-            print(f"testbed run failed (rc={rc}); see {log}", file=sys.stderr)
+        log = run_bench_scenario("volume-io", OUT, "6144")
     res = {}
     for line in open(log, errors="replace"):
         m = re.search(r"BENCH disk=(\w+) run=(\d+) fio=(\S+) iops=(\d+) bw_kib=(\d+)", line.replace("\r", ""))
