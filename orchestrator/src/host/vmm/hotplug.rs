@@ -15,7 +15,7 @@ use vmm_api::config::DiskConfig;
 use super::{io_err, Agent, AgentError, Liveness, VmmSpec, API_TIMEOUT, SPEC_FILE};
 
 /// Longest device id the VMM accepts (it is also the guest's disk serial).
-pub const MAX_DEVICE_ID_LEN: usize = 20;
+pub const MAX_DEVICE_ID_LEN: usize = vmm_api::config::MAX_DEVICE_ID;
 
 /// A device of a running guest, as `GET /vm` and `PUT /vm/add-disk` report
 /// it: the VMM's own type.
@@ -24,9 +24,8 @@ pub use vmm_api::config::DeviceInfo;
 /// Checks a device id: 1 to [`MAX_DEVICE_ID_LEN`] printable ASCII
 /// characters without commas or whitespace (it goes into `--disk id=`).
 pub fn validate_device_id(server_id: &str, id: &str) -> Result<(), AgentError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_DEVICE_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_graphic() && b != b',');
+    // The VMM's own rule, and no commas: the id also goes into `--disk id=`.
+    let ok = vmm_api::config::check_device_id(id).is_ok() && !id.contains(',');
     if ok {
         Ok(())
     } else {
