@@ -61,6 +61,106 @@ pub trait BlockBackend: Send {
             "resizing this kind of image".into(),
         ))
     }
+    /// Where the guest bytes `[offset, offset + len)` live in host files, for
+    /// I/O that bypasses this layer (the VMM's asynchronous engine reads and
+    /// writes them with `preadv`/`pwritev` or io_uring, straight into guest
+    /// memory): `Some(extents)` covering the range in order, when every byte
+    /// is plain data in a file of this image that the access can touch
+    /// without a metadata update (a raw file; a qcow2 image's allocated,
+    /// uncompressed, unshared clusters — for reads also its backing files'
+    /// clusters the image does not hide); `None` when the caller must go
+    /// through [`BlockBackend::read_at`]/[`BlockBackend::write_at`]. The
+    /// extents stay valid until the next call that changes the image
+    /// (write, discard, write zeroes, resize) or until it is dropped.
+    fn host_extents(
+        &mut self,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Option<Vec<HostExtent>>, ImageError> {
+        let _ = (offset, len, write);
+        Ok(None)
+    }
+    /// Switches data I/O to the page-cache-bypassing mode of `cache` (for
+    /// [`CacheMode::None`]: `O_DIRECT` on the descriptors that
+    /// [`BlockBackend::host_extents`] hands out; the image's own metadata
+    /// I/O stays correct). Unsupported combinations are an error.
+    fn set_cache_mode(&mut self, cache: CacheMode) -> Result<(), ImageError> {
+        match cache {
+            CacheMode::Writeback => Ok(()),
+            CacheMode::None => Err(ImageError::Unsupported(
+                "cache=none on this kind of image".into(),
+            )),
+        }
+    }
+}
+
+/// A piece of a disk in a host file (see [`BlockBackend::host_extents`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostExtent {
+    /// The host file (owned by the backend; valid while it lives).
+    pub fd: std::os::fd::RawFd,
+    /// Byte offset in that file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// How a disk's data goes through the host's page cache (`--disk …,cache=`,
+/// QEMU's names). Flushes reach the disk either way.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// Through the page cache; a guest flush is an `fdatasync`.
+    #[default]
+    Writeback,
+    /// `O_DIRECT`: data bypasses the page cache (buffers aligned to 512
+    /// bytes; the VMM bounces unaligned guest buffers).
+    None,
+}
+
+/// Which engine does a disk's asynchronous I/O in the VMM (`--disk …,engine=`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum IoEngineKind {
+    /// io_uring when the kernel allows it, else the thread pool.
+    #[default]
+    Auto,
+    /// io_uring only (the disk fails to start without it).
+    IoUring,
+    /// A small pool of worker threads.
+    Threads,
+}
+
+impl std::str::FromStr for IoEngineKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "io_uring" => Ok(Self::IoUring),
+            "threads" => Ok(Self::Threads),
+            other => Err(format!(
+                "unknown I/O engine '{other}' (auto, io_uring or threads)"
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for CacheMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "writeback" => Ok(Self::Writeback),
+            "none" => Ok(Self::None),
+            other => Err(format!("unknown cache mode '{other}' (writeback or none)")),
+        }
+    }
 }
 
 /// Format of a disk image file: the one disk-format type of the VMM (its CLI, API and

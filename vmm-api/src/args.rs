@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::path::Path;
 
-use crate::config::{DiskConfig, NetConfig, SerialConfig, VmConfig};
+use crate::config::{CacheMode, DiskConfig, IoEngineKind, NetConfig, SerialConfig, VmConfig};
 
 impl VmConfig {
     /// The `nubo-vmm` arguments (after the binary: `run` and the guest's
@@ -74,6 +74,17 @@ fn disk_text(disk: &DiskConfig) -> OsString {
     if let Some(id) = &disk.id {
         s.push(format!(",id={id}"));
     }
+    if disk.queues > 1 {
+        s.push(format!(",queues={}", disk.queues));
+    }
+    if disk.cache != CacheMode::default() {
+        s.push(",cache=none");
+    }
+    match disk.engine {
+        IoEngineKind::Auto => {}
+        IoEngineKind::IoUring => s.push(",engine=io_uring"),
+        IoEngineKind::Threads => s.push(",engine=threads"),
+    }
     s
 }
 
@@ -104,6 +115,7 @@ mod tests {
             read_only: true,
             id: Some("vol-1".into()),
             format: ImageFormat::Qcow2,
+            ..Default::default()
         };
         let text = disk_text(&disk).into_string().unwrap();
         assert_eq!(text, "path=/i/a.qcow2,format=qcow2,readonly=on,id=vol-1");

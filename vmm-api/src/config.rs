@@ -48,8 +48,21 @@ impl FromStr for SerialConfig {
 /// write a qcow2 header into a raw disk): the images crate's one type.
 pub use images::ImageFormat;
 
-/// One virtio-blk disk: `path=FILE[,readonly=on][,id=SERIAL][,format=raw|qcow2]`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// How a disk's data goes through the host's page cache: the images crate's
+/// one type (`writeback` or `none`).
+pub use images::CacheMode;
+
+/// Which engine does a disk's asynchronous I/O: the images crate's one type
+/// (`auto`, `io_uring` or `threads`).
+pub use images::IoEngineKind;
+
+/// Most request queues of one disk (`queues=`; the VMM also caps it at the
+/// vCPU count).
+pub const MAX_DISK_QUEUES: u16 = 4;
+
+/// One virtio-blk disk: `path=FILE[,readonly=on][,id=SERIAL][,format=raw|qcow2]`
+/// `[,queues=N][,cache=writeback|none][,engine=auto|io_uring|threads]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DiskConfig {
     /// The image file.
     pub path: PathBuf,
@@ -59,6 +72,19 @@ pub struct DiskConfig {
     pub id: Option<String>,
     /// The image format.
     pub format: ImageFormat,
+    /// Request queues, 1 to [`MAX_DISK_QUEUES`] (0 counts as 1).
+    #[serde(default = "one_queue")]
+    pub queues: u16,
+    /// Page-cache mode of the disk's data I/O.
+    #[serde(default)]
+    pub cache: CacheMode,
+    /// The asynchronous I/O engine.
+    #[serde(default)]
+    pub engine: IoEngineKind,
+}
+
+fn one_queue() -> u16 {
+    1
 }
 
 impl FromStr for DiskConfig {
@@ -67,10 +93,8 @@ impl FromStr for DiskConfig {
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         let bad = |why: &str| ConfigError::Disk(format!("'{s}': {why}"));
         let mut disk = DiskConfig {
-            path: PathBuf::new(),
-            read_only: false,
-            id: None,
-            format: ImageFormat::Raw,
+            queues: 1,
+            ..DiskConfig::default()
         };
         for part in s.split(',') {
             let (key, value) = part
@@ -90,6 +114,15 @@ impl FromStr for DiskConfig {
                 "format" => {
                     disk.format = value.parse().map_err(|_| bad("format is raw or qcow2"))?
                 }
+                "queues" => {
+                    disk.queues = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_DISK_QUEUES).contains(n))
+                        .ok_or_else(|| bad(&format!("queues is 1 to {MAX_DISK_QUEUES}")))?
+                }
+                "cache" => disk.cache = value.parse().map_err(|e: String| bad(&e))?,
+                "engine" => disk.engine = value.parse().map_err(|e: String| bad(&e))?,
                 _ => return Err(bad(&format!("unknown or empty option '{key}'"))),
             }
         }

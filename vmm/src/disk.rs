@@ -85,4 +85,21 @@ impl BlockBackend for SharedDisk {
     fn resize(&mut self, new_size: u64) -> Result<(), ImageError> {
         self.lock().resize(new_size)
     }
+
+    fn known_zero(&mut self, offset: u64, len: u64) -> Result<bool, ImageError> {
+        self.lock().known_zero(offset, len)
+    }
+
+    fn host_extents(
+        &mut self,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Option<Vec<images::HostExtent>>, ImageError> {
+        self.lock().host_extents(offset, len, write)
+    }
+
+    fn set_cache_mode(&mut self, cache: images::CacheMode) -> Result<(), ImageError> {
+        self.lock().set_cache_mode(cache)
+    }
 }

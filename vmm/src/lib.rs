@@ -38,6 +38,7 @@ pub mod disk;
 pub mod error;
 pub mod fd_stream;
 pub mod interrupts;
+pub mod io_thread;
 pub mod jail;
 pub mod layout;
 pub mod memory;

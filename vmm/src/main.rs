@@ -387,12 +387,14 @@ mod tests {
                 read_only: false,
                 id: None,
                 format: ImageFormat::Qcow2,
+                ..Default::default()
             })
             .disk(DiskConfig {
                 path: "/i/config.img".into(),
                 read_only: true,
                 id: Some("cfg".into()),
                 format: ImageFormat::Raw,
+                ..Default::default()
             })
             .net(
                 "tap=nubo0,mac=52:54:00:12:34:56"

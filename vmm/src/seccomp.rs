@@ -27,6 +27,8 @@ pub enum ThreadKind {
     Api,
     /// The console socket threads.
     Console,
+    /// A device's I/O thread (queues, TAP, the block engine).
+    Io,
 }
 
 /// Errors of installing a filter.
@@ -116,10 +118,15 @@ const CONTROL: &[libc::c_long] = &[
     libc::SYS_unlinkat,
     // vCPU threads narrow their filter further as they start.
     libc::SYS_seccomp,
-    // The control loop serves the disks: flush, discard, write zeroes.
+    // I/O threads and the block engine's workers start from here and
+    // inherit this filter: it must allow what theirs does (IO), and the
+    // control thread sets up each disk's io_uring.
     libc::SYS_fdatasync,
     libc::SYS_fsync,
     libc::SYS_fallocate,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
     // Hot-adding a NIC brings its TAP up (SIOCSIFFLAGS on a socket).
     libc::SYS_socket,
 ];
@@ -137,6 +144,16 @@ const API: &[libc::c_long] = &[
     libc::SYS_getpeername,
 ];
 
+/// A device's I/O thread: the disk's data path (sync, hole punching, the
+/// io_uring it submits to and reaps from) and the TAP (plain reads and
+/// writes); interrupts are eventfd writes.
+const IO: &[libc::c_long] = &[
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_fallocate,
+    libc::SYS_io_uring_enter,
+];
+
 /// The console socket: accepting the one client.
 const CONSOLE: &[libc::c_long] = &[libc::SYS_accept4, libc::SYS_accept];
 
@@ -149,6 +166,7 @@ pub fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
         // start, so none of them needs the set*id calls glibc broadcasts.
         ThreadKind::Api => &[THREADS, API],
         ThreadKind::Console => &[THREADS, CONSOLE],
+        ThreadKind::Io => &[IO],
     };
     let mut all: Vec<libc::c_long> = COMMON.to_vec();
     for list in extra {

@@ -33,7 +33,7 @@ use crate::config::{SerialConfig, VmConfig};
 use crate::control::{Command, ControlError, ControlShared, Reply, VmController, VmState};
 use crate::cpu::cpuid::CpuidContext;
 use crate::cpu::regs::{setup_boot_vcpu, BootEntry};
-use crate::device_manager::{DeviceManager, EventLoop, DEVICE_TOKEN_BASE};
+use crate::device_manager::{DeviceManager, EventLoop};
 use crate::error::VmError;
 use crate::interrupts::GsiRouter;
 use crate::layout::{
@@ -85,8 +85,8 @@ pub struct VmHandle {
     _memory: GuestMemoryMmap,
 }
 
-/// Things the control loop can wake up for, besides the devices (whose epoll
-/// data start at [`DEVICE_TOKEN_BASE`]).
+/// Things the control loop can wake up for (devices have their own I/O
+/// threads).
 #[derive(Clone, Copy)]
 #[repr(u64)]
 enum Wake {
@@ -129,7 +129,14 @@ impl VmHandle {
         let mmio = Arc::new(MmioBus::new());
         let router = setup_msi_routing(&vm)?;
         let event_loop = EventLoop::new()?;
-        let mut devices = DeviceManager::new(vm.clone(), memory.clone(), router, &mut pio, &mmio)?;
+        let mut devices = DeviceManager::new(
+            vm.clone(),
+            memory.clone(),
+            router,
+            &mut pio,
+            &mmio,
+            config.vcpus,
+        )?;
         let hotplug = PciHotplug::new(EventFd::new(EFD_NONBLOCK).map_err(VmError::Event)?);
         mmio.insert(
             Arc::new(Mutex::new(hotplug.clone())),
@@ -143,10 +150,10 @@ impl VmHandle {
             // not removed) in earlier boots of this process.
             let attached = control.attached();
             for disk in &attached.disks {
-                devices.add_block(&event_loop, &disk.config, &disk.image, disk.name.clone())?;
+                devices.add_block(&disk.config, &disk.image, disk.name.clone())?;
             }
             for net in &attached.nets {
-                devices.add_net(&event_loop, &net.config, &net.tap, net.name.clone())?;
+                devices.add_net(&net.config, &net.tap, net.name.clone())?;
             }
             control.set_devices(device_list(&devices, &attached));
         }
@@ -274,9 +281,6 @@ impl VmHandle {
                             Some(VcpuStop::Failed(msg)) => Err(VmError::GuestFailed(msg)),
                             None => continue,
                         };
-                    }
-                    x if x >= DEVICE_TOKEN_BASE => {
-                        self.devices.handle(x);
                     }
                     x if x == Wake::Eject as u64 => self.serve_ejects(),
                     x if x == Wake::Stdin as u64 && stdin_open && !self.forward_stdin() => {

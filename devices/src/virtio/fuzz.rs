@@ -90,8 +90,10 @@ pub(crate) fn blk_counters(data: &[u8]) -> Option<Arc<BlockCounters>> {
         BlockOptions {
             read_only: mode & 1 != 0,
             id: Some("fuzz-disk".into()),
+            ..BlockOptions::default()
         },
-    );
+    )
+    .ok()?;
     let mut q = Queue::new(block::QUEUE_SIZE).ok()?;
     q.try_set_size(QSIZE).ok()?;
     q.try_set_desc_table_address(GuestAddress(desc_table))

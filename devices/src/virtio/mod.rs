@@ -155,6 +155,19 @@ pub trait VirtioDevice: Send {
     /// Processes available buffers of queue `index`. An error means the
     /// device needs a reset; it must not touch the queue again until then.
     fn process_queue(&mut self, index: u16) -> Result<(), QueueError>;
+    /// The device's host-side descriptor (a TAP with frames to read, a block
+    /// engine with completions to reap; see [`VirtioDevice::backend_fd`]) is
+    /// ready: serve it. Watched edge-triggered, so serve everything that is
+    /// there. By default: process queue 0 (a NIC's receive queue).
+    fn backend_ready(&mut self) -> Result<(), QueueError> {
+        self.process_queue(0)
+    }
+    /// The host-side descriptor the device's I/O thread watches besides the
+    /// queue notifications (edge-triggered, readable), if any; it must stay
+    /// open as long as the device.
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
     /// Back to the pre-activation state (drops queues and interrupt).
     fn reset(&mut self);
     /// Re-reads what the configuration space reflects (a disk's size);

@@ -580,6 +580,10 @@ impl VirtioDevice for Net {
         TYPE_NET
     }
 
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.backend.as_raw_fd())
+    }
+
     fn features(&self) -> u64 {
         self.features
     }

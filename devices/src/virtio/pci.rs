@@ -395,6 +395,23 @@ impl VirtioPciDevice {
         }
     }
 
+    /// Serves the device's host-side descriptor (see
+    /// [`VirtioDevice::backend_ready`]), unless the device is not running.
+    pub fn process_backend(&mut self) {
+        if !self.activated || self.status & STATUS_DEVICE_NEEDS_RESET != 0 {
+            return;
+        }
+        if let Err(e) = self.device.backend_ready() {
+            tracing::warn!(error = %e, "virtio device needs reset");
+            self.set_needs_reset();
+        }
+    }
+
+    /// The device's host-side descriptor, if it has one.
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.backend_fd()
+    }
+
     fn set_needs_reset(&mut self) {
         self.status |= STATUS_DEVICE_NEEDS_RESET;
         if self.status & STATUS_DRIVER_OK != 0 {

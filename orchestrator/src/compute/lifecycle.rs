@@ -188,6 +188,7 @@ fn spec_for(
                     read_only: false,
                     id: None,
                     format: images::ImageFormat::Qcow2,
+                    ..Default::default()
                 })
                 .collect(),
             nets: Vec::new(),

@@ -41,6 +41,7 @@ pub fn disk_of(a: &Attachment) -> DiskConfig {
         read_only: false,
         id: Some(a.serial.clone()),
         format: a.target.format,
+        ..Default::default()
     }
 }
 

@@ -37,7 +37,7 @@ impl VmHandle {
         .map_err(|e| ControlError::Invalid(e.to_string()))?;
         let id = self
             .devices
-            .add_block(&self.event_loop, &disk, &image, name.clone())
+            .add_block(&disk, &image, name.clone())
             .map_err(|e| ControlError::Failed(e.to_string()))?;
         let slot = self.devices.slot(id).unwrap_or(0);
         self.control.attached().disks.push(AttachedDisk {
@@ -99,7 +99,7 @@ impl VmHandle {
         net.tap = Some(tap.name().to_string());
         let id = self
             .devices
-            .add_net(&self.event_loop, &net, &tap, name.clone())
+            .add_net(&net, &tap, name.clone())
             .map_err(|e| ControlError::Failed(e.to_string()))?;
         let slot = self.devices.slot(id).unwrap_or(0);
         let tap_name = tap.name().to_string();
@@ -197,7 +197,7 @@ impl VmHandle {
         };
         let name = self.devices.name(id).unwrap_or_default().to_string();
         self.devices
-            .remove_device(&self.event_loop, id)
+            .remove_device(id)
             .map_err(|e| ControlError::Failed(e.to_string()))?;
         let removed = {
             let mut attached = self.control.attached();

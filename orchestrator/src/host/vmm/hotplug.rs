@@ -349,6 +349,7 @@ mod tests {
             read_only: false,
             id: Some("vol-1".into()),
             format: images::ImageFormat::Qcow2,
+            ..Default::default()
         };
         let files = open_disk_files(&disk, &[base]).unwrap();
         let dev = agent.send_add_disk(sid, &disk, &files).unwrap();

@@ -122,6 +122,7 @@ impl From<StoredSpec> for VmmSpec {
                             read_only: d.readonly,
                             id: None,
                             format: d.format,
+                            ..Default::default()
                         })
                         .collect(),
                     nets: Vec::new(),

@@ -780,6 +780,7 @@ fn disk(path: impl Into<PathBuf>, format: ImageFormat, read_only: bool) -> DiskC
         read_only,
         id: None,
         format,
+        ..Default::default()
     }
 }
 

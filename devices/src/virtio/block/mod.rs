@@ -22,6 +22,8 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Address, Bytes, GuestAddress};
 
+pub mod engine;
+
 use super::{
     ring, ActivateError, GuestMemory, QueueError, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
     VIRTIO_RING_F_INDIRECT_DESC,
@@ -90,6 +92,23 @@ pub struct BlockOptions {
     pub read_only: bool,
     /// Serial returned by GET_ID (truncated to 20 bytes), from `--disk id=`.
     pub id: Option<String>,
+    /// Request queues (`VIRTIO_BLK_F_MQ` when more than one); 0 counts as 1.
+    pub queues: u16,
+    /// Page-cache mode of the data I/O.
+    pub cache: images::CacheMode,
+    /// Which asynchronous engine serves the requests.
+    pub engine: engine::EngineKind,
+}
+
+/// Why a virtio-blk device could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The I/O engine could not be started.
+    #[error("virtio-blk I/O engine: {0}")]
+    Engine(#[from] engine::EngineError),
+    /// The image refused the cache mode.
+    #[error("virtio-blk cache mode: {0}")]
+    Cache(#[from] images::ImageError),
 }
 
 /// Counters of a block device, readable at any time (e.g. for metrics).
@@ -448,8 +467,9 @@ impl std::fmt::Debug for Block {
 
 impl Block {
     /// Creates a device over `backend`. The capacity is the backend size
-    /// rounded down to whole sectors.
-    pub fn new(backend: Box<dyn BlockBackend>, options: BlockOptions) -> Self {
+    /// rounded down to whole sectors. Fails when the cache mode or the I/O
+    /// engine cannot be had.
+    pub fn new(backend: Box<dyn BlockBackend>, options: BlockOptions) -> Result<Self, BlockError> {
         let sectors = backend.size() / SECTOR_SIZE;
         let mut id = [0u8; ID_BYTES];
         if let Some(s) = &options.id {
@@ -481,7 +501,7 @@ impl Block {
         put(44, &1u32.to_le_bytes()); // discard_sector_alignment
         put(48, &MAX_DISCARD_SECTORS.to_le_bytes());
         put(52, &MAX_DISCARD_SEG.to_le_bytes());
-        Self {
+        Ok(Self {
             disk: Disk {
                 backend,
                 read_only: options.read_only,
@@ -494,7 +514,7 @@ impl Block {
             config,
             queue_sizes: [QUEUE_SIZE],
             active: None,
-        }
+        })
     }
 
     /// The device's counters (shared; keep the `Arc` for metrics).
@@ -569,6 +589,16 @@ impl VirtioDevice for Block {
         self.active = None;
     }
 
+    // Contract for the asynchronous engine (issue #13): the I/O thread
+    // watches the engine's completion descriptor and calls backend_ready.
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    fn backend_ready(&mut self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     fn update_config(&mut self) -> bool {
         let sectors = self.disk.backend.size() / SECTOR_SIZE;
         let capacity = sectors * SECTOR_SIZE;
@@ -626,8 +656,10 @@ mod tests {
             BlockOptions {
                 read_only,
                 id: Some("nubo-disk-0123456789-truncated".into()),
+                ..BlockOptions::default()
             },
-        );
+        )
+        .unwrap();
         let counters = blk.counters();
         let d = Driver::new(Box::new(blk));
         d.enable_msix(2);
@@ -720,7 +752,7 @@ mod tests {
         let image = Arc::new(std::sync::Mutex::new(
             images::RawImage::open(&file.0, false).unwrap(),
         ));
-        let blk = Block::new(Box::new(Shared(image.clone())), BlockOptions::default());
+        let blk = Block::new(Box::new(Shared(image.clone())), BlockOptions::default()).unwrap();
         let d = Driver::new(Box::new(blk));
         d.enable_msix(2);
         let _q = start(&d);
@@ -1140,7 +1172,8 @@ mod tests {
         let blk = Block::new(
             Box::new(super::super::testing::MemDisk(vec![0; 4096])),
             BlockOptions::default(),
-        );
+        )
+        .unwrap();
         let d = Driver::new(Box::new(blk));
         assert_eq!(d.negotiate(d.device_features()), 1 | 2 | 8);
         d.set_status(1 | 2 | 8 | 4);
