@@ -57,7 +57,7 @@ pub const STATUS_FAILED: u8 = 0x80;
 
 /// Feature bit: descriptors may point to indirect descriptor tables.
 pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
-/// Feature bit: used/avail event index suppression (not offered by Nubo).
+/// Feature bit: used/avail event index notification suppression.
 pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 /// Feature bit: virtio 1.x (modern) device; required by the PCI transport.
 pub const VIRTIO_F_VERSION_1: u32 = 32;

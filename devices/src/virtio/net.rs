@@ -38,7 +38,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend as _};
 
 use super::{
     ring, ActivateError, GuestMemory, QueueError, VirtioDevice, VirtioInterrupt,
-    VIRTIO_RING_F_INDIRECT_DESC,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Virtio device type of a network device.
@@ -378,7 +378,8 @@ impl Net {
             | 1 << VIRTIO_NET_F_HOST_TSO6
             | 1 << VIRTIO_NET_F_MRG_RXBUF
             | 1 << VIRTIO_NET_F_STATUS
-            | 1 << VIRTIO_RING_F_INDIRECT_DESC;
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_RING_F_EVENT_IDX;
         let mut config = [0u8; CONFIG_SIZE];
         config[..6].copy_from_slice(&mac);
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
@@ -457,7 +458,7 @@ impl Net {
             return Ok(());
         }
         ring::check_avail(&a.rx, &a.mem)?;
-        let mut delivered = false;
+        let old_used = a.rx.next_used();
         let result = loop {
             if *rx_pending == 0 {
                 match backend.read(rx_buf) {
@@ -490,11 +491,17 @@ impl Net {
             match a.deliver(frame) {
                 Ok(Rx::Delivered) => {
                     *rx_pending = 0;
-                    delivered = true;
                     bump(&counters.rx_packets, 1);
                     bump(&counters.rx_bytes, (len - VNET_HDR_LEN) as u64);
                 }
-                Ok(Rx::NoBuffers) => break Ok(()),
+                // Out of buffers: ask the driver to say when it adds some
+                // (with EVENT_IDX it only notifies past `avail_event`); if
+                // some arrived meanwhile, go on.
+                Ok(Rx::NoBuffers) => match ring::rearm_for_more(&mut a.rx, &a.mem) {
+                    Ok(true) => continue,
+                    Ok(false) => break Ok(()),
+                    Err(e) => break Err(e),
+                },
                 Ok(Rx::TooBig) => {
                     *rx_pending = 0;
                     tracing::debug!(
@@ -506,14 +513,11 @@ impl Net {
                 Err(e) => {
                     *rx_pending = 0;
                     bump(&counters.malformed, 1);
-                    delivered = true;
                     break Err(e);
                 }
             }
         };
-        if delivered {
-            ring::notify(&mut a.rx, &a.mem, a.interrupt.as_ref(), RX_QUEUE);
-        }
+        ring::notify(&a.rx, &a.mem, a.interrupt.as_ref(), RX_QUEUE, old_used);
         result
     }
 
@@ -608,7 +612,7 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        let [rx, tx] = ring::ready_queues(queues)?;
+        let [rx, tx] = ring::ready_queues(queues, acked_features)?;
         let offloads = Self::offload_flags(acked_features);
         if let Err(e) = self.backend.set_offload(offloads) {
             // Without offloads the frames are complete; still correct.
@@ -779,6 +783,7 @@ mod tests {
             VIRTIO_NET_F_MRG_RXBUF,
             VIRTIO_NET_F_STATUS,
             VIRTIO_RING_F_INDIRECT_DESC,
+            VIRTIO_RING_F_EVENT_IDX,
             VIRTIO_F_VERSION_1,
         ]);
         assert_eq!(offered, want);

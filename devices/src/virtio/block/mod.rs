@@ -26,7 +26,7 @@ pub mod engine;
 
 use super::{
     ring, ActivateError, GuestMemory, QueueError, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
-    VIRTIO_RING_F_INDIRECT_DESC,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Feature: `seg_max` in the config is valid.
@@ -480,7 +480,8 @@ impl Block {
         let mut features = 1u64 << VIRTIO_BLK_F_SEG_MAX
             | 1 << VIRTIO_BLK_F_BLK_SIZE
             | 1 << VIRTIO_BLK_F_FLUSH
-            | 1 << VIRTIO_RING_F_INDIRECT_DESC;
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_RING_F_EVENT_IDX;
         if options.read_only {
             features |= 1 << VIRTIO_BLK_F_RO;
         } else {
@@ -553,11 +554,11 @@ impl VirtioDevice for Block {
     fn activate(
         &mut self,
         mem: GuestMemory,
-        _acked_features: u64,
+        acked_features: u64,
         queues: Vec<Queue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        let [queue] = ring::ready_queues(queues)?;
+        let [queue] = ring::ready_queues(queues, acked_features)?;
         self.active = Some(Active {
             mem,
             queue,
@@ -677,8 +678,12 @@ mod tests {
     fn start(d: &Driver) -> SplitQueue {
         let offered = d.device_features();
         assert_ne!(offered & 1 << VIRTIO_F_VERSION_1, 0);
-        assert_eq!(offered & 1 << super::super::VIRTIO_RING_F_EVENT_IDX, 0);
-        assert_eq!(d.negotiate(offered), 1 | 2 | 8);
+        assert_ne!(offered & 1 << VIRTIO_RING_F_EVENT_IDX, 0);
+        // Interrupts after every request: the tests do not keep used_event.
+        assert_eq!(
+            d.negotiate(offered & !(1 << VIRTIO_RING_F_EVENT_IDX)),
+            1 | 2 | 8
+        );
         d.common_w(0x10, 2, 0);
         d.common_w(0x16, 2, 0);
         assert_eq!(d.common_r(0x18, 2), u64::from(QUEUE_SIZE));
