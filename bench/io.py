@@ -17,6 +17,7 @@ are not forwarded into L1 - edit the scenario defaults to change them)
 import argparse
 import os
 import re
+import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,45 +34,60 @@ def main():
     if not log:
         log = run_bench_scenario("io-vs-qemu", OUT, "4096")
             # still print whatever results made it into the log
-    fio, net, machine = {}, {}, "?"
+    # (vmm, cfg, test) -> {round: value}; values are IOPS (4k), MiB/s (1m) or Mbit/s.
+    res, machine, api = {}, "?", None
     for line in open(log, errors="replace"):
         line = line.replace("\r", "")
-        m = re.search(r"BENCH vmm=(\w+) fio=(\S+) iops=(\d+) bw_kib=(\d+)", line)
+        m = re.search(r"BENCH vmm=(\w+) cfg=(\w+) round=(\d+) fio=(\S+) iops=(\d+) bw_kib=(\d+)", line)
         if m:
-            fio[(m.group(1), m.group(2))] = (int(m.group(3)), int(m.group(4)))
-        m = re.search(r"BENCH vmm=(\w+) net=(\w+) mbps=([\d.]+)", line)
+            vmm, cfg, rnd, job = m.group(1), m.group(2), int(m.group(3)), m.group(4)
+            v = int(m.group(5)) if "-4k" in job else int(m.group(6)) / 1024
+            res.setdefault((vmm, cfg, job), {})[rnd] = v
+        m = re.search(r"BENCH vmm=(\w+) cfg=(\w+) round=(\d+) net=(\w+) mbps=([\d.]+)", line)
         if m:
-            net[(m.group(1), m.group(2))] = float(m.group(3))
+            res.setdefault((m.group(1), m.group(2), "iperf3-" + m.group(4)), {})[int(m.group(3))] = float(m.group(5))
         m = re.search(r"BENCH_QEMU_MACHINE (\S+)", line)
         if m:
             machine = m.group(1)
-    if not fio and not net:
+        m = re.search(r"API-LATENCY (n=.*)", line)
+        if m and "BENCH" in line:
+            api = m.group(1)
+    if not res:
         print("no BENCH lines found", file=sys.stderr)
         return 1
 
-    def cell(d, k, fmt):
-        return fmt(d[k]) if k in d else "-"
+    def med(d):
+        return statistics.median(d.values()) if d else None
 
-    def ratio(a, b):
-        return f"{a / b:.2f}x" if a is not None and b else "-"
+    def f(x):
+        return "-" if x is None else f"{x:.0f}"
 
-    print(f"Device I/O in the testbed L1 (QEMU/TCG, nested SVM), 1 vCPU, 512 MiB; "
-          f"QEMU machine {machine}; fio libaio direct=1 on a raw file in L1 tmpfs\n")
-    print("| test | L1 (loop dev) | nubo-vmm | QEMU | nubo / QEMU |")
-    print("|---|---|---|---|---|")
-    for job, iodepth in (("randread-4k", 32), ("randwrite-4k", 32), ("seqread-1m", 8), ("seqwrite-1m", 8)):
-        if job.endswith("4k"):
-            val, unit = (lambda v: v[0]), "IOPS"
-        else:
-            val, unit = (lambda v: v[1] / 1024), "MiB/s"
-        vals = {vmm: (val(fio[(vmm, job)]) if (vmm, job) in fio else None) for vmm in ("l1", "nubo", "qemu")}
-        f = (lambda x: "-" if x is None else f"{x:.0f}")
-        print(f"| fio {job} QD{iodepth} {unit} | {f(vals['l1'])} | {f(vals['nubo'])} | "
-              f"{f(vals['qemu'])} | {ratio(vals['nubo'], vals['qemu'])} |")
-    for d, label in (("g2h", "guest -> L1"), ("h2g", "L1 -> guest")):
-        n, q = net.get(("nubo", d)), net.get(("qemu", d))
-        f = (lambda x: "-" if x is None else f"{x:.0f}")
-        print(f"| iperf3 {label} Mbit/s | | {f(n)} | {f(q)} | {ratio(n, q)} |")
+    print(f"Device I/O in the testbed L1 (QEMU/TCG, nested SVM), 512 MiB; QEMU machine {machine} "
+          f"(aio=threads); fio libaio direct=1 on a raw file in L1 tmpfs; median (min-max) over rounds; "
+          f"ratio = nubo/QEMU of the medians, with the min-max of the per-round ratios\n")
+    print("| cfg | test | L1 (loop dev) | nubo-vmm | QEMU | nubo / QEMU | per-round ratios |")
+    print("|---|---|---|---|---|---|---|")
+    units = {"4k": "IOPS", "1m": "MiB/s"}
+    order = ["randread-4k-qd1", "randwrite-4k-qd1", "randread-4k-qd32", "randwrite-4k-qd32",
+             "randread-4k-qd32-j2", "randwrite-4k-qd32-j2", "seqread-1m", "seqwrite-1m",
+             "iperf3-g2h", "iperf3-h2g"]
+    for cfg in ("1q", "2q"):
+        for test in order:
+            n, q = res.get(("nubo", cfg, test), {}), res.get(("qemu", cfg, test), {})
+            if not n and not q:
+                continue
+            l1 = res.get(("l1", "1q", test.replace("-j2", "")), {}) if cfg == "1q" else {}
+            unit = "Mbit/s" if test.startswith("iperf3") else units.get(test.split("-")[1], "")
+            rr = [n[r] / q[r] for r in n if r in q and q[r]]
+            span = f"{min(rr):.2f}-{max(rr):.2f}" if rr else "-"
+            ratio = f"{med(n) / med(q):.2f}x" if n and q and med(q) else "-"
+
+            def cell(d):
+                return f"{f(med(d))} ({f(min(d.values()))}-{f(max(d.values()))})" if d else "-"
+            print(f"| {cfg} ({len(n)} rounds) | {test} {unit} | {f(med(l1))} | {cell(n)} | {cell(q)} | "
+                  f"{ratio} | {span} |")
+    if api:
+        print(f"\n`GET /vm` while fio QD32 saturates the disk: {api}")
     return 0
 
 

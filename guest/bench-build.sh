@@ -138,25 +138,39 @@ RUNTIME=$(param nubo.bench_runtime 10)
 DEV=/dev/vdb
 read -r up _ </proc/uptime
 echo "BENCH_GUEST_START uptime=$up cpus=$(nproc)"
+# nubo.bench_jobs=a,b,...: which fio jobs (default: the four classic ones);
+# nubo.bench_net=0 skips iperf3.
+JOBS=$(param nubo.bench_jobs randread-4k-qd32,randwrite-4k-qd32,seqread-1m,seqwrite-1m)
 if [ -b $DEV ]; then
-    # name rw bs iodepth
-    for job in "randread-4k randread 4k 32" "randwrite-4k randwrite 4k 32" \
-               "seqread-1m read 1M 8" "seqwrite-1m write 1M 8"; do
-        set -- $job
+    for name in $(echo "$JOBS" | tr ',' ' '); do
+        # name -> rw bs iodepth numjobs
+        case "$name" in
+            randread-4k-qd1) set -- randread 4k 1 1 ;;
+            randwrite-4k-qd1) set -- randwrite 4k 1 1 ;;
+            randread-4k-qd32) set -- randread 4k 32 1 ;;
+            randwrite-4k-qd32) set -- randwrite 4k 32 1 ;;
+            # two submitters (one per vCPU, so one per blk-mq hardware queue), 16 deep each
+            randread-4k-qd32-j2) set -- randread 4k 16 2 ;;
+            randwrite-4k-qd32-j2) set -- randwrite 4k 16 2 ;;
+            seqread-1m) set -- read 1M 8 1 ;;
+            seqwrite-1m) set -- write 1M 8 1 ;;
+            *) echo "BENCH_FIO_ERROR name=$name unknown job"; continue ;;
+        esac
         # terse v3: field 7/8 = read bw KiB/s, iops; 48/49 = write bw KiB/s, iops
-        line=$(fio --name="$1" --filename=$DEV --rw="$2" --bs="$3" --iodepth="$4" \
+        line=$(fio --name="$name" --filename=$DEV --rw="$1" --bs="$2" --iodepth="$3" --numjobs="$4" \
                    --ioengine=libaio --direct=1 --size=100% --runtime="$RUNTIME" --time_based \
                    --ramp_time=1 --group_reporting --output-format=terse --terse-version=3 2>&1 | tail -n1)
-        case "$2" in
+        case "$1" in
             *read) bw=$(echo "$line" | cut -d';' -f7) iops=$(echo "$line" | cut -d';' -f8) ;;
             *)     bw=$(echo "$line" | cut -d';' -f48) iops=$(echo "$line" | cut -d';' -f49) ;;
         esac
-        case "$iops" in ''|*[!0-9]*) echo "BENCH_FIO_ERROR name=$1 out=$line"; continue ;; esac
-        echo "BENCH_FIO name=$1 iops=$iops bw_kib=$bw"
+        case "$iops" in ''|*[!0-9]*) echo "BENCH_FIO_ERROR name=$name out=$line"; continue ;; esac
+        echo "BENCH_FIO name=$name iops=$iops bw_kib=$bw"
     done
 else
     echo "BENCH_FIO_ERROR no $DEV"
 fi
+[ "$(param nubo.bench_net 1)" = 1 ] || exit 0
 ip=$(param nubo.ip "") peer=$(param nubo.peer "")
 if [ -n "$ip" ] && [ -d /sys/class/net/eth0 ]; then
     ip addr add "$ip" dev eth0 && ip link set eth0 up

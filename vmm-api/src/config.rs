@@ -62,7 +62,7 @@ pub const MAX_DISK_QUEUES: u16 = 4;
 
 /// One virtio-blk disk: `path=FILE[,readonly=on][,id=SERIAL][,format=raw|qcow2]`
 /// `[,queues=N][,cache=writeback|none][,engine=auto|io_uring|threads]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskConfig {
     /// The image file.
     pub path: PathBuf,
@@ -87,15 +87,27 @@ fn one_queue() -> u16 {
     1
 }
 
+impl Default for DiskConfig {
+    /// A writable raw disk with one queue, the page cache and the automatic engine.
+    fn default() -> Self {
+        DiskConfig {
+            path: PathBuf::new(),
+            read_only: false,
+            id: None,
+            format: ImageFormat::default(),
+            queues: one_queue(),
+            cache: CacheMode::default(),
+            engine: IoEngineKind::default(),
+        }
+    }
+}
+
 impl FromStr for DiskConfig {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         let bad = |why: &str| ConfigError::Disk(format!("'{s}': {why}"));
-        let mut disk = DiskConfig {
-            queues: 1,
-            ..DiskConfig::default()
-        };
+        let mut disk = DiskConfig::default();
         for part in s.split(',') {
             let (key, value) = part
                 .split_once('=')

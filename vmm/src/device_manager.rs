@@ -83,14 +83,16 @@ enum Kind {
 }
 
 struct ManagedDevice {
+    // Declared first, so dropped first: the thread is stopped and joined
+    // while `device` still holds the device, so the device (its irqfds, its
+    // KVM registrations) is never dropped on the I/O thread, whose seccomp
+    // filter has no ioctl.
+    io: IoThread,
     name: String,
     slot: u8,
     bar: u64,
     device: Arc<Mutex<VirtioPciDevice>>,
     kind: Kind,
-    // Declared last: dropped (stopped and joined) after nothing else of the
-    // device is needed, and always before the device could be dropped.
-    io: IoThread,
 }
 
 /// The virtio devices of a running VM on their PCI bus.

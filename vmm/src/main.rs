@@ -45,6 +45,14 @@ enum Command {
         /// with the request: for `/vm/add-net`.
         #[arg(long = "fd-tap")]
         fd_tap: Option<String>,
+        /// Send the request N times (a new connection each, no descriptors)
+        /// and print one `API-LATENCY` line (p50/p99/max) instead of answers:
+        /// for measuring the API under load.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+        /// Pause between repeated requests.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
     },
     /// Create a qcow2 overlay on a base image (copy-on-write, in milliseconds).
     Overlay {
@@ -224,6 +232,45 @@ struct Passed {
     files: Vec<PathBuf>,
     read_only: bool,
     tap: Option<String>,
+    repeat: u32,
+    interval_ms: u64,
+}
+
+/// Sends `method path` `repeat` times, `interval` apart, and prints
+/// `API-LATENCY n=N ok=N p50_ms=… p99_ms=… max_ms=…`.
+fn api_latency(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    repeat: u32,
+    interval: std::time::Duration,
+) -> anyhow::Result<()> {
+    let mut ms = Vec::with_capacity(repeat as usize);
+    let mut ok = 0u32;
+    for _ in 0..repeat {
+        let t0 = std::time::Instant::now();
+        let answer = vmm::client::request(socket, method, path, body);
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        if matches!(answer, Ok((status, _)) if status < 400) {
+            ok += 1;
+        }
+        std::thread::sleep(interval);
+    }
+    ms.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        let i = ((ms.len() as f64 - 1.0) * q).round() as usize;
+        ms.get(i).copied().unwrap_or(0.0)
+    };
+    println!(
+        "API-LATENCY n={} ok={ok} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        ms.len(),
+        pick(0.5),
+        pick(0.99),
+        pick(1.0)
+    );
+    anyhow::ensure!(ok == repeat, "{} of {repeat} requests failed", repeat - ok);
+    Ok(())
 }
 
 fn api(
@@ -259,6 +306,17 @@ fn api(
         fds.push(tap.as_fd());
     }
     let method = method.to_uppercase();
+    if passed.repeat > 1 {
+        anyhow::ensure!(fds.is_empty(), "--repeat cannot pass descriptors");
+        return api_latency(
+            &socket,
+            &method,
+            &path,
+            body.as_deref(),
+            passed.repeat,
+            std::time::Duration::from_millis(passed.interval_ms),
+        );
+    }
     let (status, text) = if fds.is_empty() {
         vmm::client::request(&socket, &method, &path, body.as_deref())?
     } else {
@@ -325,6 +383,8 @@ fn main() -> ExitCode {
             fd_files,
             fd_readonly,
             fd_tap,
+            repeat,
+            interval_ms,
         } => api(
             socket,
             method,
@@ -334,6 +394,8 @@ fn main() -> ExitCode {
                 files: fd_files,
                 read_only: fd_readonly,
                 tap: fd_tap,
+                repeat,
+                interval_ms,
             },
         ),
         Command::TinyGuest { out, pvh, then } => {

@@ -9,7 +9,7 @@ modprobe tun 2>/dev/null
 [ -c /dev/net/tun ] || fail "/dev/net/tun missing in L1"
 HOST_IP=192.168.127.1 GUEST_IP=192.168.127.2 TAP=nubotap0
 "$NUBO_VMM" run --kernel "$L2_BZIMAGE" --initrd "$L2_INITRD" \
-    --cmdline "console=ttyS0 quiet nubo.then=netcheck nubo.ip=$GUEST_IP/24 nubo.peer=$HOST_IP" \
+    --cmdline "console=ttyS0 nubo.then=netcheck nubo.ip=$GUEST_IP/24 nubo.peer=$HOST_IP" \
     --cpus 2 --memory 512M --net "tap=$TAP,mac=52:54:00:12:34:56" \
     >console.out 2>vmm.err </dev/null &
 VMM=$!
@@ -43,7 +43,10 @@ done
 wait $VMM; rc=$?
 trap - EXIT
 tr -d '\r' <console.out >console.txt
-grep "NUBO-NET-RECV" console.txt
+if ! grep "NUBO-NET-RECV" console.txt; then
+    tail -n 30 console.txt; cat vmm.err
+    fail "the guest reported no NUBO-NET-RECV (VMM exit status $rc)"
+fi
 grep -q "NUBO-NET-RECV bytes=16777216 md5=$sent" console.txt || fail "the guest received something else (sent md5 $sent)"
 [ "$rc" = 0 ] || fail "the VMM exited $rc"
 ip link show "$TAP" >/dev/null 2>&1 && fail "the TAP outlived the VMM"
