@@ -339,3 +339,79 @@ impl Drop for ThreadPoolEngine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{readable, TempFile};
+    use super::*;
+
+    #[test]
+    fn workers_are_named() {
+        let _e = ThreadPoolEngine::new(2).unwrap();
+        // A thread names itself once running: give it a moment.
+        let mut names = Vec::new();
+        for _ in 0..200 {
+            names = std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .collect::<Vec<String>>();
+            if names.iter().any(|n| n.trim() == "nubo-blk-w1") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(names.iter().any(|n| n.trim() == "nubo-blk-w1"), "{names:?}");
+    }
+
+    #[test]
+    fn full_at_engine_depth() {
+        let mut e = ThreadPoolEngine::new(1).unwrap();
+        let f = TempFile::new(0);
+        let depth = super::super::ENGINE_DEPTH as u64;
+        for i in 0..depth {
+            // SAFETY: no buffers.
+            unsafe {
+                e.submit(
+                    IoOp::Fallocate {
+                        fd: f.fd(),
+                        mode: 0,
+                        offset: 0,
+                        len: 512,
+                    },
+                    i,
+                    false,
+                )
+                .unwrap()
+            };
+        }
+        // SAFETY: as above.
+        let err = unsafe { e.submit(IoOp::Sync { fd: f.fd() }, depth, false) };
+        assert!(matches!(err, Err(EngineError::Full(_))), "{err:?}");
+        let mut out = Vec::new();
+        e.drain(&mut out).unwrap();
+        assert_eq!(out.len() as u64, depth);
+        assert!(!readable(e.completion_fd(), 0));
+    }
+
+    #[test]
+    fn transfer_reads_across_buffers_until_eof() {
+        let f = TempFile::new(0);
+        std::fs::write(
+            &f.path,
+            (0..=255u8).cycle().take(10_000).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let mut a = vec![0u8; 3];
+        let mut b = vec![0u8; 0];
+        let mut c = vec![0u8; 20_000];
+        let iov = |v: &mut Vec<u8>| libc::iovec {
+            iov_base: v.as_mut_ptr().cast(),
+            iov_len: v.len(),
+        };
+        let iovecs = vec![iov(&mut a), iov(&mut b), iov(&mut c)];
+        assert_eq!(transfer(f.fd(), 5, &iovecs, false).unwrap(), 9_995);
+        assert_eq!(a, [5, 6, 7]);
+        assert_eq!(c[0], 8);
+        assert_eq!(c[9_991], ((9_999) % 256) as u8);
+    }
+}
