@@ -47,6 +47,8 @@ pub struct UringEngine {
     synthetic: Vec<Completion>,
     /// Operations submitted and not reaped (slots in use).
     in_flight: usize,
+    /// Scratch space for reaping (kept to avoid an allocation per reap).
+    cqes: Vec<(u64, i32)>,
 }
 
 // SAFETY: the only non-`Send` parts are the iovec arrays in the slots:
@@ -102,6 +104,7 @@ impl UringEngine {
             barrier_in_flight: false,
             synthetic: Vec::new(),
             in_flight: 0,
+            cqes: Vec::new(),
         })
     }
 
@@ -163,15 +166,15 @@ impl UringEngine {
         self.in_flight = self.in_flight.saturating_sub(self.synthetic.len());
         out.append(&mut self.synthetic);
         loop {
-            let cqes: Vec<(u64, i32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect();
+            // Copied out first: the queue borrows the ring.
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.clear();
+            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             if cqes.is_empty() {
+                self.cqes = cqes;
                 break;
             }
-            for (index, res) in cqes {
+            for &(index, res) in &cqes {
                 let slot = usize::try_from(index)
                     .ok()
                     .and_then(|i| self.slots.get_mut(i))
@@ -198,6 +201,7 @@ impl UringEngine {
                     result,
                 });
             }
+            self.cqes = cqes;
             if !self.barrier_in_flight && !self.held.is_empty() {
                 // Later operations were kicked long ago: start them now.
                 self.release_held()?;
