@@ -352,9 +352,15 @@ pub(super) mod tests {
                     };
                     // SAFETY: the buffers outlive the completions.
                     unsafe { e.submit(op, i as u64, false).unwrap() };
+                    if round == 1 {
+                        e.kick().unwrap(); // Round 1 kicks every operation alone.
+                    }
                 }
                 // SAFETY: no buffers.
                 unsafe { e.submit(IoOp::Sync { fd: f.fd() }, 999, true).unwrap() };
+                if round == 1 {
+                    e.kick().unwrap(); // Round 1 kicks every operation alone.
+                }
                 for (i, b) in later.iter_mut().enumerate() {
                     let op = IoOp::Write {
                         fd: f.fd(),
@@ -363,6 +369,9 @@ pub(super) mod tests {
                     };
                     // SAFETY: as above.
                     unsafe { e.submit(op, 1000 + i as u64, false).unwrap() };
+                    if round == 1 {
+                        e.kick().unwrap(); // Round 1 kicks every operation alone.
+                    }
                 }
                 e.kick().unwrap();
                 let done = wait_for(e.as_mut(), 2 * N as usize + 1);
