@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 mod convert;
+mod direct;
 mod error;
 mod qcow2;
 mod raw;

@@ -57,6 +57,10 @@ const OUR_CLUSTER_BITS: u32 = 16;
 /// Metadata cache budget per cache (L2 tables, refcount blocks), in bytes.
 const CACHE_BYTES: u64 = 8 << 20;
 
+mod extents;
+#[cfg(test)]
+mod extents_tests;
+
 fn corrupt(msg: impl Into<String>) -> ImageError {
     ImageError::Corrupt(msg.into())
 }
@@ -500,6 +504,13 @@ pub struct Qcow2Image {
     backing_path: Option<PathBuf>,
     /// Host ranges nothing may be allocated over or written into as data: header, L1, RT.
     protected: Vec<(u64, u64)>,
+    /// The image's path when it was opened by path (for a second, `O_DIRECT` descriptor).
+    path: Option<PathBuf>,
+    /// With `cache=none`: the `O_DIRECT` descriptor that host extents name.
+    direct: Option<std::fs::File>,
+    /// Whether host extents may name the backing file (false when it could
+    /// not switch to the current cache mode).
+    backing_extents: bool,
 }
 
 impl Qcow2Image {
@@ -526,7 +537,7 @@ impl Qcow2Image {
             return Err(ImageError::BackingLoop(path.to_path_buf()));
         }
         chain.push(id);
-        Self::open_storage(
+        let mut img = Self::open_storage(
             Box::new(file),
             read_only,
             BackingPolicy::Open {
@@ -534,7 +545,9 @@ impl Qcow2Image {
                 depth,
                 chain,
             },
-        )
+        )?;
+        img.path = Some(path.to_path_buf());
+        Ok(img)
     }
 
     /// Opens the qcow2 image over `files`: the image first, then its backing
@@ -746,6 +759,9 @@ impl Qcow2Image {
             backing,
             backing_path,
             protected,
+            path: None,
+            direct: None,
+            backing_extents: true,
         };
         if !read_only && h.autoclear != 0 {
             // We do not maintain the features behind autoclear bits (e.g. bitmaps): clear them.
@@ -1497,6 +1513,19 @@ impl BlockBackend for Qcow2Image {
         self.grow(new_size)
     }
 
+    fn host_extents(
+        &mut self,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Option<Vec<crate::HostExtent>>, ImageError> {
+        self.extents(offset, len, write)
+    }
+
+    fn set_cache_mode(&mut self, cache: crate::CacheMode) -> Result<(), ImageError> {
+        self.cache_mode(cache)
+    }
+
     fn known_zero(&mut self, offset: u64, len: u64) -> Result<bool, ImageError> {
         let cs = self.cluster_size;
         let mut zero = true;
@@ -1530,18 +1559,20 @@ impl BlockBackend for Qcow2Image {
         let cs = self.cluster_size;
         let zeros = vec![0u8; cs as usize];
         self.for_each_piece(offset, len, |img, gc, in_off, _start, n| {
-            if n as u64 != cs || img.version < 3 {
-                return img.write_cluster(gc, in_off, &zeros[..n]);
-            }
+            let pos = gc * cs + in_off as u64;
+            let bsize = img.backing.as_ref().map_or(0, |b| b.size());
             match img.mapping(gc)?.0 {
+                // Already reads as zeros (zero clusters exist in v3 only).
                 Mapping::Zero => Ok(()),
-                Mapping::Unallocated if img.backing.is_none() => Ok(()),
-                Mapping::Unallocated => {
+                // Nothing below it, or only the zeros past the backing file's end
+                // (v2 too: no zero cluster needs writing there).
+                Mapping::Unallocated if pos >= bsize => Ok(()),
+                Mapping::Unallocated if n as u64 == cs && img.version >= 3 => {
                     let (l1i, l2i) = img.split(gc);
                     let l2off = img.l2_for_write(l1i)?;
                     img.set_l2_entry(l2off, l2i, OFLAG_ZERO)
                 }
-                Mapping::Data(_) | Mapping::Compressed => img.write_cluster(gc, 0, &zeros),
+                _ => img.write_cluster(gc, in_off, &zeros[..n]),
             }
         })
     }
