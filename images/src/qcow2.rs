@@ -477,6 +477,15 @@ enum BackingPolicy<'a> {
 /// and write), growing the refcount table (images we create have one large enough for
 /// their whole virtual size). `discard` is a no-op.
 ///
+/// Asynchronous I/O: [`BlockBackend::host_extents`] names the host ranges of allocated,
+/// uncompressed clusters (for writes only clusters not shared, so no copy-on-write is
+/// needed; for reads also the backing files' ranges of unallocated clusters) and `None`
+/// for anything else (unallocated without backing data, zero, compressed), which then goes
+/// through `read_at`/`write_at`. `cache=none` ([`BlockBackend::set_cache_mode`]) needs an
+/// image opened by path: a second descriptor of it is opened with `O_DIRECT` for the
+/// extents, while metadata and the `read_at`/`write_at` path stay buffered; an image
+/// opened from descriptors ([`Qcow2Image::open_files`]) refuses it.
+///
 /// Crash consistency: data clusters are written straight to the file; metadata (refcount
 /// blocks, refcount table, L2 tables, L1 table) is cached and written back on
 /// [`BlockBackend::flush`], on cache eviction and on drop, in this order with an fdatasync
