@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 mod convert;
+mod direct;
 mod error;
 mod qcow2;
 mod raw;
@@ -309,4 +310,16 @@ pub(crate) fn check_range(offset: u64, len: u64, size: u64) -> Result<(), ImageE
 #[doc(hidden)]
 pub fn fuzz_qcow2_open_read(data: &[u8]) {
     qcow2::fuzz_one(data);
+}
+
+/// Fuzzing harness for host extents (`images/fuzz` target `qcow2_extents`):
+/// the first 8 bytes of `data` choose ranges, the rest is an in-memory qcow2
+/// image (opened like [`fuzz_qcow2_open_read`], with metadata caches shrunk
+/// to two tables). Where the image reports host extents for a range, they
+/// must cover it in order, lie inside the file (reads) or clear of the
+/// image's header and tables (writes), and reading through them must equal
+/// [`BlockBackend::read_at`]; any violation panics.
+#[doc(hidden)]
+pub fn fuzz_qcow2_extents(data: &[u8]) {
+    qcow2::fuzz_extents(data);
 }

@@ -57,6 +57,10 @@ const OUR_CLUSTER_BITS: u32 = 16;
 /// Metadata cache budget per cache (L2 tables, refcount blocks), in bytes.
 const CACHE_BYTES: u64 = 8 << 20;
 
+mod extents;
+#[cfg(test)]
+mod extents_tests;
+
 fn corrupt(msg: impl Into<String>) -> ImageError {
     ImageError::Corrupt(msg.into())
 }
@@ -473,6 +477,15 @@ enum BackingPolicy<'a> {
 /// and write), growing the refcount table (images we create have one large enough for
 /// their whole virtual size). `discard` is a no-op.
 ///
+/// Asynchronous I/O: [`BlockBackend::host_extents`] names the host ranges of allocated,
+/// uncompressed clusters (for writes only clusters not shared, so no copy-on-write is
+/// needed; for reads also the backing files' ranges of unallocated clusters) and `None`
+/// for anything else (unallocated without backing data, zero, compressed), which then goes
+/// through `read_at`/`write_at`. `cache=none` ([`BlockBackend::set_cache_mode`]) needs an
+/// image opened by path: a second descriptor of it is opened with `O_DIRECT` for the
+/// extents, while metadata and the `read_at`/`write_at` path stay buffered; an image
+/// opened from descriptors ([`Qcow2Image::open_files`]) refuses it.
+///
 /// Crash consistency: data clusters are written straight to the file; metadata (refcount
 /// blocks, refcount table, L2 tables, L1 table) is cached and written back on
 /// [`BlockBackend::flush`], on cache eviction and on drop, in this order with an fdatasync
@@ -500,6 +513,13 @@ pub struct Qcow2Image {
     backing_path: Option<PathBuf>,
     /// Host ranges nothing may be allocated over or written into as data: header, L1, RT.
     protected: Vec<(u64, u64)>,
+    /// The image's path when it was opened by path (for a second, `O_DIRECT` descriptor).
+    path: Option<PathBuf>,
+    /// With `cache=none`: the `O_DIRECT` descriptor that host extents name.
+    direct: Option<std::fs::File>,
+    /// Whether host extents may name the backing file (false when it could
+    /// not switch to the current cache mode).
+    backing_extents: bool,
 }
 
 impl Qcow2Image {
@@ -526,7 +546,7 @@ impl Qcow2Image {
             return Err(ImageError::BackingLoop(path.to_path_buf()));
         }
         chain.push(id);
-        Self::open_storage(
+        let mut img = Self::open_storage(
             Box::new(file),
             read_only,
             BackingPolicy::Open {
@@ -534,7 +554,9 @@ impl Qcow2Image {
                 depth,
                 chain,
             },
-        )
+        )?;
+        img.path = Some(path.to_path_buf());
+        Ok(img)
     }
 
     /// Opens the qcow2 image over `files`: the image first, then its backing
@@ -746,6 +768,9 @@ impl Qcow2Image {
             backing,
             backing_path,
             protected,
+            path: None,
+            direct: None,
+            backing_extents: true,
         };
         if !read_only && h.autoclear != 0 {
             // We do not maintain the features behind autoclear bits (e.g. bitmaps): clear them.
@@ -822,6 +847,15 @@ impl Qcow2Image {
             }
         }
         Ok(())
+    }
+
+    /// Fuzzing: metadata caches of two tables each, so that a few writes
+    /// exercise eviction and the write-back of dirty tables.
+    fn shrink_caches_for_fuzzing(&mut self) {
+        self.l2_cache.cap = 2;
+        if let Some(rc) = self.rc.as_mut() {
+            rc.blocks.cap = 2;
+        }
     }
 
     /// Cluster size in bytes.
@@ -1497,6 +1531,19 @@ impl BlockBackend for Qcow2Image {
         self.grow(new_size)
     }
 
+    fn host_extents(
+        &mut self,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Option<Vec<crate::HostExtent>>, ImageError> {
+        self.extents(offset, len, write)
+    }
+
+    fn set_cache_mode(&mut self, cache: crate::CacheMode) -> Result<(), ImageError> {
+        self.cache_mode(cache)
+    }
+
     fn known_zero(&mut self, offset: u64, len: u64) -> Result<bool, ImageError> {
         let cs = self.cluster_size;
         let mut zero = true;
@@ -1530,18 +1577,20 @@ impl BlockBackend for Qcow2Image {
         let cs = self.cluster_size;
         let zeros = vec![0u8; cs as usize];
         self.for_each_piece(offset, len, |img, gc, in_off, _start, n| {
-            if n as u64 != cs || img.version < 3 {
-                return img.write_cluster(gc, in_off, &zeros[..n]);
-            }
+            let pos = gc * cs + in_off as u64;
+            let bsize = img.backing.as_ref().map_or(0, |b| b.size());
             match img.mapping(gc)?.0 {
+                // Already reads as zeros (zero clusters exist in v3 only).
                 Mapping::Zero => Ok(()),
-                Mapping::Unallocated if img.backing.is_none() => Ok(()),
-                Mapping::Unallocated => {
+                // Nothing below it, or only the zeros past the backing file's end
+                // (v2 too: no zero cluster needs writing there).
+                Mapping::Unallocated if pos >= bsize => Ok(()),
+                Mapping::Unallocated if n as u64 == cs && img.version >= 3 => {
                     let (l1i, l2i) = img.split(gc);
                     let l2off = img.l2_for_write(l1i)?;
                     img.set_l2_entry(l2off, l2i, OFLAG_ZERO)
                 }
-                Mapping::Data(_) | Mapping::Compressed => img.write_cluster(gc, 0, &zeros),
+                _ => img.write_cluster(gc, in_off, &zeros[..n]),
             }
         })
     }
@@ -1797,7 +1846,25 @@ pub(crate) fn fuzz_one(data: &[u8]) {
         assert!(matches!(img.write_at(&[1], 0), Err(ImageError::ReadOnly)));
     }
     if let Ok(mut img) = Qcow2Image::open_storage(mem(data), false, BackingPolicy::Fake) {
+        img.shrink_caches_for_fuzzing();
         let size = img.size();
+        // Writes spread over more L2 tables (and refcount blocks) than the
+        // shrunken caches hold: eviction writes dirty tables back.
+        let cs = img.cluster_size;
+        let per_l2 = (cs / 8) * cs;
+        if size > 0 {
+            for k in 0..12u64 {
+                let off = k.wrapping_mul(per_l2).wrapping_add(k.wrapping_mul(cs) + k) % size;
+                let len = size.saturating_sub(off).min(3) as usize;
+                let _ = img.write_at(&[k as u8, 1, 2][..len], off);
+            }
+            for k in 0..12u64 {
+                let off = k.wrapping_mul(per_l2).wrapping_add(k * cs) % size;
+                let mut back = [0u8; 8];
+                let len = size.saturating_sub(off).min(8) as usize;
+                let _ = img.read_at(&mut back[..len], off);
+            }
+        }
         for off in [0, size / 3, size.saturating_sub(3)] {
             let len = size.saturating_sub(off).min(3) as usize;
             let _ = img.write_at(&[7, 8, 9][..len], off);
@@ -1806,6 +1873,114 @@ pub(crate) fn fuzz_one(data: &[u8]) {
         }
         let _ = img.write_zeroes(0, size.min(1 << 20));
         let _ = img.flush();
+    }
+}
+
+/// Body of [`crate::fuzz_qcow2_extents`].
+pub(crate) fn fuzz_extents(data: &[u8]) {
+    // The first 8 bytes choose the ranges; the rest is the image.
+    let (sel, image) = data.split_at(data.len().min(8));
+    let mut sel = sel.to_vec();
+    sel.resize(8, 0);
+    let mem = |d: &[u8]| Box::new(MemStorage { data: d.to_vec() }) as Box<dyn Storage>;
+    if let Ok(mut img) = Qcow2Image::open_storage(mem(image), true, BackingPolicy::Fake) {
+        img.shrink_caches_for_fuzzing();
+        check_extents(&mut img, &sel, false);
+        assert!(matches!(
+            img.host_pieces(0, 0, true),
+            Err(ImageError::ReadOnly)
+        ));
+    }
+    if let Ok(mut img) = Qcow2Image::open_storage(mem(image), false, BackingPolicy::Fake) {
+        img.shrink_caches_for_fuzzing();
+        let size = img.size();
+        if size > 0 {
+            let cs = img.cluster_size;
+            for (i, &b) in sel.iter().enumerate() {
+                let off = (u64::from(b) * cs + i as u64 * 7919 * cs) % size;
+                let len = size.saturating_sub(off).min(cs + 5) as usize;
+                let _ = img.write_at(&vec![b; len], off);
+            }
+        }
+        // Nothing dirty is left, so reads below never write to the store.
+        if img.flush().is_ok() {
+            check_extents(&mut img, &sel, true);
+        }
+    }
+}
+
+/// Asserts the host-extent invariants on ranges chosen by `sel`: pieces
+/// cover the range in order, lie inside the store (reads) or clear of the
+/// header, L1 and refcount tables (writes), and reading a range through
+/// its pieces gives what `read_at` gives.
+fn check_extents(img: &mut Qcow2Image, sel: &[u8], writable: bool) {
+    let size = img.size();
+    if size == 0 {
+        return;
+    }
+    let cs = img.cluster_size;
+    for pair in sel.chunks(2) {
+        let off = (u64::from(pair[0]) * cs / 3 + u64::from(pair[0]) * 977 * cs) % size;
+        let len = (u64::from(pair[1]) * cs / 16 + 1)
+            .min(size - off)
+            .min(1 << 20);
+        for write in [false, true] {
+            if write && !writable {
+                continue;
+            }
+            let Ok(Some(pieces)) = img.host_pieces(off, len, write) else {
+                continue;
+            };
+            let mut at = off;
+            for p in &pieces {
+                assert_eq!(p.guest, at, "pieces out of order");
+                at += p.len;
+                match p.host {
+                    Some(h) => {
+                        let end = h.checked_add(p.len).expect("extent overflows");
+                        if write {
+                            assert!(!img.overlaps_protected(h, p.len), "extent over metadata");
+                            assert!(end <= MAX_HOST_OFFSET);
+                        } else {
+                            let flen = img.file.len().unwrap_or(0);
+                            assert!(end <= flen, "extent past end of file");
+                        }
+                    }
+                    None => {
+                        assert!(!write, "write extent in the backing file");
+                        let bsize = img.backing.as_ref().map_or(0, |b| b.size());
+                        assert!(p.guest + p.len <= bsize);
+                    }
+                }
+            }
+            assert_eq!(at, off + len, "pieces do not cover the range");
+            if write {
+                continue;
+            }
+            let mut want = vec![0u8; len as usize];
+            img.read_at(&mut want, off)
+                .expect("read_at fails where extents exist");
+            for p in &pieces {
+                let mut got = vec![0u8; p.len as usize];
+                match p.host {
+                    Some(h) => {
+                        let n = img.file.read_at(&mut got, h).unwrap_or(0);
+                        assert_eq!(n, got.len(), "short read through an extent");
+                    }
+                    None => {
+                        if let Some(b) = img.backing.as_mut() {
+                            b.read_at(&mut got, p.guest).expect("backing read");
+                        }
+                    }
+                }
+                let s = (p.guest - off) as usize;
+                assert_eq!(
+                    got,
+                    want[s..s + got.len()],
+                    "extent data differs from read_at"
+                );
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use crate::error::ioe;
-use crate::{check_range, BlockBackend, ImageError};
+use crate::{check_range, direct, BlockBackend, CacheMode, HostExtent, ImageError};
 
 /// A raw disk image backed by a host file (or block device): byte `n` of the disk is
 /// byte `n` of the file. The virtual size is the file size at open time.
@@ -15,10 +15,16 @@ use crate::{check_range, BlockBackend, ImageError};
 /// `discard` punches a hole (`FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`) and
 /// `write_zeroes` uses `FALLOC_FL_ZERO_RANGE`, falling back to punching a hole and then
 /// to writing zeros, so both always read back as zeros afterwards.
+///
+/// With [`CacheMode::None`] the file's descriptor gets `O_DIRECT` (also one
+/// received from another process); [`BlockBackend::read_at`] and
+/// [`BlockBackend::write_at`] then go through a 4096-aligned bounce buffer,
+/// reading and rewriting the partial blocks of unaligned requests.
 pub struct RawImage {
-    file: File,
+    pub(crate) file: File,
     size: u64,
     read_only: bool,
+    direct: bool,
 }
 
 impl RawImage {
@@ -42,6 +48,7 @@ impl RawImage {
             file,
             size,
             read_only,
+            direct: false,
         })
     }
 
@@ -62,12 +69,19 @@ impl RawImage {
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(chunk.len() as u64) as usize;
-            self.file
-                .write_all_at(&chunk[..n], offset + done)
+            self.write_data(&chunk[..n], offset + done)
                 .map_err(ioe("writing zeros to raw image"))?;
             done += n as u64;
         }
         Ok(())
+    }
+
+    fn write_data(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.direct {
+            direct::write_at(&self.file, buf, offset, self.size)
+        } else {
+            self.file.write_all_at(buf, offset)
+        }
     }
 
     fn punch_or_zero(
@@ -120,6 +134,9 @@ impl BlockBackend for RawImage {
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
         check_range(offset, buf.len() as u64, self.size)?;
+        if self.direct {
+            return direct::read_at(&self.file, buf, offset).map_err(ioe("reading raw image"));
+        }
         self.file
             .read_exact_at(buf, offset)
             .map_err(ioe("reading raw image"))
@@ -130,9 +147,48 @@ impl BlockBackend for RawImage {
             return Err(ImageError::ReadOnly);
         }
         check_range(offset, buf.len() as u64, self.size)?;
-        self.file
-            .write_all_at(buf, offset)
+        self.write_data(buf, offset)
             .map_err(ioe("writing raw image"))
+    }
+
+    fn host_extents(
+        &mut self,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Option<Vec<HostExtent>>, ImageError> {
+        if write && self.read_only {
+            return Err(ImageError::ReadOnly);
+        }
+        check_range(offset, len, self.size)?;
+        Ok(Some(vec![HostExtent {
+            fd: self.file.as_raw_fd(),
+            offset,
+            len,
+        }]))
+    }
+
+    fn set_cache_mode(&mut self, cache: CacheMode) -> Result<(), ImageError> {
+        let on = cache == CacheMode::None;
+        if on == self.direct {
+            return Ok(());
+        }
+        if let Err(e) = direct::set_direct(&self.file, on) {
+            return Err(if on && e.raw_os_error() == Some(libc::EINVAL) {
+                direct::refused(&e)
+            } else {
+                ImageError::io("switching the cache mode of a raw image", e)
+            });
+        }
+        if on {
+            if let Err(e) = direct::probe(&self.file) {
+                let _ = direct::set_direct(&self.file, false);
+                return Err(direct::refused(&e));
+            }
+        }
+        self.direct = on;
+        tracing::debug!(?cache, "raw image cache mode");
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), ImageError> {

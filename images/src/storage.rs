@@ -14,6 +14,10 @@ pub(crate) trait Storage: Send {
     fn len(&self) -> io::Result<u64>;
     /// Makes written data durable (fdatasync).
     fn sync(&mut self) -> io::Result<()>;
+    /// The host file underneath, if there is one (for I/O that bypasses the image layer).
+    fn file(&self) -> Option<&File> {
+        None
+    }
 }
 
 fn overflow() -> io::Error {
@@ -46,6 +50,10 @@ impl Storage for File {
 
     fn sync(&mut self) -> io::Result<()> {
         self.sync_data()
+    }
+
+    fn file(&self) -> Option<&File> {
+        Some(self)
     }
 }
 

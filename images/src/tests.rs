@@ -1126,8 +1126,16 @@ fn fuzz_harness_survives_mutations() {
         x
     };
     let mut runs = 0;
+    let with_selector = |sel: u64, d: &[u8]| {
+        let mut e = sel.to_le_bytes().to_vec();
+        e.extend_from_slice(d);
+        e
+    };
     for s in &seeds {
         fuzz_qcow2_open_read(s);
+        for sel in [0, 0x0102_0304_0506_0708, u64::MAX] {
+            fuzz_qcow2_extents(&with_selector(sel, s));
+        }
     }
     while runs < 4000 && start.elapsed() < std::time::Duration::from_secs(8) {
         let mut d = seeds[(rnd() % seeds.len() as u64) as usize].clone();
@@ -1159,6 +1167,7 @@ fn fuzz_harness_survives_mutations() {
             }
         }
         fuzz_qcow2_open_read(&d);
+        fuzz_qcow2_extents(&with_selector(rnd(), &d));
         runs += 1;
     }
     eprintln!("fuzz: {runs} mutated inputs in {:?}", start.elapsed());

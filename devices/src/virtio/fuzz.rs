@@ -107,12 +107,56 @@ pub(crate) fn blk_counters(data: &[u8]) -> Option<Arc<BlockCounters>> {
     Some(dev.counters())
 }
 
+/// Where [`write_long_chain`] puts its indirect table in the net harness's
+/// guest memory: past the two copies of the input (`DATA..DATA + 0x4000`
+/// and `DATA + 0x8000..DATA + 0xc000`), room for 2047 descriptors.
+const LONG_TABLE: u64 = 0xe000;
+
+/// Builds a chain of up to 2047 descriptors from seven input bytes (more
+/// than any chain limit, which libFuzzer could not reach with its default
+/// 4 KiB inputs otherwise): an indirect table at `table` of `count` copies
+/// of one descriptor (address into `data`, length, device-writable or
+/// not), linked in order, hung off descriptor 0 of the queue at
+/// `desc_table`, which becomes the first available entry.
+fn write_long_chain(
+    mem: &GuestMemory,
+    byte: &mut impl FnMut() -> u8,
+    desc_table: u64,
+    avail: u64,
+    data: u64,
+    table: u64,
+) {
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+    const INDIRECT: u16 = 4;
+    let count = u16::from(byte()) * 8 + u16::from(byte() % 8);
+    let addr = data + u64::from(u16::from_le_bytes([byte(), byte()]) & 0x3fff);
+    let len = u32::from(u16::from_le_bytes([byte(), byte()]) & 0x1fff);
+    let write = if byte() & 1 != 0 { WRITE } else { 0 };
+    for i in 0..count {
+        let (flags, next) = if i + 1 < count {
+            (write | NEXT, i + 1)
+        } else {
+            (write, 0)
+        };
+        let d = Descriptor::new(addr, len, flags, next);
+        let _ = mem.write_obj(d, GuestAddress(table + u64::from(i) * 16));
+    }
+    let head = Descriptor::new(table, u32::from(count) * 16, INDIRECT, 0);
+    let _ = mem.write_obj(head, GuestAddress(desc_table));
+    let _ = mem.write_obj(0u16, GuestAddress(avail + 4));
+    let idx: u16 = mem.read_obj(GuestAddress(avail + 2)).unwrap_or(0);
+    let _ = mem.write_obj(idx.max(1), GuestAddress(avail + 2));
+}
+
 /// Fuzzing harness (for `devices/fuzz` and the stable robustness test):
 /// builds a 16-entry TX queue and a 16-entry RX queue in 128 KiB of guest
 /// memory from `data` (descriptor addresses, lengths, flags and `next`
 /// links, available rings, negotiated features, frames waiting in the
-/// backend, and the bytes frames and indirect tables are read from),
-/// activates a virtio-net device over an in-memory backend and processes
+/// backend — up to four, the fourth one byte larger than [`MAX_FRAME`] —
+/// and the bytes frames and indirect tables are read from; with mode bit 2
+/// a chain of up to 2047 descriptors from seven more bytes, see
+/// [`write_long_chain`]), activates a virtio-net device over an in-memory backend and processes
 /// both queues. Errors are fine; panics and hangs are bugs.
 #[doc(hidden)]
 pub fn fuzz_net_tx(data: &[u8]) {
@@ -139,8 +183,14 @@ pub(crate) fn net_counters(data: &[u8]) -> Option<Arc<NetCounters>> {
     if mode & 2 != 0 {
         acked |= 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4;
     }
+    if mode & 4 != 0 {
+        // A long chain from a few bytes, on TX or (mode bit 3) RX.
+        let (desc_table, avail, _) = layout[usize::from(mode & 8 != 0)];
+        write_long_chain(&mem, &mut byte, desc_table, avail, DATA, LONG_TABLE);
+    }
     let mut rx = std::collections::VecDeque::new();
-    for i in 0..(byte() % 4) {
+    // Up to four frames; the fourth is one byte too large.
+    for i in 0..(byte() % 5) {
         let len = if i == 3 {
             MAX_FRAME + 1
         } else {
@@ -171,4 +221,43 @@ pub(crate) fn net_counters(data: &[u8]) -> Option<Arc<NetCounters>> {
     let _ = dev.process_queue(TX_QUEUE);
     let _ = dev.process_queue(RX_QUEUE);
     Some(dev.counters())
+}
+
+#[cfg(test)]
+mod net_harness_tests {
+    use std::sync::atomic::Ordering;
+
+    use super::net_counters;
+
+    /// Bytes of one queue in the harness's layout: 16 descriptors of 7
+    /// bytes, the available index, 16 available entries.
+    const QUEUE_BYTES: usize = 16 * 7 + 1 + 16;
+
+    #[test]
+    fn long_chains_reach_the_chain_limit_on_tx_and_rx() {
+        for mode in [4u8, 4 | 8] {
+            let mut input = vec![0u8; 2 * QUEUE_BYTES];
+            input.push(mode);
+            // 200 * 8 + 3 = 1603 descriptors of 16 bytes at DATA + 0x10.
+            let write = u8::from(mode & 8 != 0);
+            input.extend_from_slice(&[200, 3, 0x10, 0, 16, 0, write]);
+            // One frame waiting, so that RX takes a chain.
+            input.extend_from_slice(&[1, 100, 0]);
+            let c = net_counters(&input).expect("harness ran");
+            assert!(
+                c.malformed.load(Ordering::Relaxed) >= 1,
+                "mode {mode}: chain limit not hit"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fourth_backend_frame_is_oversized() {
+        let mut input = vec![0u8; 2 * QUEUE_BYTES];
+        input.push(0);
+        // Four frames: three shorter than the header, then MAX_FRAME + 1.
+        input.extend_from_slice(&[4, 5, 0, 5, 0, 5, 0]);
+        let c = net_counters(&input).expect("harness ran");
+        assert_eq!(c.rx_dropped.load(Ordering::Relaxed), 4);
+    }
 }
