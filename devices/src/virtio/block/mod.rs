@@ -40,6 +40,8 @@ pub mod engine;
 mod inflight;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod test_disk;
+#[cfg(test)]
+mod tests_async;
 
 use engine::{Completion, IoEngine, IoOp};
 use inflight::{Bounce, Kind, Part, Request, Slab};

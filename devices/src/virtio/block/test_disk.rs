@@ -19,6 +19,9 @@ pub struct ExtentDisk {
     chunk: u64,
     /// Hand out host extents (false: the device takes the synchronous path).
     pub extents: bool,
+    /// Ranges ending past this offset have no host extents (like qcow2
+    /// clusters still to allocate).
+    pub sync_above: u64,
     /// Refuse `cache=none` (like a file system without `O_DIRECT`).
     pub refuse_direct: bool,
 }
@@ -50,6 +53,7 @@ impl ExtentDisk {
             size,
             chunk: chunk.max(1),
             extents: true,
+            sync_above: u64::MAX,
             refuse_direct: false,
         })
     }
@@ -65,6 +69,7 @@ impl ExtentDisk {
             size: self.size,
             chunk: self.chunk,
             extents: self.extents,
+            sync_above: self.sync_above,
             refuse_direct: self.refuse_direct,
         })
     }
@@ -161,7 +166,7 @@ impl BlockBackend for ExtentDisk {
         len: u64,
         _write: bool,
     ) -> Result<Option<Vec<HostExtent>>, ImageError> {
-        if !self.extents {
+        if !self.extents || offset.saturating_add(len) > self.sync_above {
             return Ok(None);
         }
         let mut out = Vec::new();
