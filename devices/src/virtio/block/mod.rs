@@ -599,8 +599,9 @@ impl Disk {
         self.submit_request(mem, origin, kind, len, ops, bounce, copy_out)
     }
 
-    /// Tries to put a DISCARD or WRITE_ZEROES on the engine (fallocate on
-    /// the host extents): true when submitted.
+    /// Tries to put a DISCARD or an unmapping WRITE_ZEROES on the engine
+    /// (`fallocate(PUNCH_HOLE | KEEP_SIZE)` on the host extents; a discard
+    /// the file system cannot punch counts as done): true when submitted.
     fn submit_fallocate(
         &mut self,
         mem: &GuestMemory,
@@ -623,11 +624,13 @@ impl Disk {
             if extents.iter().map(|e| e.len).sum::<u64>() != len {
                 return Ok(false);
             }
-            let mode = if !zeroes || flags & WRITE_ZEROES_FLAG_UNMAP != 0 {
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
-            } else {
-                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
-            };
+            // Zeroes that must stay allocated go the synchronous way: the
+            // backend knows how to zero where FALLOC_FL_ZERO_RANGE is missing
+            // (tmpfs). Everything else is a hole punched in the file.
+            if zeroes && flags & WRITE_ZEROES_FLAG_UNMAP == 0 {
+                return Ok(false);
+            }
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
             for HostExtent { fd, offset, len } in extents {
                 let op = IoOp::Fallocate {
                     fd,

@@ -496,6 +496,14 @@ fn discard_and_write_zeroes_on_the_engine() {
         (c(&r.counters.write_zeroes), c(&r.counters.discards)),
         (1, 1)
     );
+    // Zeroes that must stay allocated go through the backend.
+    let n = r.script.log().len();
+    seg(&r, 0x2_8020, 60, 2, 0);
+    r.request(0, 2, VIRTIO_BLK_T_WRITE_ZEROES, 0, &[(0x2_8020, 16)]);
+    r.d.kick(0);
+    assert_eq!(r.script.log().len(), n);
+    assert_eq!(r.status(2), VIRTIO_BLK_S_OK);
+    assert_eq!(r.on_disk(60 * 512, 1024), vec![0; 1024]);
 }
 
 /// Without host extents the device goes the synchronous way, and waits for
