@@ -9,13 +9,16 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::block::engine::scripted::{Fault, Order, ScriptedEngine};
+use super::block::test_disk::ExtentDisk;
 use super::block::{self, Block, BlockCounters, BlockOptions};
 use super::net::{
     self, Net, NetCounters, MAX_FRAME, RX_QUEUE, TX_QUEUE, VIRTIO_NET_F_GUEST_CSUM,
     VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MRG_RXBUF,
 };
-use super::testing::{MemBackend, MemDisk, NoInterrupt};
+use super::testing::{MemBackend, NoInterrupt};
 use super::{GuestMemory, VirtioDevice};
+use images::BlockBackend;
 
 /// Entries of every fuzzed queue.
 const QSIZE: u16 = 16;
@@ -57,11 +60,20 @@ fn write_queue(
 }
 
 /// Fuzzing harness (for `devices/fuzz` and the stable robustness test):
-/// builds a 16-entry split queue in 128 KiB of guest memory from `data`
+/// builds a 16-entry split queue in 192 KiB of guest memory from `data`
 /// (descriptor addresses, lengths, flags and `next` links, the available
 /// ring, and the bytes that headers, data and indirect tables are read
-/// from), activates a virtio-blk device over a 64 KiB in-memory disk and
-/// processes the queue. Errors are fine; panics and hangs are bugs.
+/// from), activates a virtio-blk device over a 64 KiB disk striped over one
+/// or two host files (its host extents on, so requests go to the
+/// asynchronous engine, or off) with the scripted engine, and processes the
+/// queue while the engine completes operations in an order, with failures
+/// and short transfers, the input chooses. With the long-chain bit, one
+/// indirect table of up to 2048 descriptors is generated from a few bytes
+/// (past the 1024-descriptor limit). Errors are fine; panics and hangs are
+/// bugs. Layout: mode byte (bit 0 read-only, 1 `cache=none`, 2 no host
+/// extents, 3 two files, 4 EVENT_IDX, 7 long chain), the queue, 15 control
+/// bytes (order, fail mask, short op, chunk, steps, long chain), then guest
+/// data.
 #[doc(hidden)]
 pub fn fuzz_blk_request(data: &[u8]) {
     let _ = blk_counters(data);
@@ -69,8 +81,9 @@ pub fn fuzz_blk_request(data: &[u8]) {
 
 /// [`fuzz_blk_request`], returning the device's counters when it ran.
 pub(crate) fn blk_counters(data: &[u8]) -> Option<Arc<BlockCounters>> {
-    const MEM: u64 = 0x2_0000;
+    const MEM: u64 = 0x3_0000;
     const DATA: u64 = 0x1000;
+    const TABLE: u64 = 0x2_0000;
     let mut input = data.iter().copied();
     let mut byte = move || input.next().unwrap_or(0);
     let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM as usize)]).ok()?;
@@ -79,19 +92,67 @@ pub(crate) fn blk_counters(data: &[u8]) -> Option<Arc<BlockCounters>> {
     let avail = 0x200u64;
     let used = 0x400u64;
     write_queue(&mem, &mut byte, desc_table, avail, DATA);
+    let order = match byte() {
+        0 => Order::Fifo,
+        1 => Order::Reverse,
+        s => Order::Shuffle(u64::from(s).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+    };
+    let fail_mask = u64::from_le_bytes(std::array::from_fn(|_| byte()));
+    let short = byte();
+    let chunk = 512u64 << (byte() % 6);
+    let steps = usize::from(byte() % 8);
+    let long = u16::from_le_bytes([byte(), byte()]) % 2048 + 1;
+    let long_kind = byte();
     let rest: Vec<u8> = std::iter::from_fn(|| Some(byte())).take(0x4000).collect();
     let _ = mem.write_slice(&rest, GuestAddress(DATA));
     // Make the rest of the input appear at a few more places.
     let _ = mem.write_slice(&rest, GuestAddress(DATA + 0x8000));
+    if mode & 0x80 != 0 {
+        // One long indirect chain: header, `long - 2` data descriptors, status.
+        let data_len = if long_kind & 1 != 0 { 512 } else { 16 };
+        let data_flags = if long_kind & 2 != 0 { 2 } else { 0 };
+        let n = u64::from(long);
+        for i in 0..n {
+            let (addr, len, flags) = if i == 0 {
+                (DATA, 16, 1)
+            } else if i + 1 == n {
+                (DATA + 0x7fff, 1, 2)
+            } else {
+                let addr = DATA + 0x8000 + (i * data_len) % 0x8000;
+                (addr, data_len as u32, 1 | data_flags)
+            };
+            let d = Descriptor::new(addr, len, flags, (i + 1) as u16);
+            let _ = mem.write_obj(d, GuestAddress(TABLE + i * 16));
+        }
+        let d = Descriptor::new(TABLE, (n * 16) as u32, 4, 0);
+        let _ = mem.write_obj(d, GuestAddress(desc_table));
+        let _ = mem.write_obj(1u16, GuestAddress(avail + 2));
+        let _ = mem.write_obj(0u16, GuestAddress(avail + 4));
+    }
 
-    let disk = MemDisk((0..0x1_0000u32).map(|i| i as u8).collect());
-    let mut dev = Block::new(
+    let mut disk = ExtentDisk::new(0x1_0000, chunk, if mode & 8 != 0 { 2 } else { 1 }).ok()?;
+    let pattern: Vec<u8> = (0..0x1_0000u32).map(|i| i as u8).collect();
+    disk.write_at(&pattern, 0).ok()?;
+    disk.extents = mode & 4 == 0;
+    let (engine, script) = ScriptedEngine::new().ok()?;
+    script.set_order(order);
+    script.set_fail_mask(fail_mask);
+    if short & 0x80 != 0 {
+        script.fault(u64::from(short & 0x7f), Fault::Short);
+    }
+    let mut dev = Block::with_engine(
         Box::new(disk),
         BlockOptions {
             read_only: mode & 1 != 0,
             id: Some("fuzz-disk".into()),
+            cache: if mode & 2 != 0 {
+                images::CacheMode::None
+            } else {
+                images::CacheMode::Writeback
+            },
             ..BlockOptions::default()
         },
+        Box::new(engine),
     )
     .ok()?;
     let mut q = Queue::new(block::QUEUE_SIZE).ok()?;
@@ -101,10 +162,23 @@ pub(crate) fn blk_counters(data: &[u8]) -> Option<Arc<BlockCounters>> {
     q.try_set_avail_ring_address(GuestAddress(avail)).ok()?;
     q.try_set_used_ring_address(GuestAddress(used)).ok()?;
     q.set_ready(true);
-    dev.activate(mem, 0, vec![q], Arc::new(NoInterrupt)).ok()?;
+    let acked = if mode & 0x10 != 0 {
+        1u64 << super::VIRTIO_RING_F_EVENT_IDX
+    } else {
+        0
+    };
+    dev.activate(mem, acked, vec![q], Arc::new(NoInterrupt))
+        .ok()?;
     let _ = dev.process_queue(0);
+    script.run(steps);
+    let _ = dev.backend_ready();
     let _ = dev.process_queue(0);
-    Some(dev.counters())
+    script.run_all();
+    let _ = dev.backend_ready();
+    let counters = dev.counters();
+    // Dropping the device waits for anything still in flight.
+    drop(dev);
+    Some(counters)
 }
 
 /// Where [`write_long_chain`] puts its indirect table in the net harness's

@@ -1,8 +1,18 @@
 //! virtio-blk over an [`images::BlockBackend`] (raw or qcow2).
 //!
-//! One request queue; requests run synchronously on the caller's thread (the
-//! VMM event loop). Supported requests: IN, OUT, FLUSH, GET_ID, DISCARD and
-//! WRITE_ZEROES; anything else is answered `VIRTIO_BLK_S_UNSUPP`.
+//! Up to [`MAX_QUEUES`] request queues (`VIRTIO_BLK_F_MQ`) served by one
+//! asynchronous I/O engine ([`engine::IoEngine`]): reads and writes go
+//! straight between guest memory and the host files the backend names
+//! ([`images::BlockBackend::host_extents`]), many in flight at once, and
+//! complete in [`VirtioDevice::backend_ready`] when the engine's completion
+//! descriptor fires. Ranges the backend cannot name (a qcow2 cluster to
+//! allocate, compressed data) go through `read_at`/`write_at` synchronously,
+//! after every operation in flight finished (metadata updates stay ordered
+//! and crash-consistent). A FLUSH is a barrier: the format's metadata is
+//! written, then an `fdatasync` per file touched goes to the engine after
+//! every earlier operation and before every later one. Supported requests:
+//! IN, OUT, FLUSH, GET_ID, DISCARD and WRITE_ZEROES; anything else is
+//! answered `VIRTIO_BLK_S_UNSUPP`.
 //!
 //! Every descriptor chain is validated: it must end in a device-writable
 //! status byte (otherwise the chain is *malformed*: the device stops and sets
@@ -10,19 +20,31 @@
 //! header must be readable; data descriptors must go in the direction the
 //! request type needs; sector ranges are checked against the capacity with
 //! overflow checks; data lengths are bounded by the chain (at most 4 GiB, as
-//! `virtio-queue` enforces) and copied through a fixed-size bounce buffer.
-//! Problems with a chain that has a usable status byte are answered
-//! `VIRTIO_BLK_S_IOERR`.
+//! `virtio-queue` enforces) and at most 1024 descriptors. Problems with a
+//! chain that has a usable status byte are answered `VIRTIO_BLK_S_IOERR`.
+//!
+//! With `cache=none` guest buffers that are not 512-byte aligned go through
+//! an aligned bounce buffer held by the request until it completes.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use images::BlockBackend;
+use images::{BlockBackend, CacheMode, HostExtent};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue};
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 pub mod engine;
+mod inflight;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod test_disk;
+#[cfg(test)]
+mod tests_async;
+
+use engine::{Completion, IoEngine, IoOp};
+use inflight::{Bounce, Kind, Part, Request, Slab};
 
 use super::{
     ring, ActivateError, GuestMemory, QueueError, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
@@ -84,6 +106,17 @@ const WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
 const MAX_CHAIN_DESCRIPTORS: usize = 1024;
 const BOUNCE_SIZE: usize = 128 * 1024;
 
+/// Feature: more than one request queue (`num_queues` in the config).
+pub const VIRTIO_BLK_F_MQ: u32 = 12;
+/// Most request queues of one device.
+pub const MAX_QUEUES: u16 = 4;
+/// Most engine operations one request is split into (more: synchronous).
+const MAX_PARTS: usize = 256;
+/// Largest `cache=none` bounce buffer of one request (more: synchronous).
+const MAX_REQUEST_BOUNCE: u64 = 4 << 20;
+/// Alignment `O_DIRECT` needs of buffers, lengths and offsets.
+const DIRECT_ALIGN: u64 = 512;
+
 /// Options of a virtio-blk device.
 #[derive(Debug, Clone, Default)]
 pub struct BlockOptions {
@@ -92,7 +125,8 @@ pub struct BlockOptions {
     pub read_only: bool,
     /// Serial returned by GET_ID (truncated to 20 bytes), from `--disk id=`.
     pub id: Option<String>,
-    /// Request queues (`VIRTIO_BLK_F_MQ` when more than one); 0 counts as 1.
+    /// Request queues (`VIRTIO_BLK_F_MQ` when more than one); 0 counts as 1,
+    /// at most [`MAX_QUEUES`].
     pub queues: u16,
     /// Page-cache mode of the data I/O.
     pub cache: images::CacheMode,
@@ -109,6 +143,9 @@ pub enum BlockError {
     /// The image refused the cache mode.
     #[error("virtio-blk cache mode: {0}")]
     Cache(#[from] images::ImageError),
+    /// More request queues than [`MAX_QUEUES`] were asked for.
+    #[error("virtio-blk: {0} queues asked for, at most {MAX_QUEUES}")]
+    Queues(u16),
 }
 
 /// Counters of a block device, readable at any time (e.g. for metrics).
@@ -134,6 +171,8 @@ pub struct BlockCounters {
     pub unsupported: AtomicU64,
     /// Malformed chains (the device then needs a reset).
     pub malformed: AtomicU64,
+    /// Requests on the asynchronous engine right now (a gauge).
+    pub in_flight: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -148,15 +187,15 @@ impl Segments {
         self.0.iter().map(|(_, l)| *l).sum()
     }
 
-    /// Calls `f(guest address, position in buf, length)` for each piece of
-    /// the stream range `[skip, skip + n)`.
+    /// Calls `f(guest address, position in the range, length)` for each
+    /// piece of the stream range `[skip, skip + n)`.
     fn pieces(
         &self,
         mut skip: u64,
-        n: usize,
-        mut f: impl FnMut(GuestAddress, usize, usize) -> Result<(), ()>,
+        n: u64,
+        mut f: impl FnMut(GuestAddress, u64, u64) -> Result<(), ()>,
     ) -> Result<(), ()> {
-        let mut done = 0usize;
+        let mut done = 0u64;
         for &(addr, len) in &self.0 {
             if done == n {
                 break;
@@ -165,8 +204,7 @@ impl Segments {
                 skip -= len;
                 continue;
             }
-            let avail = len - skip;
-            let take = usize::try_from(avail).unwrap_or(usize::MAX).min(n - done);
+            let take = (len - skip).min(n - done);
             let a = addr.checked_add(skip).ok_or(())?;
             f(a, done, take)?;
             done += take;
@@ -179,19 +217,51 @@ impl Segments {
         }
     }
 
+    /// The segments of the stream range `[skip, skip + n)`.
+    fn range(&self, skip: u64, n: u64) -> Result<Vec<(GuestAddress, u64)>, ()> {
+        let mut v = Vec::new();
+        self.pieces(skip, n, |a, _, len| {
+            v.push((a, len));
+            Ok(())
+        })?;
+        Ok(v)
+    }
+
     fn read(&self, mem: &GuestMemory, skip: u64, buf: &mut [u8]) -> Result<(), ()> {
-        self.pieces(skip, buf.len(), |a, pos, len| {
+        self.pieces(skip, buf.len() as u64, |a, pos, len| {
+            let (pos, len) = (to_usize(pos)?, to_usize(len)?);
             let dst = buf.get_mut(pos..pos + len).ok_or(())?;
             mem.read_slice(dst, a).map_err(|_| ())
         })
     }
 
     fn write(&self, mem: &GuestMemory, skip: u64, buf: &[u8]) -> Result<(), ()> {
-        self.pieces(skip, buf.len(), |a, pos, len| {
+        self.pieces(skip, buf.len() as u64, |a, pos, len| {
+            let (pos, len) = (to_usize(pos)?, to_usize(len)?);
             let src = buf.get(pos..pos + len).ok_or(())?;
             mem.write_slice(src, a).map_err(|_| ())
         })
     }
+}
+
+fn to_usize(v: u64) -> Result<usize, ()> {
+    usize::try_from(v).map_err(|_| ())
+}
+
+/// Host iovecs over guest segments (split where a segment crosses memory
+/// regions); None when a byte is outside guest memory.
+fn guest_iovecs(mem: &GuestMemory, segs: &[(GuestAddress, u64)]) -> Option<Vec<libc::iovec>> {
+    let mut v = Vec::with_capacity(segs.len());
+    for &(addr, len) in segs {
+        for slice in mem.get_slices(addr, usize::try_from(len).ok()?) {
+            let slice = slice.ok()?;
+            v.push(libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+        }
+    }
+    Some(v)
 }
 
 /// A request failed with this status (IOERR or UNSUPP).
@@ -201,14 +271,44 @@ fn ioerr<T>(_: T) -> Fail {
     Fail(VIRTIO_BLK_S_IOERR)
 }
 
-/// The disk side of the device: backend, limits, counters, bounce buffer.
+/// What became of a request with a good status byte.
+enum Outcome {
+    /// Done: this many data bytes were written to the guest.
+    Now(u64),
+    /// On the engine; it completes later.
+    Submitted,
+}
+
+/// The chain's place, for requests that go to the engine.
+#[derive(Clone, Copy)]
+struct Origin {
+    queue: u16,
+    head: u16,
+    status: GuestAddress,
+}
+
+/// The disk side of the device: backend, engine, requests in flight,
+/// limits, counters.
 struct Disk {
     backend: Box<dyn BlockBackend>,
+    engine: Box<dyn IoEngine>,
     read_only: bool,
+    cache: CacheMode,
     id: [u8; ID_BYTES],
     capacity: u64,
     counters: Arc<BlockCounters>,
-    bounce: Vec<u8>,
+    /// Buffer of the synchronous path (aligned for `cache=none`).
+    bounce: Bounce,
+    /// Requests in flight.
+    slab: Slab,
+    /// Files written through the engine since the last flush.
+    dirty: BTreeSet<RawFd>,
+    /// Operations in flight that change a file, per file.
+    mutating: BTreeMap<RawFd, usize>,
+    /// Finished requests to return, per queue: (head, used length).
+    done: Vec<Vec<(u16, u32)>>,
+    /// Buffer of reaped completions.
+    reaped: Vec<Completion>,
 }
 
 impl Disk {
@@ -223,13 +323,15 @@ impl Disk {
         }
     }
 
-    /// Processes one chain; returns the used length, or why the chain is
-    /// malformed.
+    /// Processes one chain of queue `queue`; returns what became of it, or
+    /// why the chain is malformed.
     fn handle_chain(
         &mut self,
         mem: &GuestMemory,
+        queue: u16,
         chain: DescriptorChain<&GuestMemory>,
-    ) -> Result<u32, &'static str> {
+    ) -> Result<ring::Handled, &'static str> {
+        let head = chain.head_index();
         let mut descs: Vec<Descriptor> = Vec::new();
         for d in chain {
             if descs.len() >= MAX_CHAIN_DESCRIPTORS {
@@ -255,8 +357,14 @@ impl Disk {
         // Make sure the status can be reported before doing any I/O.
         mem.write_obj(VIRTIO_BLK_S_IOERR, status_addr)
             .map_err(|_| "status byte outside guest memory")?;
-        let (status, written) = match self.execute(mem, &descs) {
-            Ok(written) => (VIRTIO_BLK_S_OK, written),
+        let origin = Origin {
+            queue,
+            head,
+            status: status_addr,
+        };
+        let (status, written) = match self.execute(mem, &descs, origin) {
+            Ok(Outcome::Submitted) => return Ok(ring::Handled::InFlight),
+            Ok(Outcome::Now(written)) => (VIRTIO_BLK_S_OK, written),
             Err(Fail(s)) => {
                 if s == VIRTIO_BLK_S_UNSUPP {
                     bump(&self.counters.unsupported, 1);
@@ -269,12 +377,18 @@ impl Disk {
         mem.write_obj(status, status_addr)
             .map_err(|_| "status byte outside guest memory")?;
         // Data bytes written plus the status byte; fits: chains are < 4 GiB.
-        Ok(u32::try_from(written.saturating_add(1)).unwrap_or(u32::MAX))
+        Ok(ring::Handled::Used(
+            u32::try_from(written.saturating_add(1)).unwrap_or(u32::MAX),
+        ))
     }
 
-    /// Runs the request of a chain whose status byte is known good; returns
-    /// the data bytes written to the guest.
-    fn execute(&mut self, mem: &GuestMemory, descs: &[Descriptor]) -> Result<u64, Fail> {
+    /// Runs the request of a chain whose status byte is known good.
+    fn execute(
+        &mut self,
+        mem: &GuestMemory,
+        descs: &[Descriptor],
+        origin: Origin,
+    ) -> Result<Outcome, Fail> {
         let first_writable = descs
             .iter()
             .position(|d| d.is_write_only())
@@ -313,31 +427,35 @@ impl Disk {
                     return Err(Fail(VIRTIO_BLK_S_IOERR));
                 }
                 let off = self.range(sector, w_data)?;
+                let segs = w.range(0, w_data).map_err(ioerr)?;
+                if self.submit_rw(mem, Kind::Read, &segs, off, w_data, origin)? {
+                    return Ok(Outcome::Submitted);
+                }
                 self.read(mem, &w, off, w_data)?;
                 bump(&self.counters.read_ops, 1);
                 bump(&self.counters.read_bytes, w_data);
-                Ok(w_data)
+                Ok(Outcome::Now(w_data))
             }
             VIRTIO_BLK_T_OUT => {
                 if self.read_only || w_data != 0 || r_data & (SECTOR_SIZE - 1) != 0 {
                     return Err(Fail(VIRTIO_BLK_S_IOERR));
                 }
                 let off = self.range(sector, r_data)?;
+                let segs = r.range(HEADER_SIZE, r_data).map_err(ioerr)?;
+                if self.submit_rw(mem, Kind::Write, &segs, off, r_data, origin)? {
+                    return Ok(Outcome::Submitted);
+                }
+                self.wait_idle(mem);
                 self.write(mem, &r, off, r_data)?;
                 bump(&self.counters.write_ops, 1);
                 bump(&self.counters.write_bytes, r_data);
-                Ok(0)
+                Ok(Outcome::Now(0))
             }
             VIRTIO_BLK_T_FLUSH => {
                 if r_data != 0 || w_data != 0 {
                     return Err(Fail(VIRTIO_BLK_S_IOERR));
                 }
-                self.backend.flush().map_err(|e| {
-                    tracing::warn!(error = %e, "virtio-blk flush failed");
-                    Fail(VIRTIO_BLK_S_IOERR)
-                })?;
-                bump(&self.counters.flushes, 1);
-                Ok(0)
+                self.flush(mem, origin)
             }
             VIRTIO_BLK_T_GET_ID => {
                 if r_data != 0 || w_data == 0 {
@@ -346,7 +464,7 @@ impl Disk {
                 let n = usize::try_from(w_data).unwrap_or(ID_BYTES).min(ID_BYTES);
                 let id = self.id.get(..n).ok_or(Fail(VIRTIO_BLK_S_IOERR))?;
                 w.write(mem, 0, id).map_err(ioerr)?;
-                Ok(n as u64)
+                Ok(Outcome::Now(n as u64))
             }
             VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
                 let zeroes = req_type == VIRTIO_BLK_T_WRITE_ZEROES;
@@ -376,9 +494,13 @@ impl Disk {
                         return Err(Fail(VIRTIO_BLK_S_IOERR));
                     }
                     let len = u64::from(num) * SECTOR_SIZE;
-                    segs.push((self.range(start, len)?, len));
+                    segs.push((self.range(start, len)?, len, flags));
                 }
-                for (off, len) in segs {
+                if self.submit_fallocate(mem, zeroes, &segs, origin)? {
+                    return Ok(Outcome::Submitted);
+                }
+                self.wait_idle(mem);
+                for (off, len, _) in segs {
                     let res = if zeroes {
                         self.backend.write_zeroes(off, len)
                     } else {
@@ -397,9 +519,410 @@ impl Disk {
                     },
                     1,
                 );
-                Ok(0)
+                Ok(Outcome::Now(0))
             }
             _ => Err(Fail(VIRTIO_BLK_S_UNSUPP)),
+        }
+    }
+
+    /// Tries to put an IN or OUT on the engine: true when submitted, false
+    /// when it must go the synchronous way (no host extents, too many
+    /// pieces, a bounce buffer too big).
+    fn submit_rw(
+        &mut self,
+        mem: &GuestMemory,
+        kind: Kind,
+        segs: &[(GuestAddress, u64)],
+        off: u64,
+        len: u64,
+        origin: Origin,
+    ) -> Result<bool, Fail> {
+        if len == 0 {
+            return Ok(false);
+        }
+        let write = kind == Kind::Write;
+        let extents = self
+            .backend
+            .host_extents(off, len, write)
+            .map_err(|e| self.io_warn("host extents", &e))?;
+        let Some(extents) = extents else {
+            return Ok(false);
+        };
+        if extents.iter().map(|e| e.len).sum::<u64>() != len {
+            return Ok(false);
+        }
+        let mut iovecs = guest_iovecs(mem, segs).ok_or(Fail(VIRTIO_BLK_S_IOERR))?;
+        let unaligned = |v: &libc::iovec| {
+            (v.iov_base as usize as u64 | v.iov_len as u64) & (DIRECT_ALIGN - 1) != 0
+        };
+        let mut bounce = None;
+        let mut copy_out = Vec::new();
+        if self.cache == CacheMode::None && iovecs.iter().any(unaligned) {
+            if len > MAX_REQUEST_BOUNCE {
+                return Ok(false);
+            }
+            let n = usize::try_from(len).map_err(ioerr)?;
+            let mut b = Bounce::new(n).ok_or(Fail(VIRTIO_BLK_S_IOERR))?;
+            if write {
+                Segments(segs.to_vec())
+                    .read(mem, 0, b.as_mut_slice())
+                    .map_err(ioerr)?;
+            } else {
+                copy_out = segs.to_vec();
+            }
+            iovecs = vec![b.iovec()];
+            bounce = Some(b);
+        }
+        let Some(pieces) = inflight::split(&iovecs, &extents) else {
+            return Ok(false);
+        };
+        if pieces.len() > MAX_PARTS {
+            return Ok(false);
+        }
+        let ops = pieces
+            .into_iter()
+            .map(|(fd, offset, iovecs)| {
+                let expect = iovecs.iter().map(|v| v.iov_len).sum();
+                let part = Part {
+                    expect,
+                    mutates: write.then_some(fd),
+                    lenient: false,
+                };
+                let op = if write {
+                    IoOp::Write { fd, offset, iovecs }
+                } else {
+                    IoOp::Read { fd, offset, iovecs }
+                };
+                (op, part, false)
+            })
+            .collect();
+        self.submit_request(mem, origin, kind, len, ops, bounce, copy_out)
+    }
+
+    /// Tries to put a DISCARD or an unmapping WRITE_ZEROES on the engine
+    /// (`fallocate(PUNCH_HOLE | KEEP_SIZE)` on the host extents; a discard
+    /// the file system cannot punch counts as done): true when submitted.
+    fn submit_fallocate(
+        &mut self,
+        mem: &GuestMemory,
+        zeroes: bool,
+        segs: &[(u64, u64, u32)],
+        origin: Origin,
+    ) -> Result<bool, Fail> {
+        let mut ops = Vec::new();
+        for &(off, len, flags) in segs {
+            if len == 0 {
+                continue;
+            }
+            let extents = self
+                .backend
+                .host_extents(off, len, true)
+                .map_err(|e| self.io_warn("host extents", &e))?;
+            let Some(extents) = extents else {
+                return Ok(false);
+            };
+            if extents.iter().map(|e| e.len).sum::<u64>() != len {
+                return Ok(false);
+            }
+            // Zeroes that must stay allocated go the synchronous way: the
+            // backend knows how to zero where FALLOC_FL_ZERO_RANGE is missing
+            // (tmpfs). Everything else is a hole punched in the file.
+            if zeroes && flags & WRITE_ZEROES_FLAG_UNMAP == 0 {
+                return Ok(false);
+            }
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            for HostExtent { fd, offset, len } in extents {
+                let op = IoOp::Fallocate {
+                    fd,
+                    mode,
+                    offset,
+                    len,
+                };
+                let part = Part {
+                    expect: 0,
+                    mutates: Some(fd),
+                    lenient: !zeroes,
+                };
+                ops.push((op, part, false));
+            }
+        }
+        if ops.is_empty() || ops.len() > MAX_PARTS {
+            return Ok(false);
+        }
+        let kind = if zeroes {
+            Kind::WriteZeroes
+        } else {
+            Kind::Discard
+        };
+        self.submit_request(mem, origin, kind, 0, ops, None, Vec::new())
+    }
+
+    /// FLUSH: the format's metadata first, then a barrier `fdatasync` of
+    /// every file written through the engine since the last flush or still
+    /// being changed, so it completes after every earlier write and before
+    /// any later one starts.
+    fn flush(&mut self, mem: &GuestMemory, origin: Origin) -> Result<Outcome, Fail> {
+        self.backend
+            .flush()
+            .map_err(|e| self.io_warn("flush", &e))?;
+        let fds: BTreeSet<RawFd> = self
+            .dirty
+            .iter()
+            .copied()
+            .chain(self.mutating.keys().copied())
+            .collect();
+        if fds.is_empty() {
+            bump(&self.counters.flushes, 1);
+            return Ok(Outcome::Now(0));
+        }
+        let ops = fds
+            .iter()
+            .map(|&fd| {
+                let part = Part {
+                    expect: 0,
+                    mutates: Some(fd),
+                    lenient: false,
+                };
+                (IoOp::Sync { fd }, part, true)
+            })
+            .collect();
+        let dirty = std::mem::take(&mut self.dirty);
+        match self.submit_request(mem, origin, Kind::Flush, 0, ops, None, Vec::new()) {
+            Ok(_) => Ok(Outcome::Submitted),
+            Err(f) => {
+                self.dirty = dirty;
+                Err(f)
+            }
+        }
+    }
+
+    /// Submits the operations of one request (tags: queue, slot, part).
+    #[allow(clippy::too_many_arguments)]
+    fn submit_request(
+        &mut self,
+        mem: &GuestMemory,
+        origin: Origin,
+        kind: Kind,
+        bytes: u64,
+        ops: Vec<(IoOp, Part, bool)>,
+        bounce: Option<Bounce>,
+        copy_out: Vec<(GuestAddress, u64)>,
+    ) -> Result<bool, Fail> {
+        let n = ops.len();
+        if self.engine.in_flight() + n > engine::ENGINE_DEPTH as usize {
+            self.wait_idle(mem);
+        }
+        let slot = self.slab.insert(Request {
+            queue: origin.queue,
+            head: origin.head,
+            status: origin.status,
+            kind,
+            bytes,
+            parts: ops.iter().map(|o| o.1).collect(),
+            outstanding: 0,
+            failed: false,
+            bounce,
+            copy_out,
+        });
+        let mut submitted = 0;
+        for (i, (op, part, barrier)) in ops.into_iter().enumerate() {
+            let changes = matches!(op, IoOp::Write { .. } | IoOp::Fallocate { .. });
+            // SAFETY: the iovecs point into guest memory, which the active
+            // state keeps mapped and `reset`/drop wait for every operation
+            // before letting go of, or into this request's bounce buffer,
+            // which stays in the slab until the last part completed; the
+            // descriptors belong to the backend, which outlives the engine's
+            // operations for the same reason.
+            let res = unsafe {
+                self.engine
+                    .submit(op, inflight::tag(origin.queue, slot, i), barrier)
+            };
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "virtio-blk: submitting to the I/O engine failed");
+                break;
+            }
+            submitted += 1;
+            if let Some(fd) = part.mutates {
+                *self.mutating.entry(fd).or_default() += 1;
+                if changes {
+                    self.dirty.insert(fd);
+                }
+            }
+        }
+        if submitted == 0 {
+            self.slab.remove(slot);
+            return Err(Fail(VIRTIO_BLK_S_IOERR));
+        }
+        if let Some(r) = self.slab.get_mut(slot) {
+            r.outstanding = submitted;
+            r.failed = submitted < n;
+        }
+        bump(&self.counters.in_flight, 1);
+        Ok(true)
+    }
+
+    /// Waits for every operation in flight and finishes their requests (a
+    /// synchronous change of the image comes next, or the engine is full).
+    fn wait_idle(&mut self, mem: &GuestMemory) {
+        if self.engine.in_flight() == 0 {
+            return;
+        }
+        if let Err(e) = self.engine.kick() {
+            tracing::warn!(error = %e, "virtio-blk: kicking the I/O engine failed");
+        }
+        let mut out = std::mem::take(&mut self.reaped);
+        if let Err(e) = self.engine.drain(&mut out) {
+            tracing::error!(error = %e, "virtio-blk: waiting for the I/O engine failed");
+        }
+        for c in out.drain(..) {
+            self.finish(mem, c);
+        }
+        self.reaped = out;
+    }
+
+    /// Reaps what the engine finished and finishes those requests.
+    fn reap(&mut self, mem: &GuestMemory) -> Result<(), engine::EngineError> {
+        let mut out = std::mem::take(&mut self.reaped);
+        let res = self.engine.reap(&mut out);
+        for c in out.drain(..) {
+            self.finish(mem, c);
+        }
+        self.reaped = out;
+        res
+    }
+
+    /// Logs an I/O error (the first few, then at powers of two) and turns
+    /// it into an IOERR.
+    fn io_warn(&self, what: &str, e: &dyn std::fmt::Display) -> Fail {
+        let n = self.counters.errors.load(Ordering::Relaxed);
+        if n < 8 || n.is_power_of_two() {
+            tracing::warn!(error = %e, errors_so_far = n, "virtio-blk {what} failed");
+        }
+        Fail(VIRTIO_BLK_S_IOERR)
+    }
+
+    /// One operation finished: when it was its request's last, write the
+    /// status and queue the chain for its used ring.
+    fn finish(&mut self, mem: &GuestMemory, c: Completion) {
+        let (_, slot, part) = inflight::untag(c.user_data);
+        let Some(req) = self.slab.get_mut(slot) else {
+            tracing::warn!(tag = c.user_data, "virtio-blk: completion of no request");
+            return;
+        };
+        let Some(p) = req.parts.get(part).copied() else {
+            tracing::warn!(tag = c.user_data, "virtio-blk: completion of no operation");
+            return;
+        };
+        if let Some(fd) = p.mutates {
+            if let Some(n) = self.mutating.get_mut(&fd) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.mutating.remove(&fd);
+                }
+            }
+        }
+        let error = match c.result {
+            Ok(n) if n == p.expect => None,
+            Ok(n) => Some(format!("short transfer: {n} of {} bytes", p.expect)),
+            Err(e) if p.lenient && e.raw_os_error() == Some(libc::EOPNOTSUPP) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        req.outstanding = req.outstanding.saturating_sub(1);
+        if error.is_some() {
+            req.failed = true;
+        }
+        let last = req.outstanding == 0;
+        if let Some(e) = error {
+            let _ = self.io_warn("I/O", &e);
+        }
+        if !last {
+            return;
+        }
+        let Some(mut req) = self.slab.remove(slot) else {
+            return;
+        };
+        self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !req.failed && req.kind == Kind::Read {
+            if let Some(b) = req.bounce.as_mut() {
+                let segs = Segments(std::mem::take(&mut req.copy_out));
+                if segs.write(mem, 0, b.as_mut_slice()).is_err() {
+                    req.failed = true;
+                }
+            }
+        }
+        let c = &self.counters;
+        let (status, written) = if req.failed {
+            bump(&c.errors, 1);
+            (VIRTIO_BLK_S_IOERR, 0)
+        } else {
+            match req.kind {
+                Kind::Read => {
+                    bump(&c.read_ops, 1);
+                    bump(&c.read_bytes, req.bytes);
+                }
+                Kind::Write => {
+                    bump(&c.write_ops, 1);
+                    bump(&c.write_bytes, req.bytes);
+                }
+                Kind::Flush => bump(&c.flushes, 1),
+                Kind::Discard => bump(&c.discards, 1),
+                Kind::WriteZeroes => bump(&c.write_zeroes, 1),
+            }
+            let written = if req.kind == Kind::Read { req.bytes } else { 0 };
+            (VIRTIO_BLK_S_OK, written)
+        };
+        if mem.write_obj(status, req.status).is_err() {
+            tracing::warn!("virtio-blk: status byte no longer in guest memory");
+        }
+        let len = u32::try_from(written.saturating_add(1)).unwrap_or(u32::MAX);
+        if let Some(d) = self.done.get_mut(usize::from(req.queue)) {
+            d.push((req.head, len));
+        }
+    }
+
+    /// Returns the finished chains to their used rings, one batch (and at
+    /// most one interrupt) per queue.
+    fn complete_done(
+        &mut self,
+        queues: &mut [Queue],
+        mem: &GuestMemory,
+        interrupt: &dyn VirtioInterrupt,
+    ) -> Result<(), QueueError> {
+        let mut result = Ok(());
+        for (i, (done, queue)) in self.done.iter_mut().zip(queues.iter_mut()).enumerate() {
+            if done.is_empty() {
+                continue;
+            }
+            let index = u16::try_from(i).unwrap_or(u16::MAX);
+            let r = ring::complete(queue, mem, interrupt, index, done);
+            done.clear();
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+
+    /// Waits for every operation in flight and forgets their requests
+    /// without telling the driver (reset, hot-unplug, drop): afterwards
+    /// nothing writes into guest memory for this device.
+    fn abandon(&mut self) {
+        if self.engine.in_flight() > 0 {
+            if let Err(e) = self.engine.kick() {
+                tracing::warn!(error = %e, "virtio-blk: kicking the I/O engine failed");
+            }
+            let mut out = Vec::new();
+            if let Err(e) = self.engine.drain(&mut out) {
+                // Operations may still be running: keep their buffers.
+                tracing::error!(error = %e, "virtio-blk: draining the I/O engine failed");
+                std::mem::forget(std::mem::take(&mut self.slab));
+            }
+        }
+        self.slab.clear();
+        self.mutating.clear();
+        self.counters.in_flight.store(0, Ordering::Relaxed);
+        for d in &mut self.done {
+            d.clear();
         }
     }
 
@@ -410,11 +933,16 @@ impl Disk {
             let n = usize::try_from(len - pos)
                 .unwrap_or(BOUNCE_SIZE)
                 .min(BOUNCE_SIZE);
-            let buf = self.bounce.get_mut(..n).ok_or(Fail(VIRTIO_BLK_S_IOERR))?;
-            self.backend.read_at(buf, off + pos).map_err(|e| {
-                tracing::warn!(error = %e, "virtio-blk read failed");
-                Fail(VIRTIO_BLK_S_IOERR)
-            })?;
+            let res = match self.bounce.as_mut_slice().get_mut(..n) {
+                Some(buf) => self.backend.read_at(buf, off + pos),
+                None => return Err(Fail(VIRTIO_BLK_S_IOERR)),
+            };
+            res.map_err(|e| self.io_warn("read", &e))?;
+            let buf = self
+                .bounce
+                .as_mut_slice()
+                .get(..n)
+                .ok_or(Fail(VIRTIO_BLK_S_IOERR))?;
             w.write(mem, pos, buf).map_err(ioerr)?;
             pos += n as u64;
         }
@@ -428,12 +956,17 @@ impl Disk {
             let n = usize::try_from(len - pos)
                 .unwrap_or(BOUNCE_SIZE)
                 .min(BOUNCE_SIZE);
-            let buf = self.bounce.get_mut(..n).ok_or(Fail(VIRTIO_BLK_S_IOERR))?;
+            let buf = self
+                .bounce
+                .as_mut_slice()
+                .get_mut(..n)
+                .ok_or(Fail(VIRTIO_BLK_S_IOERR))?;
             r.read(mem, HEADER_SIZE + pos, buf).map_err(ioerr)?;
-            self.backend.write_at(buf, off + pos).map_err(|e| {
-                tracing::warn!(error = %e, "virtio-blk write failed");
-                Fail(VIRTIO_BLK_S_IOERR)
-            })?;
+            let res = match self.bounce.as_mut_slice().get(..n) {
+                Some(buf) => self.backend.write_at(buf, off + pos),
+                None => return Err(Fail(VIRTIO_BLK_S_IOERR)),
+            };
+            res.map_err(|e| self.io_warn("write", &e))?;
             pos += n as u64;
         }
         Ok(())
@@ -441,8 +974,9 @@ impl Disk {
 }
 
 struct Active {
+    /// Kept for the lifetime of the activation: in-flight I/O points into it.
     mem: GuestMemory,
-    queue: Queue,
+    queues: Vec<Queue>,
     interrupt: Arc<dyn VirtioInterrupt>,
 }
 
@@ -451,7 +985,7 @@ pub struct Block {
     disk: Disk,
     features: u64,
     config: [u8; CONFIG_SIZE],
-    queue_sizes: [u16; 1],
+    queue_sizes: Vec<u16>,
     active: Option<Active>,
 }
 
@@ -460,16 +994,37 @@ impl std::fmt::Debug for Block {
         f.debug_struct("Block")
             .field("capacity", &self.disk.capacity)
             .field("read_only", &self.disk.read_only)
+            .field("queues", &self.queue_sizes.len())
+            .field("engine", &self.disk.engine.name())
             .field("active", &self.active.is_some())
             .finish()
     }
 }
 
 impl Block {
-    /// Creates a device over `backend`. The capacity is the backend size
-    /// rounded down to whole sectors. Fails when the cache mode or the I/O
-    /// engine cannot be had.
+    /// Creates a device over `backend` with the engine `options.engine`
+    /// names. The capacity is the backend size rounded down to whole
+    /// sectors. Fails when the queue count, the cache mode or the I/O engine
+    /// cannot be had.
     pub fn new(backend: Box<dyn BlockBackend>, options: BlockOptions) -> Result<Self, BlockError> {
+        if options.queues > MAX_QUEUES {
+            return Err(BlockError::Queues(options.queues));
+        }
+        let engine = engine::new_engine(options.engine)?;
+        Self::with_engine(backend, options, engine)
+    }
+
+    /// [`Block::new`] with a given engine (`options.engine` is ignored).
+    pub fn with_engine(
+        mut backend: Box<dyn BlockBackend>,
+        options: BlockOptions,
+        engine: Box<dyn IoEngine>,
+    ) -> Result<Self, BlockError> {
+        if options.queues > MAX_QUEUES {
+            return Err(BlockError::Queues(options.queues));
+        }
+        backend.set_cache_mode(options.cache)?;
+        let queues = options.queues.max(1);
         let sectors = backend.size() / SECTOR_SIZE;
         let mut id = [0u8; ID_BYTES];
         if let Some(s) = &options.id {
@@ -487,6 +1042,9 @@ impl Block {
         } else {
             features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
         }
+        if queues > 1 {
+            features |= 1 << VIRTIO_BLK_F_MQ;
+        }
         let mut config = [0u8; CONFIG_SIZE];
         let mut put = |off: usize, v: &[u8]| {
             if let Some(d) = config.get_mut(off..off + v.len()) {
@@ -496,24 +1054,36 @@ impl Block {
         put(0, &sectors.to_le_bytes());
         put(12, &SEG_MAX.to_le_bytes());
         put(20, &(SECTOR_SIZE as u32).to_le_bytes());
-        put(34, &1u16.to_le_bytes()); // num_queues
+        put(34, &queues.to_le_bytes()); // num_queues
         put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
         put(40, &MAX_DISCARD_SEG.to_le_bytes());
         put(44, &1u32.to_le_bytes()); // discard_sector_alignment
         put(48, &MAX_DISCARD_SECTORS.to_le_bytes());
         put(52, &MAX_DISCARD_SEG.to_le_bytes());
+        let bounce = inflight::Bounce::new(BOUNCE_SIZE).ok_or_else(|| {
+            BlockError::Engine(engine::EngineError::Io(std::io::Error::from(
+                std::io::ErrorKind::OutOfMemory,
+            )))
+        })?;
         Ok(Self {
             disk: Disk {
                 backend,
+                engine,
                 read_only: options.read_only,
+                cache: options.cache,
                 id,
                 capacity: sectors * SECTOR_SIZE,
                 counters: Arc::new(BlockCounters::default()),
-                bounce: vec![0; BOUNCE_SIZE],
+                bounce,
+                slab: Slab::default(),
+                dirty: BTreeSet::new(),
+                mutating: BTreeMap::new(),
+                done: Vec::new(),
+                reaped: Vec::new(),
             },
             features,
             config,
-            queue_sizes: [QUEUE_SIZE],
+            queue_sizes: vec![QUEUE_SIZE; usize::from(queues)],
             active: None,
         })
     }
@@ -527,6 +1097,21 @@ impl Block {
     pub fn capacity_sectors(&self) -> u64 {
         self.disk.capacity / SECTOR_SIZE
     }
+
+    /// The I/O engine's name (`"io_uring"`, `"threads"`), for logs and metrics.
+    pub fn engine_name(&self) -> &'static str {
+        self.disk.engine.name()
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        self.disk.abandon();
+    }
+}
+
+fn engine_failed(e: engine::EngineError) -> QueueError {
+    QueueError::Ring(format!("block I/O engine: {e}"))
 }
 
 impl VirtioDevice for Block {
@@ -558,10 +1143,11 @@ impl VirtioDevice for Block {
         queues: Vec<Queue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        let [queue] = ring::ready_queues(queues, acked_features)?;
+        let queues = ring::ready_queues_n(queues, self.queue_sizes.len(), acked_features)?;
+        self.disk.done = vec![Vec::new(); queues.len()];
         self.active = Some(Active {
             mem,
-            queue,
+            queues,
             interrupt,
         });
         Ok(())
@@ -570,34 +1156,51 @@ impl VirtioDevice for Block {
     fn process_queue(&mut self, index: u16) -> Result<(), QueueError> {
         let Some(Active {
             mem,
-            queue,
+            queues,
             interrupt,
         }) = self.active.as_mut()
         else {
             return Ok(());
         };
-        if index != 0 {
+        let Some(queue) = queues.get_mut(usize::from(index)) else {
             return Ok(());
-        }
+        };
         let disk = &mut self.disk;
-        ring::drain(queue, mem, interrupt.as_ref(), 0, |chain| {
-            disk.handle_chain(mem, chain)
+        let drained = ring::drain_with(queue, mem, interrupt.as_ref(), index, |chain| {
+            disk.handle_chain(mem, index, chain)
                 .inspect_err(|_| bump(&disk.counters.malformed, 1))
-        })
+        });
+        // One kick for everything this call submitted.
+        let kicked = disk.engine.kick().map_err(engine_failed);
+        // Requests finished while waiting for the engine (before a
+        // synchronous write) go back now.
+        let completed = disk.complete_done(queues, mem, interrupt.as_ref());
+        drained.and(kicked).and(completed)
     }
 
     fn reset(&mut self) {
+        // The kernel must never write into guest memory for a reset device.
+        self.disk.abandon();
         self.active = None;
     }
 
-    // Contract for the asynchronous engine (issue #13): the I/O thread
-    // watches the engine's completion descriptor and calls backend_ready.
     fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
-        None
+        Some(self.disk.engine.completion_fd())
     }
 
     fn backend_ready(&mut self) -> Result<(), QueueError> {
-        Ok(())
+        let Some(Active {
+            mem,
+            queues,
+            interrupt,
+        }) = self.active.as_mut()
+        else {
+            return Ok(());
+        };
+        let disk = &mut self.disk;
+        let reaped = disk.reap(mem).map_err(engine_failed);
+        let completed = disk.complete_done(queues, mem, interrupt.as_ref());
+        reaped.and(completed)
     }
 
     fn update_config(&mut self) -> bool {
@@ -616,6 +1219,7 @@ impl VirtioDevice for Block {
 mod tests {
     use super::super::test_driver::{Driver, SplitQueue, F_INDIRECT, F_NEXT, F_WRITE};
     use super::super::{STATUS_DEVICE_NEEDS_RESET, VIRTIO_F_VERSION_1};
+    use super::engine::scripted::ScriptedEngine;
     use super::*;
     use crate::pci::msix::testing::Event;
     use std::path::PathBuf;
@@ -629,6 +1233,20 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.0);
         }
+    }
+
+    /// A scripted engine that runs operations as soon as they are kicked.
+    fn auto_engine() -> Box<dyn IoEngine> {
+        let (e, script) = ScriptedEngine::new().unwrap();
+        script.set_auto(true);
+        Box::new(e)
+    }
+
+    /// The driver notifies queue `idx`; then the I/O thread serves the
+    /// engine's completions.
+    fn kick(d: &Driver, idx: u16) {
+        d.kick(idx);
+        d.dev.lock().unwrap().process_backend();
     }
 
     fn pattern() -> Vec<u8> {
@@ -652,13 +1270,14 @@ mod tests {
         std::fs::write(&path, pattern()).unwrap();
         let file = TempFile(path);
         let backend = images::RawImage::open(&file.0, read_only).unwrap();
-        let blk = Block::new(
+        let blk = Block::with_engine(
             Box::new(backend),
             BlockOptions {
                 read_only,
                 id: Some("nubo-disk-0123456789-truncated".into()),
                 ..BlockOptions::default()
             },
+            auto_engine(),
         )
         .unwrap();
         let counters = blk.counters();
@@ -757,7 +1376,12 @@ mod tests {
         let image = Arc::new(std::sync::Mutex::new(
             images::RawImage::open(&file.0, false).unwrap(),
         ));
-        let blk = Block::new(Box::new(Shared(image.clone())), BlockOptions::default()).unwrap();
+        let blk = Block::with_engine(
+            Box::new(Shared(image.clone())),
+            BlockOptions::default(),
+            auto_engine(),
+        )
+        .unwrap();
         let d = Driver::new(Box::new(blk));
         d.enable_msix(2);
         let _q = start(&d);
@@ -854,13 +1478,16 @@ mod tests {
             ],
         );
 
-        d.kick(0);
+        kick(&d, 0);
 
         assert_eq!(q.used_idx(m), 10);
-        let lens: Vec<u32> = (0..10).map(|i| q.used_elem(m, i).1).collect();
-        assert_eq!(lens, vec![1, 1025, 513, 21, 1, 1, 1, 1, 1, 1]);
-        let heads: Vec<u32> = (0..10).map(|i| q.used_elem(m, i).0).collect();
+        // Asynchronous requests may come back after the immediate ones.
+        let mut used: Vec<(u32, u32)> = (0..10).map(|i| q.used_elem(m, i)).collect();
+        used.sort_unstable();
+        let heads: Vec<u32> = used.iter().map(|u| u.0).collect();
         assert_eq!(heads, vec![0, 4, 7, 9, 12, 14, 17, 20, 22, 25]);
+        let lens: Vec<u32> = used.iter().map(|u| u.1).collect();
+        assert_eq!(lens, vec![1, 1025, 513, 21, 1, 1, 1, 1, 1, 1]);
         let st: Vec<u8> = [0, 1, 3, 4, 5, 6, 7, 8, 9]
             .iter()
             .map(|&i| status(&d, i))
@@ -875,10 +1502,11 @@ mod tests {
             read_guest(&d, 0x5_3000, 20),
             b"nubo-disk-0123456789".to_vec()
         );
-        assert_eq!(
-            d.msi.take(),
-            vec![Event::Trigger(1)],
-            "one interrupt for the batch"
+        // One interrupt for the immediate ones, one for the engine's batch.
+        let events = d.msi.take();
+        assert!(
+            (1..=2).contains(&events.len()) && events.iter().all(|e| *e == Event::Trigger(1)),
+            "{events:?}"
         );
 
         let on_disk = std::fs::read(&file.0).unwrap();
@@ -928,6 +1556,7 @@ mod tests {
         );
         dev.queue_event(0).unwrap().write(1).unwrap();
         dev.process_queue(0);
+        dev.process_backend();
         drop(dev);
         assert_eq!(q.used_idx(m), 11);
         assert_eq!(status(&d, 10), 0);
@@ -964,7 +1593,7 @@ mod tests {
             m,
             &[(h, 16, false), (0x5_0000, 512, true), (STATUS + 4, 1, true)],
         );
-        d.kick(0);
+        kick(&d, 0);
         let st: Vec<u8> = (0..5).map(|i| status(&d, i)).collect();
         assert_eq!(st, vec![1, 1, 1, 0, 0]);
         assert_eq!(std::fs::read(&file.0).unwrap(), pattern());
@@ -977,7 +1606,7 @@ mod tests {
             r.q.set_desc(&r.d.mem, i, addr, len, flags, next);
         }
         r.q.publish(&r.d.mem, 0);
-        r.d.kick(0);
+        kick(&r.d, 0);
         r.d.status()
     }
 
@@ -1092,7 +1721,7 @@ mod tests {
         r.q.set_desc(&r.d.mem, 11, STATUS + 1, 1, F_WRITE, 0);
         r.q.publish(&r.d.mem, 10);
         let used = r.q.used_idx(&r.d.mem);
-        r.d.kick(0);
+        kick(&r.d, 0);
         assert_eq!(r.q.used_idx(&r.d.mem), used);
         // A reset and a fresh setup bring the device back.
         r.d.set_status(0);
@@ -1102,7 +1731,7 @@ mod tests {
             &r.d.mem,
             &[(h, 16, false), (0x5_3000, 20, true), (STATUS + 2, 1, true)],
         );
-        r.d.kick(0);
+        kick(&r.d, 0);
         assert_eq!(q.used_idx(&r.d.mem), 1);
         assert_eq!(status(&r.d, 2), 0);
     }
@@ -1161,22 +1790,23 @@ mod tests {
         // The available index jumps past the queue size.
         let r = rig(false);
         r.q.set_avail_idx(&r.d.mem, 100);
-        r.d.kick(0);
+        kick(&r.d, 0);
         assert_eq!(r.d.status(), BROKEN);
         // A head index outside the descriptor table.
         let mut r = rig(false);
         r.q.publish(&r.d.mem, 0);
         let slot = r.q.avail + 4;
         r.d.mem.write_obj(100u16, GuestAddress(slot)).unwrap();
-        r.d.kick(0);
+        kick(&r.d, 0);
         assert_eq!(r.d.status(), BROKEN);
     }
 
     #[test]
     fn activation_needs_queue_zero() {
-        let blk = Block::new(
+        let blk = Block::with_engine(
             Box::new(super::super::testing::MemDisk(vec![0; 4096])),
             BlockOptions::default(),
+            auto_engine(),
         )
         .unwrap();
         let d = Driver::new(Box::new(blk));
@@ -1209,6 +1839,7 @@ mod tests {
         }
         v.push(1); // avail idx
         v.extend_from_slice(&[0; 16]); // ring
+        v.extend_from_slice(&[0; 15]); // engine and long-chain controls
         let mut data = vec![0u8; 0x600];
         data[8] = 3; // IN, sector 3
         v.extend_from_slice(&data);

@@ -16,6 +16,8 @@
 //! before it completed, and operations submitted after it start only after it
 //! completed.
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod scripted;
 pub mod threads;
 pub mod uring;
 
