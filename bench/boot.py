@@ -55,12 +55,13 @@ def main():
         med[(vmm, kernel)] = statistics.median(ms)
         print(f"| {vmm} | {kernel} | {len(ms)} | {statistics.median(ms):.0f} | {min(ms)} | "
               f"{max(ms)} | {statistics.median(up):.2f} |")
-    q = med.get(("qemu", "bzImage"))
-    if q:
-        for (vmm, kernel), m in sorted(med.items()):
-            if vmm == "nubo":
-                print(f"\nnubo-vmm ({kernel}) / QEMU microvm (bzImage): {m / q:.2f}x", end="")
-        print()
+    for qkernel in ("bzImage", "vmlinux"):
+        q = med.get(("qemu", qkernel))
+        if q:
+            for (vmm, kernel), m in sorted(med.items()):
+                if vmm == "nubo":
+                    print(f"\nnubo-vmm ({kernel}) / QEMU microvm ({qkernel}): {m / q:.2f}x", end="")
+    print()
     return 0
 
 

@@ -37,6 +37,8 @@
 #    hostname and a newline (the DHCP hostname once a lease arrives), so
 #    tests can check TCP reachability (security groups, floating IPs)
 #    without logging in.
+#  * with `nubo.dmesg=1`, after the readiness line: NUBO-CLOCKSOURCE <name>
+#    and the kernel log as DMESG lines (initcalls under 100 us left out).
 #
 # Deliberately no `set -e`: PID 1 must never exit (that panics the kernel).
 
@@ -159,6 +161,12 @@ httpd -p 80 -h /run/www </dev/null >/dev/null 2>&1 ||
 MEMKB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
 read -r UPTIME _ </proc/uptime
 echo "NUBO-GUEST-READY cpus=$(count_cpus) memtotal_kb=$MEMKB uptime=$UPTIME${IN_ROOTFS:+ root=vda}"
+# Boot-time tracing (bench/testbed-scenarios/boot-trace.sh): the clocksource
+# and the kernel log without the short initcalls, after the timed part.
+if [ "$(param nubo.dmesg 0)" = 1 ]; then
+    echo "NUBO-CLOCKSOURCE $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+    dmesg | grep -v -e ' calling  ' -e 'returned -\{0,1\}[0-9]* after [0-9]\{1,2\} usecs' | sed 's/^/DMESG /'
+fi
 
 case "$(param nubo.then poweroff)" in
     reboot) sync; reboot -f ;;

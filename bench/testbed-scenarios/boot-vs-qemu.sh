@@ -1,10 +1,11 @@
 #!/bin/sh
 # Linux boot benchmark inside the testbed's L1: nubo-vmm and QEMU+KVM
-# (microvm, the fastest QEMU machine) boot the same kernel and initramfs,
+# (microvm, the fastest QEMU machine) boot the same kernels (bzImage, and
+# vmlinux through PVH) and initramfs,
 # alternating, BENCH_RUNS times each. One line per boot:
 #   BENCH vmm=<nubo|qemu> kernel=<bzImage|vmlinux> boot_ms=<VMM start -> readiness line> uptime=<guest uptime then>
 # testbed-needs: qemu
-# testbed-timeout: 900
+# testbed-timeout: 1200
 . "$TESTBED_LIB"
 command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 not in L1"
 RUNS=7
@@ -27,4 +28,8 @@ while [ $i -lt "$RUNS" ]; do
         -kernel "$L2_BZIMAGE" -initrd "$L2_INITRD" -append "$CMDLINE"
     one nubo "$L2_VMLINUX" "$NUBO_VMM" run --kernel "$L2_VMLINUX" --initrd "$L2_INITRD" \
         --cmdline "$CMDLINE" --cpus 1 --memory 512M
+    # QEMU microvm boots the vmlinux ELF through its PVH note too.
+    one qemu "$L2_VMLINUX" qemu-system-x86_64 -enable-kvm -cpu host -M microvm,rtc=on \
+        -L "${QEMU_DATA:-/usr/share/qemu}" -m 512M -smp 1 -nographic -no-reboot \
+        -kernel "$L2_VMLINUX" -initrd "$L2_INITRD" -append "$CMDLINE"
 done

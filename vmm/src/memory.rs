@@ -1,8 +1,10 @@
 //! Guest RAM: where it lies around the 32-bit device hole, how it is mapped,
 //! and the e820 map that tells the guest.
 
+use vm_memory::mmap::FromRangesError;
 use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    MemoryRegionAddress, MmapRegion,
 };
 
 use crate::layout::{
@@ -134,10 +136,102 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
             requested: size >> 20,
             host: 0,
         })?;
-    let memory = GuestMemoryMmap::from_ranges(&ranges)
-        .map_err(|source| MemoryError::Map { size, source })?;
+    let regions = ranges
+        .iter()
+        .map(|&(addr, len)| {
+            let mapping = map_huge_aligned(len).map_err(|e| MemoryError::Map {
+                size,
+                source: FromRangesError::MmapRegion(e),
+            })?;
+            GuestRegionMmap::new(mapping, addr).ok_or(MemoryError::Map {
+                size,
+                source: FromRangesError::InvalidGuestRegion,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let memory = GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Map {
+        size,
+        source: FromRangesError::Collection(e),
+    })?;
     mark_mergeable(&memory);
     Ok(memory)
+}
+
+/// Huge page size on x86-64, the alignment guest RAM's host mapping gets.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Maps `len` bytes of anonymous RAM (as vm-memory does: private,
+/// read-write, not reserved) at a 2 MiB-aligned host address when it can,
+/// and asks for transparent huge pages (`MADV_HUGEPAGE`).
+///
+/// KVM backs guest memory with 2 MiB pages in its nested page tables only
+/// where the host address and the guest address agree modulo 2 MiB; guest
+/// RAM starts at guest address 0, so an unaligned mapping (what a plain
+/// mmap gives on kernels before 6.7) makes every 4 KiB page the guest
+/// touches fault into the host separately. QEMU aligns its RAM the same way.
+///
+/// The aligned spot is found by reserving `len + 2 MiB` of address space,
+/// opening an aligned hole of `len` in it and letting the region's own mmap
+/// fall into it (the kernel fills the highest hole that fits); if something
+/// else lands first, the mapping is unaligned but just as correct.
+fn map_huge_aligned(len: usize) -> Result<MmapRegion, vm_memory::mmap::MmapRegionError> {
+    let reserve_len = len.checked_add(HUGE_PAGE).filter(|_| len >= HUGE_PAGE);
+    // SAFETY: a fresh PROT_NONE reservation at an address the kernel picks;
+    // nothing in this process refers to it.
+    let reserve = reserve_len.map(|rlen| unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            rlen,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    });
+    let hole = match (reserve, reserve_len) {
+        (Some(r), Some(rlen)) if r != libc::MAP_FAILED => {
+            let base = r as usize;
+            let start = base.next_multiple_of(HUGE_PAGE);
+            // SAFETY: `start..start+len` lies inside our own reservation
+            // (start - base < 2 MiB), which nothing else uses.
+            unsafe { libc::munmap(start as *mut libc::c_void, len) };
+            Some((base, rlen, start))
+        }
+        _ => None,
+    };
+    let region = MmapRegion::new(len);
+    if let Some((base, rlen, start)) = hole {
+        // SAFETY: the two pieces around the hole are what is left of our
+        // PROT_NONE reservation; the region's mapping is not among them
+        // (it lies in the hole or elsewhere), so only our guards go.
+        unsafe {
+            if start > base {
+                libc::munmap(base as *mut libc::c_void, start - base);
+            }
+            let end = start + len;
+            if base + rlen > end {
+                libc::munmap(end as *mut libc::c_void, base + rlen - end);
+            }
+        }
+    }
+    let region = region?;
+    let addr = region.as_ptr();
+    if !(addr as usize).is_multiple_of(HUGE_PAGE) {
+        tracing::debug!(
+            len,
+            "guest RAM is not 2 MiB-aligned on the host (no huge NPT pages)"
+        );
+    }
+    // SAFETY: `addr..addr+len` is exactly the anonymous mapping `region`
+    // owns; MADV_HUGEPAGE only sets a flag on it (no page is freed or
+    // touched), so no reference into guest memory is invalidated.
+    if unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) } != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "madvise(MADV_HUGEPAGE) on guest RAM failed (no THP?); going on"
+        );
+    }
+    Ok(region)
 }
 
 /// Offers guest RAM to KSM (`MADV_MERGEABLE`), so identical pages of idle
@@ -220,21 +314,9 @@ mod tests {
         assert!(map.windows(2).all(|w| w[0].addr + w[0].size <= w[1].addr));
     }
 
-    #[test]
-    fn guest_ram_is_offered_to_ksm() {
-        if !std::path::Path::new("/sys/kernel/mm/ksm").exists() {
-            eprintln!("skipped: this kernel has no KSM");
-            return;
-        }
-        let mem = create_guest_memory(16 << 20).unwrap();
-        let start = mem
-            .iter()
-            .next()
-            .unwrap()
-            .get_host_address(MemoryRegionAddress(0))
-            .unwrap() as usize;
+    /// The VmFlags of the mapping that starts at `start`, from smaps.
+    fn vm_flags(start: usize) -> String {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        // Find the mapping that starts at our region and read its VmFlags.
         let mut in_region = false;
         let mut flags = None;
         for line in smaps.lines() {
@@ -252,7 +334,49 @@ mod tests {
                 }
             }
         }
-        let flags = flags.expect("the guest RAM mapping is in smaps");
+        flags.expect("the guest RAM mapping is in smaps")
+    }
+
+    #[test]
+    fn guest_ram_is_huge_page_aligned_and_advised() {
+        // Another test thread mapping memory at the same moment can take the
+        // aligned hole (the mapping is then merely unaligned): one of three
+        // tries must be aligned.
+        let aligned = (0..3).any(|_| {
+            let r = map_huge_aligned(64 << 20).unwrap();
+            assert_eq!(r.size(), 64 << 20);
+            (r.as_ptr() as usize).is_multiple_of(HUGE_PAGE)
+        });
+        assert!(aligned, "guest RAM never 2 MiB-aligned");
+        let mem = create_guest_memory(64 << 20).unwrap();
+        let start = mem
+            .iter()
+            .next()
+            .unwrap()
+            .get_host_address(MemoryRegionAddress(0))
+            .unwrap() as usize;
+        if std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            let flags = vm_flags(start);
+            assert!(flags.split_whitespace().any(|f| f == "hg"), "{flags}");
+        }
+        // A region smaller than a huge page is mapped plainly.
+        assert_eq!(map_huge_aligned(4096).unwrap().size(), 4096);
+    }
+
+    #[test]
+    fn guest_ram_is_offered_to_ksm() {
+        if !std::path::Path::new("/sys/kernel/mm/ksm").exists() {
+            eprintln!("skipped: this kernel has no KSM");
+            return;
+        }
+        let mem = create_guest_memory(16 << 20).unwrap();
+        let start = mem
+            .iter()
+            .next()
+            .unwrap()
+            .get_host_address(MemoryRegionAddress(0))
+            .unwrap() as usize;
+        let flags = vm_flags(start);
         assert!(flags.split_whitespace().any(|f| f == "mg"), "{flags}");
     }
 
