@@ -630,7 +630,6 @@ fn cache_none_refused() {
 /// The real engine (io_uring or the thread pool): writes, a flush and
 /// reads complete through the completion descriptor.
 #[test]
-#[ignore = "needs the real engines (h-engine)"]
 fn real_engine_end_to_end() {
     for kind in [engine::EngineKind::Auto, engine::EngineKind::Threads] {
         let (disk, mut view) = disk(2, 4096);
