@@ -9,6 +9,7 @@
 #      NUBO-GUEST-READY cpus=N memtotal_kb=N uptime=S.SS [root=vda]
 #  * then does what `nubo.then=` says: poweroff (default) | reboot | halt |
 #    blkcheck (report and exercise virtio-blk disks, then power off) |
+#    blkload (concurrent direct I/O on the data disks, see below) |
 #    netcheck (configure eth0, ping the host, receive a TCP stream) |
 #    net (stay up; probes, see below) | shell | counter (prints "COUNTER n uptime" every 0.1 s, n = 1, 2, ...) |
 #    hotplug (report disks and NICs as they come and go, see below)
@@ -186,7 +187,7 @@ case "$(param nubo.then poweroff)" in
         for b in /sys/block/vd*; do
             [ -e "$b" ] || continue
             n=${b##*/}
-            echo "NUBO-BLK name=$n serial=$(cat "$b/serial" 2>/dev/null) ro=$(cat "$b/ro") sectors=$(cat "$b/size")"
+            echo "NUBO-BLK name=$n serial=$(cat "$b/serial" 2>/dev/null) ro=$(cat "$b/ro") sectors=$(cat "$b/size") queues=$(ls -d "$b"/mq/* | wc -l)"
             [ "$n" = vda ] && [ -n "$IN_ROOTFS" ] && continue
             if [ "$(cat "$b/ro")" = 1 ]; then
                 if echo x | dd of="/dev/$n" bs=512 count=1 conv=fsync 2>/dev/null; then
@@ -205,6 +206,69 @@ case "$(param nubo.then poweroff)" in
         if [ -n "$IN_ROOTFS" ] && echo "written-by-guest" >/nubo-written 2>/dev/null && sync; then
             echo "NUBO-BLK-ROOTWRITE ok $(cat /nubo-written)"
         fi
+        sync; poweroff -f ;;
+    blkload)
+        # Concurrent direct I/O on every disk (but the root) for nubo.load_secs
+        # (default 8) seconds: per disk, nubo.load_workers (default 4)
+        # writers each rewriting its own 1 MiB region (at k MiB) with a
+        # random pattern in 4 KiB direct writes, and as many readers reading
+        # 4 KiB blocks of 1 MiB regions from 4 MiB on.
+        #   NUBO-BLKLOAD-DISK name=vdX queues=N    (blk-mq hardware queues)
+        #   NUBO-BLKLOAD-RUNNING                   (all workers started)
+        #   NUBO-BLKLOAD-REGION name=vdX k=K want=MD5 got=MD5   (read back)
+        #   NUBO-BLKLOAD-DONE writes=N reads=N errors=N
+        secs=$(param nubo.load_secs 8)
+        regions=$(seq 0 $(($(param nubo.load_workers 4) - 1)))
+        rm -f /tmp/stop /tmp/load-*
+        pids=
+        for b in /sys/block/vd*; do
+            n=${b##*/}
+            [ "$n" = vda ] && [ -n "$IN_ROOTFS" ] && continue
+            echo "NUBO-BLKLOAD-DISK name=$n queues=$(ls -d "$b"/mq/* | wc -l)"
+            for k in $regions; do
+                dd if=/dev/urandom of="/tmp/p-$n-$k" bs=1M count=1 2>/dev/null
+                (
+                    w=0 e=0
+                    while [ ! -e /tmp/stop ]; do
+                        if dd if="/tmp/p-$n-$k" of="/dev/$n" bs=4k seek=$((k * 256)) oflag=direct conv=notrunc 2>/dev/null; then
+                            w=$((w + 1))
+                        else
+                            e=$((e + 1))
+                        fi
+                    done
+                    echo "w $w $e" >"/tmp/load-w-$n-$k"
+                ) &
+                pids="$pids $!"
+                (
+                    r=0 e=0
+                    while [ ! -e /tmp/stop ]; do
+                        if dd if="/dev/$n" of=/dev/null bs=4k skip=$((1024 + k * 256)) count=256 iflag=direct 2>/dev/null; then
+                            r=$((r + 1))
+                        else
+                            e=$((e + 1))
+                        fi
+                    done
+                    echo "r $r $e" >"/tmp/load-r-$n-$k"
+                ) &
+                pids="$pids $!"
+            done
+        done
+        echo "NUBO-BLKLOAD-RUNNING"
+        sleep "$secs"
+        touch /tmp/stop
+        # (only the workers: acpid, httpd and udhcpc are children too)
+        for p in $pids; do wait "$p"; done
+        for b in /sys/block/vd*; do
+            n=${b##*/}
+            [ "$n" = vda ] && [ -n "$IN_ROOTFS" ] && continue
+            for k in $regions; do
+                want=$(md5sum <"/tmp/p-$n-$k" | cut -d' ' -f1)
+                got=$(dd if="/dev/$n" bs=4k skip=$((k * 256)) count=256 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+                echo "NUBO-BLKLOAD-REGION name=$n k=$k want=$want got=$got"
+            done
+        done
+        cat /tmp/load-* | awk '$1 == "w" { w += $2 } $1 == "r" { r += $2 } { e += $3 }
+            END { printf "NUBO-BLKLOAD-DONE writes=%d reads=%d errors=%d\n", w, r, e }'
         sync; poweroff -f ;;
     netcheck)
         # Network checks for the testbed: eth0 gets nubo.ip (e.g.

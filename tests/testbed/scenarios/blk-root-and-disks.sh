@@ -2,7 +2,8 @@
 # virtio-blk: the root filesystem on /dev/vda (a raw ext4 image, read-write),
 # a raw data disk that the guest writes a pattern to (checked in the image
 # from L1 afterwards), and a read-only disk that refuses writes. Each disk
-# shows its serial in /sys/block/vdX/serial.
+# shows its serial in /sys/block/vdX/serial. The data disk has two queues on
+# the thread-pool engine (#13).
 # testbed-timeout: 180
 . "$TESTBED_LIB"
 need_vmm
@@ -14,13 +15,13 @@ boot_guest vmm "$NUBO_VMM" run --kernel "$L2_BZIMAGE" --initrd "$L2_INITRD" \
     --cmdline "console=ttyS0 quiet root=/dev/vda rw nubo.then=blkcheck" \
     --cpus 2 --memory 512M \
     --disk path=root.img,id=nubo-root \
-    --disk path=data.img,id=nubo-data \
+    --disk path=data.img,id=nubo-data,queues=2,engine=threads \
     --disk path=ro.img,id=nubo-ro,readonly=on
 report_boot
 expect_rc 0
 expect_ready 2 400000 524288 root=vda
 grep -q "NUBO-BLK name=vda serial=nubo-root ro=0" "$BOOT_OUT" || fail "vda is not the root disk with its serial"
-grep -q "NUBO-BLK name=vdb serial=nubo-data ro=0 sectors=16384" "$BOOT_OUT" || fail "vdb missing or wrong"
+grep -q "NUBO-BLK name=vdb serial=nubo-data ro=0 sectors=16384 queues=2" "$BOOT_OUT" || fail "vdb missing or wrong (two queues)"
 grep -q "NUBO-BLK name=vdc serial=nubo-ro ro=1" "$BOOT_OUT" || fail "vdc is not read-only"
 grep -q "NUBO-BLK-RO-WRITE name=vdc refused" "$BOOT_OUT" || fail "the read-only disk took a write"
 grep -q "NUBO-BLK-ROOTWRITE ok written-by-guest" "$BOOT_OUT" || fail "writing to the root fs failed"
