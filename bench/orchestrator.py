@@ -545,13 +545,17 @@ def stage_bench_scenario(scenario, out):
     return scen
 
 
-def run_bench_scenario(scenario, out, l1_mem):
-    """Stages `scenario` (stage_bench_scenario) and runs it in the testbed
-    (TESTBED_TIMEOUT and TESTBED_L1_MEM from the environment win); returns the
-    console log's path, which holds whatever results made it there also when
-    the run failed."""
+def run_bench_scenario(scenario, out, l1_mem, params=None):
+    """Stages `scenario` (stage_bench_scenario, plus `params`, if given, as a
+    `bench-params` file next to it for the scenario to source) and runs it in
+    the testbed (TESTBED_TIMEOUT and TESTBED_L1_MEM from the environment win);
+    returns the console log's path, which holds whatever results made it there
+    also when the run failed."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     scen = stage_bench_scenario(scenario, out)
+    if params is not None:
+        with open(os.path.join(scen, "bench-params"), "w") as f:
+            f.write(params)
     env = dict(os.environ, TESTBED_SCENARIO_DIR=scen, TESTBED_OUT=out,
                TESTBED_TIMEOUT=os.environ.get("TESTBED_TIMEOUT", "2400"),
                TESTBED_L1_MEM=os.environ.get("TESTBED_L1_MEM", l1_mem))
