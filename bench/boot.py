@@ -33,10 +33,12 @@ def main():
                             env=env, stdout=subprocess.DEVNULL).returncode
         log = os.path.join(out, "console.log")
         if rc != 0:
-            print(f"testbed run failed (rc={rc}); see {log}", file=sys.stderr)
-            return 1
-    rows = {}
+            print(f"testbed run failed (rc={rc}); see {log}; parsing what it has", file=sys.stderr)
+    rows, fails = {}, {}
     for line in open(log, errors="replace"):
+        m = re.search(r"BENCH-FAIL vmm=(\w+) kernel=(\S+)", line)
+        if m:
+            fails[(m.group(1), m.group(2))] = fails.get((m.group(1), m.group(2)), 0) + 1
         m = re.search(r"BENCH vmm=(\w+) kernel=(\S+) boot_ms=(\d+) uptime=([\d.]+)", line)
         if m:
             key = (m.group(1), m.group(2))
@@ -62,6 +64,8 @@ def main():
                 if vmm == "nubo":
                     print(f"\nnubo-vmm ({kernel}) / QEMU microvm ({qkernel}): {m / q:.2f}x", end="")
     print()
+    for (vmm, kernel), n in sorted(fails.items()):
+        print(f"failed boots (not in the table): {vmm} {kernel}: {n}")
     return 0
 
 

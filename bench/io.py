@@ -45,14 +45,18 @@ def parse(logs):
     for log in logs:
         for line in open(log, errors="replace"):
             line = line.replace("\r", "")
-            m = re.search(r"BENCH vmm=(\w+) cfg=(\w+) round=(\d+) fio=(\S+) iops=(\d+) bw_kib=(\d+)", line)
+            m = re.search(r"BENCH vmm=(\w+) cfg=(\S+) round=(\d+) fio=(\S+) iops=(\d+) bw_kib=(\d+)", line)
             if m:
                 vmm, cfg, rnd, job = m.group(1), m.group(2), int(m.group(3)), m.group(4)
                 v = int(m.group(5)) if "-4k" in job else int(m.group(6)) / 1024
                 res.setdefault((vmm, cfg, job), {})[rnd] = v
-            m = re.search(r"BENCH vmm=(\w+) cfg=(\w+) round=(\d+) net=(\w+) mbps=([\d.]+)", line)
+            m = re.search(r"BENCH vmm=(\w+) cfg=(\S+) round=(\d+) net=(\w+) mbps=([\d.]+)", line)
             if m:
                 res.setdefault((m.group(1), m.group(2), "iperf3-" + m.group(4)), {})[int(m.group(3))] = float(m.group(5))
+            m = re.search(r"BENCH vmm=(\w+) cfg=(\S+) round=(\d+) irq=(\S+) irqs=(\d+) ios=(\d+)", line)
+            if m and int(m.group(6)):
+                res.setdefault((m.group(1), m.group(2), "irq/io " + m.group(4)), {})[int(m.group(3))] = \
+                    int(m.group(5)) / int(m.group(6))
             m = re.search(r"BENCH_QEMU_MACHINE (\S+)", line)
             if m:
                 machine = m.group(1)
@@ -98,15 +102,45 @@ def run_sessions():
     return logs
 
 
+def print_engines(res):
+    """The engine comparison: each VMM on each engine, QD32 random 4 KiB."""
+    print("QD32 random 4 KiB IOPS by I/O engine, median (min-max) over rounds\n")
+    print("| VMM | engine | randread-4k-qd32 | randwrite-4k-qd32 | interrupts per request (read, write) |")
+    print("|---|---|---|---|---|")
+    for vmm, eng in (("nubo", "io_uring"), ("nubo", "threads"), ("qemu", "threads"), ("qemu", "io_uring")):
+        cells, irq = [], []
+        for test in ("randread-4k-qd32", "randwrite-4k-qd32"):
+            d = res.get((vmm, f"eng-{eng}", test), {})
+            cells.append(f"{statistics.median(d.values()):.0f} ({min(d.values()):.0f}-{max(d.values()):.0f})"
+                         if d else "-")
+            d = res.get((vmm, f"eng-{eng}", "irq/io " + test), {})
+            irq.append(f"{statistics.median(d.values()):.2f}" if d else "-")
+        print(f"| {vmm} | {eng} | {cells[0]} | {cells[1]} | {irq[0]}, {irq[1]} |")
+    print()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--log", nargs="*", help="parse existing console logs instead of running")
+    ap.add_argument("--engines", type=int, metavar="ROUNDS",
+                    help="only compare the I/O engines (QD32 random 4 KiB) over ROUNDS rounds")
     args = ap.parse_args()
+    if args.engines and not args.log:
+        params = (f"ROUND0=1 ROUNDS=0 ROUNDS2=0 L1_CEILING=0 API_LATENCY=0 "
+                  f"ENGINE_ROUNDS={args.engines}\n")
+        log = run_bench_scenario("io-vs-qemu", OUT, "4096", params)
+        kept = os.path.join(OUT, "console-engines.log")
+        shutil.copy(log, kept)
+        args.log = [kept]
     logs = args.log if args.log else run_sessions()
     res, machine, api = parse(logs)
     if not res:
         print("no BENCH lines found", file=sys.stderr)
         return 1
+    if any(cfg.startswith("eng-") for _, cfg, _ in res):
+        print_engines(res)
+        if args.engines:
+            return 0
 
     def med(d):
         return statistics.median(d.values()) if d else None

@@ -12,6 +12,7 @@
 #
 # /bench.sh (see below) prints:
 #   BENCH_FIO name=<job> iops=<n> bw_kib=<n>
+#   BENCH_IRQ name=<job> irqs=<n> ios=<n>   (interrupts of vdb's queues, requests done)
 #   BENCH_NET dir=g2h|h2g mbps=<n>
 #
 # Needs: guest/build.sh outputs, apt-get/apt-cache/dpkg, mkfs.ext4, chroot (root).
@@ -141,6 +142,12 @@ echo "BENCH_GUEST_START uptime=$up cpus=$(nproc)"
 # nubo.bench_jobs=a,b,...: which fio jobs (default: the four classic ones);
 # nubo.bench_net=0 skips iperf3.
 JOBS=$(param nubo.bench_jobs randread-4k-qd32,randwrite-4k-qd32,seqread-1m,seqwrite-1m)
+# Per job also the interrupts of $DEV's queues (all vCPUs) and the requests it
+# completed, to compare interrupts per request between VMMs:
+#   BENCH_IRQ name=<job> irqs=<n> ios=<n>
+VD=$(basename "$(readlink /sys/block/vdb/device 2>/dev/null)")
+irqs() { awk -v d="$VD-" 'index($NF, d) == 1 { for (i = 2; i < NF; i++) if ($i ~ /^[0-9]+$/) s += $i } END { print s + 0 }' /proc/interrupts; }
+ios() { awk '{ print $1 + $5 }' /sys/block/vdb/stat; }
 if [ -b $DEV ]; then
     for name in $(echo "$JOBS" | tr ',' ' '); do
         # name -> rw bs iodepth numjobs
@@ -156,6 +163,7 @@ if [ -b $DEV ]; then
             seqwrite-1m) set -- write 1M 8 1 ;;
             *) echo "BENCH_FIO_ERROR name=$name unknown job"; continue ;;
         esac
+        i0=$(irqs) n0=$(ios)
         # terse v3: field 7/8 = read bw KiB/s, iops; 48/49 = write bw KiB/s, iops
         line=$(fio --name="$name" --filename=$DEV --rw="$1" --bs="$2" --iodepth="$3" --numjobs="$4" \
                    --ioengine=libaio --direct=1 --size=100% --runtime="$RUNTIME" --time_based \
@@ -166,6 +174,7 @@ if [ -b $DEV ]; then
         esac
         case "$iops" in ''|*[!0-9]*) echo "BENCH_FIO_ERROR name=$name out=$line"; continue ;; esac
         echo "BENCH_FIO name=$name iops=$iops bw_kib=$bw"
+        echo "BENCH_IRQ name=$name irqs=$(($(irqs) - i0)) ios=$(($(ios) - n0))"
     done
 else
     echo "BENCH_FIO_ERROR no $DEV"

@@ -10,6 +10,7 @@
 # while fio saturates the disk. One line per result:
 #   BENCH vmm=<l1|nubo|qemu> cfg=<1q|2q> round=<n> fio=<job> iops=<n> bw_kib=<n>
 #   BENCH vmm=<nubo|qemu> cfg=1q round=<n> net=<g2h|h2g> mbps=<n>
+#   BENCH vmm=<nubo|qemu> cfg=<cfg> round=<n> irq=<job> irqs=<n> ios=<n>
 #   BENCH vmm=nubo api=GET_/vm API-LATENCY n=… ok=… p50_ms=… p99_ms=… max_ms=…
 # Needs, next to this script (bench/io.py stages them): bench-rootfs.ext4 and
 # loop.ko (L1 has no loop module of its own).
@@ -27,7 +28,10 @@ ROUNDS=${BENCH_ROUNDS:-5} ROUNDS2=${BENCH_ROUNDS2:-3}
 # this script, so that an L1 crash costs one session, not the whole run):
 # ROUND0 (number of this session's first round), ROUNDS/ROUNDS2 (how many
 # rounds this session still runs), L1_CEILING=0 / API_LATENCY=0 to skip them.
-ROUND0=1 L1_CEILING=1 API_LATENCY=1
+# ENGINE_ROUNDS (bench/io.py --engines): rounds of QD32 random 4 KiB with
+# nubo-vmm on io_uring and on its thread pool, QEMU on aio=threads and on
+# aio=io_uring (cfg=eng-<engine>).
+ROUND0=1 L1_CEILING=1 API_LATENCY=1 ENGINE_ROUNDS=0
 # shellcheck disable=SC1091
 [ ! -f "$DIR/bench-params" ] || . "$DIR/bench-params"
 HOST_IP=192.168.127.1 GUEST_IP=192.168.127.2
@@ -108,11 +112,12 @@ run_vm() {
     sed 's/^/  | /' "$name.txt"
     [ ! -s "$name.err" ] || { echo "--- stderr ($name)"; cat "$name.err"; }
     info "$name: rc=$rc"
-    sed -n "s/^BENCH_FIO name=\([^ ]*\) /BENCH vmm=$name $label fio=\1 /p; s/^BENCH_NET dir=\([^ ]*\) /BENCH vmm=$name $label net=\1 /p" "$name.txt"
+    sed -n "s/^BENCH_FIO name=\([^ ]*\) /BENCH vmm=$name $label fio=\1 /p; s/^BENCH_NET dir=\([^ ]*\) /BENCH vmm=$name $label net=\1 /p; s/^BENCH_IRQ name=\([^ ]*\) /BENCH vmm=$name $label irq=\1 /p" "$name.txt"
     grep -q '^BENCH_FIO ' "$name.txt"
 }
 
 # nubo_run CPUS QUEUES JOBS NET LABEL [extra nubo-vmm args]
+# (QUEUES goes into --disk as is: "1,engine=threads" also picks the engine)
 nubo_run() {
     cpus=$1 queues=$2 jobs=$3 net=$4 label=$5; shift 5
     run_vm nubo nubotap0 "$label" "$NUBO_VMM" run --kernel "$L2_BZIMAGE" --initrd "$L2_INITRD" \
@@ -128,7 +133,7 @@ qemu_run() {
         -L "${QEMU_DATA:-/usr/share/qemu}" -m 512M -smp "$cpus" -nographic -no-reboot \
         -kernel "$L2_BZIMAGE" -initrd "$L2_INITRD" -append "$BASE nubo.bench_jobs=$jobs nubo.bench_net=$net" \
         -drive "file=$IMG,format=raw,if=none,id=d0,readonly=on" -device virtio-blk-pci,drive=d0 \
-        -drive file=disk.img,format=raw,if=none,id=d1,aio=threads \
+        -drive file=disk.img,format=raw,if=none,id=d1,aio="${QEMU_AIO:-threads}" \
         -device virtio-blk-pci,drive=d1,num-queues="$queues" \
         -netdev tap,id=n0,ifname=qtap0,script=no,downscript=no,vhost=off \
         -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:57
@@ -151,6 +156,15 @@ while [ $r -lt $((ROUND0 + ROUNDS2)) ]; do
     r=$((r + 1))
 done
 
+r=$ROUND0
+while [ $r -lt $((ROUND0 + ENGINE_ROUNDS)) ]; do
+    q32=randread-4k-qd32,randwrite-4k-qd32
+    nubo_run 1 1,engine=io_uring "$q32" 0 "cfg=eng-io_uring round=$r"
+    QEMU_AIO=threads qemu_run 1 1 "$q32" 0 "cfg=eng-threads round=$r"
+    nubo_run 1 1,engine=threads "$q32" 0 "cfg=eng-threads round=$r"
+    QEMU_AIO=io_uring qemu_run 1 1 "$q32" 0 "cfg=eng-io_uring round=$r"
+    r=$((r + 1))
+done
 echo "BENCH-SESSION-END ROUND0=$ROUND0 ROUNDS=$ROUNDS ROUNDS2=$ROUNDS2"
 [ "$API_LATENCY" = 1 ] || exit 0
 # GET /vm while fio keeps the disk busy (QD32 random reads then writes).
