@@ -525,6 +525,21 @@ impl Disk {
         }
     }
 
+    /// The host extents of `len` bytes at `off`, when the image names them
+    /// for the whole range (`None`: the request takes the synchronous path).
+    fn covering_extents(
+        &mut self,
+        off: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Option<Vec<images::HostExtent>>, Fail> {
+        let extents = self
+            .backend
+            .host_extents(off, len, write)
+            .map_err(|e| self.io_warn("host extents", &e))?;
+        Ok(extents.filter(|x| x.iter().map(|e| e.len).sum::<u64>() == len))
+    }
+
     /// Tries to put an IN or OUT on the engine: true when submitted, false
     /// when it must go the synchronous way (no host extents, too many
     /// pieces, a bounce buffer too big).
@@ -541,16 +556,9 @@ impl Disk {
             return Ok(false);
         }
         let write = kind == Kind::Write;
-        let extents = self
-            .backend
-            .host_extents(off, len, write)
-            .map_err(|e| self.io_warn("host extents", &e))?;
-        let Some(extents) = extents else {
+        let Some(extents) = self.covering_extents(off, len, write)? else {
             return Ok(false);
         };
-        if extents.iter().map(|e| e.len).sum::<u64>() != len {
-            return Ok(false);
-        }
         let mut iovecs = guest_iovecs(mem, segs).ok_or(Fail(VIRTIO_BLK_S_IOERR))?;
         let unaligned = |v: &libc::iovec| {
             (v.iov_base as usize as u64 | v.iov_len as u64) & (DIRECT_ALIGN - 1) != 0
@@ -614,16 +622,9 @@ impl Disk {
             if len == 0 {
                 continue;
             }
-            let extents = self
-                .backend
-                .host_extents(off, len, true)
-                .map_err(|e| self.io_warn("host extents", &e))?;
-            let Some(extents) = extents else {
+            let Some(extents) = self.covering_extents(off, len, true)? else {
                 return Ok(false);
             };
-            if extents.iter().map(|e| e.len).sum::<u64>() != len {
-                return Ok(false);
-            }
             // Zeroes that must stay allocated go the synchronous way: the
             // backend knows how to zero where FALLOC_FL_ZERO_RANGE is missing
             // (tmpfs). Everything else is a hole punched in the file.
