@@ -349,18 +349,22 @@ mod tests {
         });
         assert!(aligned, "guest RAM never 2 MiB-aligned");
         let mem = create_guest_memory(64 << 20).unwrap();
-        let start = mem
-            .iter()
-            .next()
-            .unwrap()
-            .get_host_address(MemoryRegionAddress(0))
-            .unwrap() as usize;
+        let start = first_host_address(&mem);
         if std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
             let flags = vm_flags(start);
             assert!(flags.split_whitespace().any(|f| f == "hg"), "{flags}");
         }
         // A region smaller than a huge page is mapped plainly.
         assert_eq!(map_huge_aligned(4096).unwrap().size(), 4096);
+    }
+
+    /// Host address of the first guest RAM region.
+    fn first_host_address(mem: &GuestMemoryMmap) -> usize {
+        mem.iter()
+            .next()
+            .unwrap()
+            .get_host_address(MemoryRegionAddress(0))
+            .unwrap() as usize
     }
 
     #[test]
@@ -370,12 +374,7 @@ mod tests {
             return;
         }
         let mem = create_guest_memory(16 << 20).unwrap();
-        let start = mem
-            .iter()
-            .next()
-            .unwrap()
-            .get_host_address(MemoryRegionAddress(0))
-            .unwrap() as usize;
+        let start = first_host_address(&mem);
         let flags = vm_flags(start);
         assert!(flags.split_whitespace().any(|f| f == "mg"), "{flags}");
     }
