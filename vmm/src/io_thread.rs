@@ -123,19 +123,23 @@ fn serve(epoll: &Epoll, stop: &EventFd, device: &Mutex<VirtioPciDevice>, sources
                 return;
             }
         };
+        if events[..n].iter().any(|ev| ev.data() == STOP) {
+            let _ = stop.read();
+            return;
+        }
+        // One pass over everything that is ready, with one interrupt per
+        // queue at its end (each interrupt is a guest exit).
+        let mut dev = device.lock().unwrap_or_else(|e| e.into_inner());
+        dev.begin_batch();
         for ev in &events[..n] {
-            if ev.data() == STOP {
-                let _ = stop.read();
-                return;
-            }
             let Some(source) = usize::try_from(ev.data()).ok().and_then(|i| sources.get(i)) else {
                 continue;
             };
-            let mut dev = device.lock().unwrap_or_else(|e| e.into_inner());
             match source.ready {
                 Ready::Queue(queue) => dev.process_queue(queue),
                 Ready::Backend => dev.process_backend(),
             }
         }
+        dev.end_batch();
     }
 }

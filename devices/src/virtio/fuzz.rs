@@ -169,11 +169,20 @@ pub(crate) fn blk_counters(data: &[u8]) -> Option<Arc<BlockCounters>> {
     };
     dev.activate(mem, acked, vec![q], Arc::new(NoInterrupt))
         .ok()?;
+    // Mode bit 0x20: served as one pass of the I/O thread (interrupts held
+    // back until its end).
+    let pass = mode & 0x20 != 0;
+    if pass {
+        dev.begin_batch();
+    }
     let _ = dev.process_queue(0);
     script.run(steps);
     let _ = dev.backend_ready();
     let _ = dev.process_queue(0);
     script.run_all();
+    if pass {
+        let _ = dev.end_batch();
+    }
     let _ = dev.backend_ready();
     let counters = dev.counters();
     // Dropping the device waits for anything still in flight.

@@ -6,10 +6,13 @@
 //! negotiates features, collects the queue setup, and activates the device on
 //! `DRIVER_OK`.
 //!
-//! There are no threads here: the VMM's event loop calls
+//! There are no threads here: the VMM's I/O thread of each device calls
 //! [`pci::VirtioPciDevice::process_queue`] when a queue's `EventFd` fires
 //! (signalled by KVM through an ioeventfd, or by the transport itself when a
-//! notify write arrives as a plain MMIO exit).
+//! notify write arrives as a plain MMIO exit) and
+//! [`pci::VirtioPciDevice::process_backend`] when the host side is ready,
+//! all of one wake-up inside one pass (`begin_batch`/`end_batch`) so that
+//! each queue raises at most one interrupt per pass.
 
 pub mod block;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -167,6 +170,17 @@ pub trait VirtioDevice: Send {
     /// open as long as the device.
     fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
         None
+    }
+    /// The I/O thread starts serving several ready descriptors in one pass
+    /// (queue notifications and the backend): until [`VirtioDevice::end_batch`]
+    /// the device may hold back its used-ring interrupts.
+    fn begin_batch(&mut self) {}
+    /// The pass is over: raise each queue's held-back interrupt at most once
+    /// (after returning whatever else finished meanwhile). Not called when
+    /// the device stopped during the pass; [`VirtioDevice::reset`] and
+    /// [`VirtioDevice::activate`] end batching too.
+    fn end_batch(&mut self) -> Result<(), QueueError> {
+        Ok(())
     }
     /// Back to the pre-activation state (drops queues and interrupt).
     fn reset(&mut self);

@@ -407,6 +407,25 @@ impl VirtioPciDevice {
         }
     }
 
+    /// The I/O thread starts one pass over its ready descriptors (see
+    /// [`VirtioDevice::begin_batch`]); end it with [`Self::end_batch`].
+    pub fn begin_batch(&mut self) {
+        self.device.begin_batch();
+    }
+
+    /// Ends the pass [`Self::begin_batch`] started: held-back interrupts
+    /// are raised, unless the device is not running.
+    pub fn end_batch(&mut self) {
+        // A device that stopped during the pass stays quiet until its reset.
+        if !self.activated || self.status & STATUS_DEVICE_NEEDS_RESET != 0 {
+            return;
+        }
+        if let Err(e) = self.device.end_batch() {
+            tracing::warn!(error = %e, "virtio device needs reset");
+            self.set_needs_reset();
+        }
+    }
+
     /// The device's host-side descriptor, if it has one.
     pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
         self.device.backend_fd()

@@ -116,6 +116,67 @@ pub(crate) fn notify(
     }
 }
 
+/// The interrupts a device owes its queues: for each queue with used
+/// entries the driver has not heard of, the used index it last heard of.
+/// Outside an I/O-thread pass they are raised as soon as they are owed;
+/// during one ([`OwedInterrupts::hold`]) once per queue at its end.
+#[derive(Debug, Default)]
+pub(crate) struct OwedInterrupts {
+    since: Vec<Option<u16>>,
+    held: bool,
+}
+
+impl OwedInterrupts {
+    /// Nothing owed to `queues` queues, not held.
+    pub(crate) fn new(queues: usize) -> Self {
+        Self {
+            since: vec![None; queues],
+            held: false,
+        }
+    }
+
+    /// Queue `index` used entries from `old_used` on (nothing when its used
+    /// index did not move).
+    pub(crate) fn used_since(&mut self, queue: &Queue, index: u16, old_used: u16) {
+        if queue.next_used() == old_used {
+            return;
+        }
+        if let Some(s) = self.since.get_mut(usize::from(index)) {
+            s.get_or_insert(old_used);
+        }
+    }
+
+    /// Holds interrupts back (a pass starts) or stops holding them.
+    pub(crate) fn hold(&mut self, held: bool) {
+        self.held = held;
+    }
+
+    /// Forgets what is owed and stops holding (reset).
+    pub(crate) fn clear(&mut self) {
+        self.since.iter_mut().for_each(|s| *s = None);
+        self.held = false;
+    }
+
+    /// Raises each owed queue's interrupt once, if its driver wants it
+    /// ([`notify`]); nothing while held. `queue` finds a queue by index.
+    pub(crate) fn raise<'q>(
+        &mut self,
+        mem: &GuestMemory,
+        interrupt: &dyn VirtioInterrupt,
+        queue: impl Fn(u16) -> Option<&'q Queue>,
+    ) {
+        if self.held {
+            return;
+        }
+        for (i, s) in self.since.iter_mut().enumerate() {
+            let index = u16::try_from(i).unwrap_or(u16::MAX);
+            if let (Some(old_used), Some(q)) = (s.take(), queue(index)) {
+                notify(q, mem, interrupt, index, old_used);
+            }
+        }
+    }
+}
+
 /// Asks the driver to notify again when it adds buffers (EVENT_IDX: sets
 /// `avail_event` to the next entry; otherwise clears `VRING_USED_F_NO_NOTIFY`);
 /// true when buffers arrived meanwhile (process them: no notify will come
@@ -151,32 +212,29 @@ pub(crate) fn rearm_for_more(queue: &mut Queue, mem: &GuestMemory) -> Result<boo
 }
 
 /// What a device did with one chain.
-#[allow(dead_code)] // InFlight: the asynchronous virtio-blk path (landing)
 pub(crate) enum Handled {
     /// Done: return it to the used ring with this many bytes written.
     Used(u32),
     /// Submitted: the device adds it to the used ring itself later
-    /// ([`complete`]).
+    /// ([`add_used_all`]).
     InFlight,
 }
 
-/// Processes every available chain of queue `index`: `handle` says what
+/// Processes every available chain of the queue: `handle` says what
 /// became of each ([`Handled`]), or why it is malformed (then it goes back
 /// with length 0). Driver notifications are suppressed while chains are
 /// being taken and re-armed before returning. Stops at the first malformed
-/// chain or ring error, which means the device needs a reset. Raises the
-/// interrupt at most once, if the driver wants one.
-pub(crate) fn drain_with(
+/// chain or ring error, which means the device needs a reset. Raises no
+/// interrupt: the caller owes one for the used entries
+/// ([`OwedInterrupts::used_since`] with `queue.next_used()` from before).
+pub(crate) fn drain(
     queue: &mut Queue,
     mem: &GuestMemory,
-    interrupt: &dyn VirtioInterrupt,
-    index: u16,
     mut handle: impl FnMut(DescriptorChain<&GuestMemory>) -> Result<Handled, &'static str>,
 ) -> Result<(), QueueError> {
     if !queue.ready() {
         return Ok(());
     }
-    let old_used = queue.next_used();
     let mut result = Ok(());
     'outer: loop {
         check_avail(queue, mem)?;
@@ -212,45 +270,22 @@ pub(crate) fn drain_with(
             }
         }
     }
-    notify(queue, mem, interrupt, index, old_used);
     result
-}
-
-/// [`drain_with`] for devices that finish every chain at once: `handle`
-/// returns the bytes it wrote into the chain.
-pub(crate) fn drain(
-    queue: &mut Queue,
-    mem: &GuestMemory,
-    interrupt: &dyn VirtioInterrupt,
-    index: u16,
-    mut handle: impl FnMut(DescriptorChain<&GuestMemory>) -> Result<u32, &'static str>,
-) -> Result<(), QueueError> {
-    drain_with(queue, mem, interrupt, index, |chain| {
-        handle(chain).map(Handled::Used)
-    })
 }
 
 /// Returns chains that finished later (`(head, bytes written)`, in any
-/// order) to queue `index`'s used ring, then raises the interrupt once if the
-/// driver wants one.
-#[allow(dead_code)] // the asynchronous virtio-blk path (landing)
-pub(crate) fn complete(
+/// order) to the queue's used ring, without an interrupt (see [`notify`]).
+pub(crate) fn add_used_all(
     queue: &mut Queue,
     mem: &GuestMemory,
-    interrupt: &dyn VirtioInterrupt,
-    index: u16,
     done: &[(u16, u32)],
 ) -> Result<(), QueueError> {
-    let old_used = queue.next_used();
-    let mut result = Ok(());
     for &(head, len) in done {
-        if let Err(e) = queue.add_used(mem, head, len) {
-            result = Err(QueueError::Ring(e.to_string()));
-            break;
-        }
+        queue
+            .add_used(mem, head, len)
+            .map_err(|e| QueueError::Ring(e.to_string()))?;
     }
-    notify(queue, mem, interrupt, index, old_used);
-    result
+    Ok(())
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use images::{BlockBackend, CacheMode, HostExtent};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 pub mod engine;
@@ -307,6 +307,8 @@ struct Disk {
     mutating: BTreeMap<RawFd, usize>,
     /// Finished requests to return, per queue: (head, used length).
     done: Vec<Vec<(u16, u32)>>,
+    /// Interrupts owed to the queues (held during an I/O-thread pass).
+    owed: ring::OwedInterrupts,
     /// Buffer of reaped completions.
     reaped: Vec<Completion>,
 }
@@ -881,27 +883,31 @@ impl Disk {
         }
     }
 
-    /// Returns the finished chains to their used rings, one batch (and at
-    /// most one interrupt) per queue.
-    fn complete_done(
-        &mut self,
-        queues: &mut [Queue],
-        mem: &GuestMemory,
-        interrupt: &dyn VirtioInterrupt,
-    ) -> Result<(), QueueError> {
+    /// Returns the finished chains to their used rings (their interrupts
+    /// are owed: see [`Disk::notify`]).
+    fn complete_done(&mut self, queues: &mut [Queue], mem: &GuestMemory) -> Result<(), QueueError> {
         let mut result = Ok(());
         for (i, (done, queue)) in self.done.iter_mut().zip(queues.iter_mut()).enumerate() {
             if done.is_empty() {
                 continue;
             }
-            let index = u16::try_from(i).unwrap_or(u16::MAX);
-            let r = ring::complete(queue, mem, interrupt, index, done);
+            let old_used = queue.next_used();
+            let r = ring::add_used_all(queue, mem, done);
             done.clear();
+            let index = u16::try_from(i).unwrap_or(u16::MAX);
+            self.owed.used_since(queue, index, old_used);
             if result.is_ok() {
                 result = r;
             }
         }
         result
+    }
+
+    /// Raises each queue's owed interrupt once, if the driver wants it
+    /// (held back during an I/O-thread pass).
+    fn notify(&mut self, queues: &[Queue], mem: &GuestMemory, interrupt: &dyn VirtioInterrupt) {
+        self.owed
+            .raise(mem, interrupt, |i| queues.get(usize::from(i)));
     }
 
     /// Waits for every operation in flight and forgets their requests
@@ -925,6 +931,7 @@ impl Disk {
         for d in &mut self.done {
             d.clear();
         }
+        self.owed.clear();
     }
 
     /// Disk `[off, off + len)` into the guest segments `w`.
@@ -1080,6 +1087,7 @@ impl Block {
                 dirty: BTreeSet::new(),
                 mutating: BTreeMap::new(),
                 done: Vec::new(),
+                owed: ring::OwedInterrupts::default(),
                 reaped: Vec::new(),
             },
             features,
@@ -1146,6 +1154,7 @@ impl VirtioDevice for Block {
     ) -> Result<(), ActivateError> {
         let queues = ring::ready_queues_n(queues, self.queue_sizes.len(), acked_features)?;
         self.disk.done = vec![Vec::new(); queues.len()];
+        self.disk.owed = ring::OwedInterrupts::new(queues.len());
         self.active = Some(Active {
             mem,
             queues,
@@ -1167,15 +1176,18 @@ impl VirtioDevice for Block {
             return Ok(());
         };
         let disk = &mut self.disk;
-        let drained = ring::drain_with(queue, mem, interrupt.as_ref(), index, |chain| {
+        let old_used = queue.next_used();
+        let drained = ring::drain(queue, mem, |chain| {
             disk.handle_chain(mem, index, chain)
                 .inspect_err(|_| bump(&disk.counters.malformed, 1))
         });
+        disk.owed.used_since(queue, index, old_used);
         // One kick for everything this call submitted.
         let kicked = disk.engine.kick().map_err(engine_failed);
         // Requests finished while waiting for the engine (before a
         // synchronous write) go back now.
-        let completed = disk.complete_done(queues, mem, interrupt.as_ref());
+        let completed = disk.complete_done(queues, mem);
+        disk.notify(queues, mem, interrupt.as_ref());
         drained.and(kicked).and(completed)
     }
 
@@ -1200,8 +1212,19 @@ impl VirtioDevice for Block {
         };
         let disk = &mut self.disk;
         let reaped = disk.reap(mem).map_err(engine_failed);
-        let completed = disk.complete_done(queues, mem, interrupt.as_ref());
+        let completed = disk.complete_done(queues, mem);
+        disk.notify(queues, mem, interrupt.as_ref());
         reaped.and(completed)
+    }
+
+    fn begin_batch(&mut self) {
+        self.disk.owed.hold(true);
+    }
+
+    fn end_batch(&mut self) -> Result<(), QueueError> {
+        self.disk.owed.hold(false);
+        // What finished while this pass ran goes out with it.
+        self.backend_ready()
     }
 
     fn update_config(&mut self) -> bool {
