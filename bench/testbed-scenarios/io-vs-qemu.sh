@@ -23,7 +23,7 @@ DIR=$(cd "$(dirname "$0")" && pwd)
 IMG=${BENCH_ROOTFS:-$DIR/bench-rootfs.ext4}
 [ -f "$IMG" ] || skip "no $IMG (run guest/bench-build.sh; bench/io.py stages it)"
 RUNTIME=${BENCH_RUNTIME:-5} NETTIME=${BENCH_NETTIME:-5} DISK_MB=${BENCH_DISK_MB:-1024}
-ROUNDS=${BENCH_ROUNDS:-5} ROUNDS2=${BENCH_ROUNDS2:-3}
+ROUNDS=${BENCH_ROUNDS:-5} ROUNDS2=${BENCH_ROUNDS2:-5}
 # One testbed session of several (bench/io.py stages bench-params next to
 # this script, so that an L1 crash costs one session, not the whole run):
 # ROUND0 (number of this session's first round), ROUNDS/ROUNDS2 (how many

@@ -230,12 +230,26 @@ pub(crate) enum Handled {
 pub(crate) fn drain(
     queue: &mut Queue,
     mem: &GuestMemory,
-    mut handle: impl FnMut(DescriptorChain<&GuestMemory>) -> Result<Handled, &'static str>,
+    handle: impl FnMut(DescriptorChain<&GuestMemory>) -> Result<Handled, &'static str>,
 ) -> Result<(), QueueError> {
+    drain_or_stay_quiet(queue, mem, handle, || false).map(|_| ())
+}
+
+/// [`drain`], except that when `busy()` says so after the last chain the
+/// driver is not asked to notify again: the device promises to come back
+/// to the queue by itself (when an operation in flight completes), which
+/// saves the driver's notifications (exits) while it is busy anyway. True
+/// when the queue was left quiet that way.
+pub(crate) fn drain_or_stay_quiet(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    mut handle: impl FnMut(DescriptorChain<&GuestMemory>) -> Result<Handled, &'static str>,
+    busy: impl Fn() -> bool,
+) -> Result<bool, QueueError> {
     if !queue.ready() {
-        return Ok(());
+        return Ok(false);
     }
-    let mut result = Ok(());
+    let mut result = Ok(false);
     'outer: loop {
         check_avail(queue, mem)?;
         if let Err(e) = queue.disable_notification(mem) {
@@ -260,6 +274,10 @@ pub(crate) fn drain(
             if result.is_err() {
                 break 'outer;
             }
+        }
+        if busy() {
+            result = Ok(true);
+            break;
         }
         match rearm(queue, mem) {
             Ok(true) => continue,

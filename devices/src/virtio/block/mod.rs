@@ -92,6 +92,11 @@ pub const ID_BYTES: usize = 20;
 pub const QUEUE_SIZE: u16 = 256;
 /// Most data segments per request (queue size minus header and status).
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// With at least this many requests on the engine a queue is left quiet
+/// after it is drained (the driver need not notify): the device looks at
+/// it again when one of them completes. Below it (QD1) the driver notifies
+/// as usual, so a lone slow request never delays the next one.
+const QUIET_IN_FLIGHT: u64 = 4;
 /// Largest DISCARD / WRITE_ZEROES segment, in sectors (2 GiB).
 pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
 /// Most segments of one DISCARD / WRITE_ZEROES request.
@@ -309,6 +314,9 @@ struct Disk {
     done: Vec<Vec<(u16, u32)>>,
     /// Interrupts owed to the queues (held during an I/O-thread pass).
     owed: ring::OwedInterrupts,
+    /// Per queue: left quiet with requests in flight (see
+    /// [`QUIET_IN_FLIGHT`]); look at it again on completions.
+    quiet: Vec<bool>,
     /// Buffer of reaped completions.
     reaped: Vec<Completion>,
 }
@@ -903,6 +911,44 @@ impl Disk {
         result
     }
 
+    /// Takes queue `index`'s available chains (what goes to the engine is
+    /// submitted, with one kick for all) and returns what finished
+    /// meanwhile; their interrupts are owed. The queue is left quiet while
+    /// [`QUIET_IN_FLIGHT`] requests are in flight.
+    fn take_chains(
+        &mut self,
+        queues: &mut [Queue],
+        mem: &GuestMemory,
+        index: u16,
+    ) -> Result<(), QueueError> {
+        let Some(queue) = queues.get_mut(usize::from(index)) else {
+            return Ok(());
+        };
+        let counters = Arc::clone(&self.counters);
+        let old_used = queue.next_used();
+        let drained = ring::drain_or_stay_quiet(
+            queue,
+            mem,
+            |chain| {
+                self.handle_chain(mem, index, chain)
+                    .inspect_err(|_| bump(&counters.malformed, 1))
+            },
+            || counters.in_flight.load(Ordering::Relaxed) >= QUIET_IN_FLIGHT,
+        );
+        self.owed.used_since(queue, index, old_used);
+        let drained = drained.map(|quiet| {
+            if let Some(q) = self.quiet.get_mut(usize::from(index)) {
+                *q = quiet;
+            }
+        });
+        // One kick for everything this call submitted.
+        let kicked = self.engine.kick().map_err(engine_failed);
+        // Requests finished while waiting for the engine (before a
+        // synchronous write) go back now.
+        let completed = self.complete_done(queues, mem);
+        drained.and(kicked).and(completed)
+    }
+
     /// Raises each queue's owed interrupt once, if the driver wants it
     /// (held back during an I/O-thread pass).
     fn notify(&mut self, queues: &[Queue], mem: &GuestMemory, interrupt: &dyn VirtioInterrupt) {
@@ -932,6 +978,7 @@ impl Disk {
             d.clear();
         }
         self.owed.clear();
+        self.quiet.iter_mut().for_each(|q| *q = false);
     }
 
     /// Disk `[off, off + len)` into the guest segments `w`.
@@ -1088,6 +1135,7 @@ impl Block {
                 mutating: BTreeMap::new(),
                 done: Vec::new(),
                 owed: ring::OwedInterrupts::default(),
+                quiet: Vec::new(),
                 reaped: Vec::new(),
             },
             features,
@@ -1155,6 +1203,7 @@ impl VirtioDevice for Block {
         let queues = ring::ready_queues_n(queues, self.queue_sizes.len(), acked_features)?;
         self.disk.done = vec![Vec::new(); queues.len()];
         self.disk.owed = ring::OwedInterrupts::new(queues.len());
+        self.disk.quiet = vec![false; queues.len()];
         self.active = Some(Active {
             mem,
             queues,
@@ -1172,23 +1221,9 @@ impl VirtioDevice for Block {
         else {
             return Ok(());
         };
-        let Some(queue) = queues.get_mut(usize::from(index)) else {
-            return Ok(());
-        };
-        let disk = &mut self.disk;
-        let old_used = queue.next_used();
-        let drained = ring::drain(queue, mem, |chain| {
-            disk.handle_chain(mem, index, chain)
-                .inspect_err(|_| bump(&disk.counters.malformed, 1))
-        });
-        disk.owed.used_since(queue, index, old_used);
-        // One kick for everything this call submitted.
-        let kicked = disk.engine.kick().map_err(engine_failed);
-        // Requests finished while waiting for the engine (before a
-        // synchronous write) go back now.
-        let completed = disk.complete_done(queues, mem);
-        disk.notify(queues, mem, interrupt.as_ref());
-        drained.and(kicked).and(completed)
+        let taken = self.disk.take_chains(queues, mem, index);
+        self.disk.notify(queues, mem, interrupt.as_ref());
+        taken
     }
 
     fn reset(&mut self) {
@@ -1212,9 +1247,17 @@ impl VirtioDevice for Block {
         };
         let disk = &mut self.disk;
         let reaped = disk.reap(mem).map_err(engine_failed);
-        let completed = disk.complete_done(queues, mem);
+        let mut result = reaped.and(disk.complete_done(queues, mem));
+        // Queues left quiet while requests were in flight: their driver
+        // did not notify for what it added since.
+        for index in 0..disk.quiet.len() {
+            if result.is_ok() && disk.quiet.get(index) == Some(&true) {
+                let index = u16::try_from(index).unwrap_or(u16::MAX);
+                result = disk.take_chains(queues, mem, index);
+            }
+        }
         disk.notify(queues, mem, interrupt.as_ref());
-        reaped.and(completed)
+        result
     }
 
     fn begin_batch(&mut self) {

@@ -454,6 +454,43 @@ fn a_pass_raises_one_interrupt_per_queue() {
     assert_eq!(r.d.msi.take(), vec![Event::Trigger(1)]);
 }
 
+/// With `QUIET_IN_FLIGHT` requests on the engine the queue stays quiet
+/// (`VRING_USED_F_NO_NOTIFY` left set): chains the driver adds meanwhile,
+/// without notifying, are taken when a completion arrives, and once nothing
+/// is in flight the driver is asked to notify again. A lone request (QD1)
+/// re-arms at once.
+#[test]
+fn a_busy_queue_stays_quiet_until_idle() {
+    let mut r = arig(BlockOptions::default(), 1, DISK, false);
+    let no_notify = |r: &ARig| r.d.mem.read_obj::<u16>(GuestAddress(r.qs[0].used)).unwrap() & 1;
+    let read = |r: &mut ARig, i: u64| {
+        r.request(0, i, VIRTIO_BLK_T_IN, i, &[(0x4_0000 + i * 0x1000, 512)]);
+    };
+    read(&mut r, 0);
+    r.d.kick(0);
+    assert_eq!(no_notify(&r), 0, "one request in flight: notify again");
+    r.script.run_all();
+    r.serve();
+    for i in 1..5 {
+        read(&mut r, i);
+    }
+    r.d.kick(0);
+    assert_eq!(r.script.pending(), 4);
+    assert_eq!(no_notify(&r), 1, "busy: quiet");
+    // The driver adds two more and, seeing NO_NOTIFY, does not notify.
+    read(&mut r, 5);
+    read(&mut r, 6);
+    r.script.run(1);
+    r.serve();
+    assert_eq!(r.script.pending(), 5, "taken on the completion");
+    assert_eq!(no_notify(&r), 1);
+    r.script.run_all();
+    r.serve();
+    assert_eq!(r.used(0).len(), 7);
+    assert_eq!(no_notify(&r), 0, "idle: notify again");
+    assert!((0..7).all(|i| r.status(i) == VIRTIO_BLK_S_OK));
+}
+
 /// With EVENT_IDX the device interrupts only when the used index passes
 /// the driver's `used_event`.
 #[test]
