@@ -71,9 +71,9 @@ fn write_queue(
 /// indirect table of up to 2048 descriptors is generated from a few bytes
 /// (past the 1024-descriptor limit). Errors are fine; panics and hangs are
 /// bugs. Layout: mode byte (bit 0 read-only, 1 `cache=none`, 2 no host
-/// extents, 3 two files, 4 EVENT_IDX, 7 long chain), the queue, 15 control
-/// bytes (order, fail mask, short op, chunk, steps, long chain), then guest
-/// data.
+/// extents, 3 two files, 4 EVENT_IDX, 5 served as one I/O-thread pass, 7 long
+/// chain), the queue, 15 control bytes (order, fail mask, short op, chunk,
+/// steps, long chain), then guest data.
 #[doc(hidden)]
 pub fn fuzz_blk_request(data: &[u8]) {
     let _ = blk_counters(data);
