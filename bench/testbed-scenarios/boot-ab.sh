@@ -11,7 +11,7 @@
 . "$TESTBED_LIB"
 command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 not in L1"
 BEFORE=/testbed/bin/nubo-vmm-before
-RUNS=3
+RUNS=${BOOT_AB_RUNS:-5}
 CMDLINE="console=ttyS0 quiet nubo.then=poweroff nubo.ignore_power=1"
 T=/sys/kernel/tracing
 [ -d $T/events ] || mount -t tracefs nodev $T 2>/dev/null || true
