@@ -42,6 +42,7 @@ pub mod io_thread;
 pub mod jail;
 pub mod layout;
 pub mod memory;
+pub mod prefault;
 pub mod privileges;
 pub mod seccomp;
 pub mod socket;
