@@ -113,50 +113,6 @@ pub fn detect_format(file: &mut File, path: &Path) -> Result<KernelFormat, BootE
     }
 }
 
-/// The guest-physical range a kernel image's boot uses first: an ELF's
-/// loadable segments, or for a bzImage the room from where it is loaded to
-/// the end of what its decompressor needs (`pref_address + init_size`).
-/// Read with positioned reads (the file position is untouched); `None` when
-/// the headers cannot be read or make no sense. Only a hint (what to
-/// prefault): loading validates the image on its own.
-pub fn kernel_footprint(file: &File) -> Option<(u64, u64)> {
-    use std::os::unix::fs::FileExt;
-    let u16_at = |b: &[u8], o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |b: &[u8], o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |b: &[u8], o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
-    let mut head = [0u8; 0x268];
-    file.read_exact_at(&mut head, 0).ok()?;
-    if head[..4] == *b"\x7fELF" {
-        // Elf64_Ehdr: e_phoff at 0x20, e_phentsize at 0x36, e_phnum at 0x38.
-        let phoff = u64_at(&head, 0x20)?;
-        let phentsize = usize::from(u16_at(&head, 0x36)?);
-        let phnum = usize::from(u16_at(&head, 0x38)?).min(64);
-        if phentsize < 0x30 {
-            return None;
-        }
-        let mut phdrs = vec![0u8; phentsize.checked_mul(phnum)?];
-        file.read_exact_at(&mut phdrs, phoff).ok()?;
-        let (mut start, mut end) = (u64::MAX, 0u64);
-        for ph in phdrs.chunks_exact(phentsize) {
-            // Elf64_Phdr: p_type at 0 (PT_LOAD = 1), p_paddr at 0x18, p_memsz at 0x28.
-            if u32_at(ph, 0)? != 1 {
-                continue;
-            }
-            let paddr = u64_at(ph, 0x18)?;
-            start = start.min(paddr);
-            end = end.max(paddr.checked_add(u64_at(ph, 0x28)?)?);
-        }
-        (start < end).then_some((start, end))
-    } else if head[0x202..0x206] == *b"HdrS" {
-        // Setup header: pref_address at 0x258, init_size at 0x260.
-        let pref = u64_at(&head, 0x258)?.max(HIGH_RAM_START.0);
-        let end = pref.checked_add(u64::from(u32_at(&head, 0x260)?))?;
-        Some((HIGH_RAM_START.0, end))
-    } else {
-        None
-    }
-}
-
 /// The kernel and initramfs files, opened once, before the VMM gives up
 /// its privileges and its view of the host's files, and read again from the
 /// start on every boot (`--on-reboot restart`, `PUT /vm/reboot`).
@@ -500,44 +456,6 @@ mod tests {
         let mut f = File::create(&path).unwrap();
         f.write_all(bytes).unwrap();
         (path.clone(), File::open(&path).unwrap())
-    }
-
-    #[test]
-    fn kernel_footprint_of_elf_and_bzimage() {
-        // An ELF with two PT_LOAD segments and a note.
-        let mut elf = vec![0u8; 0x40 + 3 * 0x38];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
-        elf[0x36..0x38].copy_from_slice(&0x38u16.to_le_bytes());
-        elf[0x38..0x3a].copy_from_slice(&3u16.to_le_bytes());
-        for (i, (ty, paddr, memsz)) in [
-            (1u32, 0x100_0000u64, 0x20_0000u64),
-            (4, 0x10, 0x10),
-            (1, 0x300_0000, 0x1000),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let ph = 0x40 + i * 0x38;
-            elf[ph..ph + 4].copy_from_slice(&ty.to_le_bytes());
-            elf[ph + 0x18..ph + 0x20].copy_from_slice(&paddr.to_le_bytes());
-            elf[ph + 0x28..ph + 0x30].copy_from_slice(&memsz.to_le_bytes());
-        }
-        elf.resize(0x300, 0);
-        let (_p, f) = temp_file(&elf);
-        assert_eq!(kernel_footprint(&f), Some((0x100_0000, 0x300_1000)));
-        // A bzImage: pref_address 16 MiB, init_size 48 MiB.
-        let mut bz = vec![0u8; 0x300];
-        bz[0x202..0x206].copy_from_slice(b"HdrS");
-        bz[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
-        bz[0x260..0x264].copy_from_slice(&0x300_0000u32.to_le_bytes());
-        let (_p, f) = temp_file(&bz);
-        assert_eq!(kernel_footprint(&f), Some((HIGH_RAM_START.0, 0x400_0000)));
-        // Garbage and short files.
-        let (_p, f) = temp_file(&[0u8; 0x300]);
-        assert_eq!(kernel_footprint(&f), None);
-        let (_p, f) = temp_file(b"\x7fELF");
-        assert_eq!(kernel_footprint(&f), None);
     }
 
     #[test]

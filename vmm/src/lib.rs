@@ -42,7 +42,6 @@ pub mod io_thread;
 pub mod jail;
 pub mod layout;
 pub mod memory;
-pub mod prefault;
 pub mod privileges;
 pub mod seccomp;
 pub mod socket;

@@ -29,8 +29,6 @@ pub enum ThreadKind {
     Console,
     /// A device's I/O thread (queues, TAP, the block engine).
     Io,
-    /// The boot prefault thread (`madvise` on guest RAM, in the common set).
-    Prefault,
 }
 
 /// Errors of installing a filter.
@@ -169,7 +167,6 @@ pub fn allowed(kind: ThreadKind) -> Vec<libc::c_long> {
         ThreadKind::Api => &[THREADS, API],
         ThreadKind::Console => &[THREADS, CONSOLE],
         ThreadKind::Io => &[IO],
-        ThreadKind::Prefault => &[],
     };
     let mut all: Vec<libc::c_long> = COMMON.to_vec();
     for list in extra {
@@ -252,12 +249,9 @@ mod tests {
             ThreadKind::Vcpu,
             ThreadKind::Api,
             ThreadKind::Console,
-            ThreadKind::Prefault,
         ] {
             assert!(!filter(kind).unwrap().is_empty());
         }
-        assert!(allowed(ThreadKind::Prefault).contains(&libc::SYS_madvise));
-        assert!(!allowed(ThreadKind::Prefault).contains(&libc::SYS_ioctl));
         assert!(allowed(ThreadKind::Vcpu).contains(&libc::SYS_ioctl));
         assert!(!allowed(ThreadKind::Vcpu).contains(&libc::SYS_openat));
         assert!(!allowed(ThreadKind::Api).contains(&libc::SYS_ioctl));

@@ -42,7 +42,6 @@ use crate::layout::{
     PCI_HOTPLUG_START,
 };
 use crate::memory::create_guest_memory;
-use crate::prefault;
 use crate::vcpu::{self, install_kick_handler, kick_signal, VcpuShared, VcpuStop};
 
 mod hotplug;
@@ -165,15 +164,6 @@ impl VmHandle {
         tracing::debug!(us = started.elapsed().as_micros() as u64, "kernel loaded");
         let vcpus = create_vcpus(kvm, &vm, &memory, config, entry)?;
         let (shared, vcpu_threads) = start_vcpus(vcpus, pio, mmio, &control)?;
-        // Populates, next to the running vCPU, the RAM the kernel's boot
-        // writes first (see `prefault`); the thread ends by itself.
-        let _ = prefault::spawn(
-            &memory,
-            prefault::plan(
-                config.memory_bytes,
-                boot::kernel_footprint(&control.boot_files.kernel),
-            ),
-        );
         {
             let mut status = control.status();
             status.state = VmState::Running;
