@@ -9,6 +9,8 @@
 #                                   MSR write (the kernel's clock starts there)
 #         entry_to_zero_ms=         first entry -> ready time minus the
 #                                   guest's uptime (10 ms resolution)
+#         last_lf_ms=               VMM start -> the guest's last line feed to
+#                                   COM1 before L1 saw the readiness line
 #         kvmclock_to_ready_ms=     the kernel's part, up to the readiness line
 #   WIN <tag> <phase> wall_ms= guest_ms= exits= exit_ms=   where the time went
 #   EXIT <tag> <phase> <ms> <n> <reason/port/msr>  exit handling by kind (top 25)
@@ -50,7 +52,11 @@ summarize() { # TAG LAUNCH READY UPTIME
     }
     / kvm_pio: / {
         match($0, /pio_[a-z]+ at 0x[0-9a-f]+/); s = substr($0, RSTART, RLENGTH)
-        split(s, a, " "); key = "io " a[3] (a[1] == "pio_write" ? " w" : " r"); next
+        split(s, a, " "); key = "io " a[3] (a[1] == "pio_write" ? " w" : " r")
+        # The last line feed the guest wrote to COM1 before tracing stopped
+        # (at the readiness line): when the guest printed that line.
+        if (a[1] == "pio_write" && a[3] == "0x3f8" && $0 ~ /val 0xa( |$)/) NL = ts
+        next
     }
     / kvm_msr: / {
         match($0, /msr_[a-z]+ [0-9a-f]+/); s = substr($0, RSTART, RLENGTH)
@@ -72,9 +78,10 @@ summarize() { # TAG LAUNCH READY UPTIME
     END {
         if (L == "" || E == "") { print "PHASE " tag " no-trace"; exit }
         Z = R - UP
-        printf "PHASE %s start_to_entry_ms=%.1f entry_to_kvmclock_ms=%s entry_to_zero_ms=%.0f kvmclock_to_ready_ms=%s ready_ms=%.0f uptime=%s\n",
+        printf "PHASE %s start_to_entry_ms=%.1f entry_to_kvmclock_ms=%s entry_to_zero_ms=%.0f kvmclock_to_ready_ms=%s ready_ms=%.0f uptime=%s last_lf_ms=%s\n",
             tag, (E - L) * 1000, (K == "" ? "?" : sprintf("%.1f", (K - E) * 1000)), (Z - E) * 1000,
-            (K == "" ? "?" : sprintf("%.0f", (R - K) * 1000)), (R - L) * 1000, UP
+            (K == "" ? "?" : sprintf("%.0f", (R - K) * 1000)), (R - L) * 1000, UP,
+            (NL == "" ? "?" : sprintf("%.0f", (NL - L) * 1000))
         wall["early"] = (K == "" ? R : K) - E; wall["kernel"] = (K == "" ? 0 : R - K)
         for (p in wall)
             printf "WIN %s %s wall_ms=%.0f guest_ms=%.0f exits=%d exit_ms=%.0f\n", tag, p, wall[p] * 1000, gms[p] * 1000, ex[p], exms[p] * 1000
