@@ -159,6 +159,7 @@ impl VmHandle {
         }
         control.set_disks(&devices.disk_stats());
         control.set_nets(devices.net_stats());
+        tracing::debug!(us = started.elapsed().as_micros() as u64, "devices ready");
         let entry = load_kernel(&memory, config, &control)?;
         tracing::debug!(us = started.elapsed().as_micros() as u64, "kernel loaded");
         let vcpus = create_vcpus(kvm, &vm, &memory, config, entry)?;
