@@ -1266,7 +1266,11 @@ impl VirtioDevice for Block {
 
     fn end_batch(&mut self) -> Result<(), QueueError> {
         self.disk.owed.hold(false);
-        // What finished while this pass ran goes out with it.
+        // What finished while this pass ran goes out with it. Also the
+        // reason this reaps even with nothing in flight: a synchronous
+        // request on one queue waits for every operation (`wait_idle`), so
+        // another queue can be left quiet with nothing in flight any more;
+        // `backend_ready` re-arms it here.
         self.backend_ready()
     }
 
